@@ -1,0 +1,359 @@
+"""Find or start what builds need: a Docker engine with buildx, and a registry to push to.
+
+Order: DOCKER_HOST, the default socket, then dlenv's own private engine. Where none answers and
+we run as root on Debian or Ubuntu, dlenv installs Docker 26 + buildx from Debian packages and
+starts a private dockerd (containerd image store) and a registry on 127.0.0.1:5000. Everything it
+starts is recorded by pid under the state directory, and `down` stops exactly those processes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from dlenv import hostconf
+from dlenv.errors import EngineError
+
+DEFAULT_REGISTRY = "127.0.0.1:5000"
+MIN_BUILDX = (0, 13)
+# Debian 12's own docker.io (20.10) cannot export registry cache or attestations, and it has no
+# buildx: on bookworm dlenv takes these packages from the next Debian release (they install there).
+ENGINE_PACKAGES = ["containerd", "docker.io", "docker-cli", "docker-buildx", "docker-compose"]
+HOST_PACKAGES = ["runc", "tini", "iptables", "docker-registry", "mmdebstrap", "ca-certificates"]
+
+Say = Callable[[str], None]
+
+
+def state_dir() -> Path:
+    if os.environ.get("DLENV_STATE"):
+        return Path(os.environ["DLENV_STATE"])
+    return Path("/var/lib/dlenv") if os.geteuid() == 0 else Path.home() / ".local/state/dlenv"
+
+
+def run_dir() -> Path:
+    # Unix socket paths are limited to 108 bytes; keep the exec root short.
+    return Path(os.environ.get("DLENV_RUN", "/run/dlenv" if os.geteuid() == 0 else state_dir() / "run"))
+
+
+def private_host() -> str:
+    return f"unix://{run_dir() / 'docker.sock'}"
+
+
+@dataclass(frozen=True)
+class Engine:
+    host: str
+    server_version: str
+    buildx_version: str
+    containerd_store: bool
+    started: bool
+
+
+def _docker(host: str, *args: str, timeout: float = 20) -> subprocess.CompletedProcess:
+    env = dict(os.environ, DOCKER_HOST=host)
+    return subprocess.run(["docker", *args], capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def _probe(host: str) -> str | None:
+    """The server version behind host, or None if nothing answers there."""
+    if host.startswith("unix://") and not Path(host[7:]).exists():
+        return None
+    try:
+        out = _docker(host, "version", "--format", "{{.Server.Version}}", timeout=15)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() if out.returncode == 0 and out.stdout.strip() else None
+
+
+def _candidates() -> list[str]:
+    hosts = []
+    if os.environ.get("DOCKER_HOST"):
+        hosts.append(os.environ["DOCKER_HOST"])
+    hosts += ["unix:///var/run/docker.sock", private_host()]
+    return hosts
+
+
+def find() -> tuple[str, str] | None:
+    for host in _candidates():
+        version = _probe(host)
+        if version:
+            return host, version
+    return None
+
+
+def _version_tuple(text: str) -> tuple[int, ...]:
+    match = re.search(r"v?(\d+)\.(\d+)(?:\.(\d+))?", text)
+    return tuple(int(x or 0) for x in match.groups()) if match else (0, 0, 0)
+
+
+def buildx_version(host: str) -> str:
+    try:
+        out = _docker(host, "buildx", "version")
+    except OSError as exc:
+        raise EngineError(f"cannot run the docker client: {exc}", "install the docker CLI") from None
+    if out.returncode != 0:
+        raise EngineError("docker buildx is not installed",
+                          "install the docker-buildx package (buildx >= 0.13)")
+    return out.stdout.split()[1] if len(out.stdout.split()) > 1 else out.stdout.strip()
+
+
+def ensure(start: bool = True, say: Say = print) -> Engine:
+    """Return a usable engine, starting dlenv's private one where none is reachable."""
+    found = find()
+    started = False
+    if not found:
+        if not start:
+            raise EngineError("no Docker engine is reachable (DOCKER_HOST, /var/run/docker.sock)",
+                              "start one, set DOCKER_HOST, or run `nox -s engine -- up`")
+        _start_private(say)
+        found = find()
+        started = True
+        if not found:
+            raise EngineError("dlenv started dockerd but it does not answer",
+                              f"see {state_dir() / 'dockerd.log'}")
+    host, version = found
+    os.environ["DOCKER_HOST"] = host
+    bx = buildx_version(host)
+    if _version_tuple(bx)[:2] < MIN_BUILDX:
+        raise EngineError(f"docker buildx {bx} is too old (dlenv needs >= 0.13)",
+                          "install a newer docker-buildx package")
+    info = _docker(host, "info", "--format", "{{json .DriverStatus}}")
+    containerd_store = "io.containerd.snapshotter" in info.stdout
+    return Engine(host, version, bx, containerd_store, started)
+
+
+# --- installing and starting the private engine -------------------------------------------------
+
+def _need_root_debian(what: str) -> None:
+    release = hostconf.os_release()
+    if os.geteuid() != 0 or release.get("ID") not in ("debian", "ubuntu"):
+        raise EngineError(f"no Docker engine is reachable and dlenv cannot {what} here "
+                          "(it does that only as root on Debian or Ubuntu)",
+                          "start a Docker engine with buildx >= 0.13 and set DOCKER_HOST")
+
+
+def _apt(*args: str, env_extra: dict | None = None) -> None:
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive", **(env_extra or {}))
+    out = subprocess.run(["apt-get", *args], capture_output=True, text=True, env=env)
+    if out.returncode != 0:
+        tail = (out.stderr or out.stdout).strip().splitlines()[-1:] or ["?"]
+        raise EngineError(f"apt-get {args[0]} failed: {tail[0]}",
+                          "check the host's apt sources and network")
+
+
+def _installed(package: str) -> str | None:
+    out = subprocess.run(["dpkg-query", "-W", "-f=${Status} ${Version}", package],
+                         capture_output=True, text=True)
+    if out.returncode == 0 and out.stdout.startswith("install ok installed"):
+        return out.stdout.split()[-1]
+    return None
+
+
+def install(say: Say = print) -> None:
+    """Install Docker 26 + buildx + compose, a registry and mmdebstrap from Debian packages."""
+    _need_root_debian("install an engine")
+    release = hostconf.os_release()
+    missing = [p for p in HOST_PACKAGES if not _installed(p)]
+    docker_ok = (_version_tuple(_installed("docker.io") or "0")[:1] >= (26,)
+                 and _installed("docker-buildx"))
+    if not missing and docker_ok:
+        return
+    say(f"dlenv: installing {', '.join(missing + ([] if docker_ok else ENGINE_PACKAGES))} "
+        "from the host's apt sources")
+    # Never start services from package scripts: dlenv starts its own processes.
+    policy = Path("/usr/sbin/policy-rc.d")
+    own_policy = not policy.exists()
+    if own_policy:
+        policy.write_text("#!/bin/sh\nexit 101\n")
+        policy.chmod(0o755)
+    try:
+        _apt("update", "-qq")
+        if release.get("ID") == "debian" and release.get("VERSION_ID") == "12" and not docker_ok:
+            _apt("install", "-y", "-qq", "--no-install-recommends", *missing)
+            _install_from_next_debian(say)
+        else:
+            wanted = missing + ([] if docker_ok else ["docker.io", "docker-buildx", "docker-compose"])
+            _apt("install", "-y", "-qq", "--no-install-recommends", *wanted)
+    finally:
+        if own_policy:
+            policy.unlink(missing_ok=True)
+
+
+def _install_from_next_debian(say: Say) -> None:
+    mirror = hostconf.debian_mirror()
+    if not mirror:
+        raise EngineError("cannot find the host's Debian mirror in its apt sources",
+                          "install docker.io >= 26 and docker-buildx yourself")
+    work = Path(tempfile.mkdtemp(prefix="dlenv-apt-"))
+    try:
+        (work / "lists/partial").mkdir(parents=True)
+        (work / "sources.list").write_text(f"deb {mirror} trixie main\n")
+        # A private apt configuration: the host's own sources stay untouched.
+        opts = ["-o", f"Dir::Etc::SourceList={work / 'sources.list'}", "-o", "Dir::Etc::SourceParts=/dev/null",
+                "-o", f"Dir::State::Lists={work / 'lists'}", "-o", f"Dir::Cache::Archives={work}"]
+        _apt(*opts, "update", "-qq")
+        out = subprocess.run(["apt-get", *opts, "download", *ENGINE_PACKAGES], cwd=work,
+                             capture_output=True, text=True)
+        if out.returncode != 0:
+            raise EngineError(f"downloading the engine packages failed: {out.stderr.strip()[-200:]}",
+                              "check the host's network and apt mirror")
+        debs = sorted(str(p) for p in work.glob("*.deb"))
+        out = subprocess.run(["dpkg", "-i", *debs], capture_output=True, text=True,
+                             env=dict(os.environ, DEBIAN_FRONTEND="noninteractive"))
+        if out.returncode != 0:
+            raise EngineError(f"installing the engine packages failed: {out.stderr.strip()[-300:]}",
+                              "install docker.io >= 26 and docker-buildx yourself")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _pidfile(name: str) -> Path:
+    return state_dir() / f"{name}.pid"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _read_pid(name: str) -> int | None:
+    try:
+        pid = int(_pidfile(name).read_text().strip())
+    except (OSError, ValueError):
+        return None
+    return pid if _alive(pid) else None
+
+
+def _spawn(name: str, argv: list[str]) -> int:
+    log = open(state_dir() / f"{name}.log", "ab")
+    proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                            start_new_session=True)
+    _pidfile(name).write_text(f"{proc.pid}\n")
+    return proc.pid
+
+
+def _start_private(say: Say) -> None:
+    if not shutil.which("dockerd") or not shutil.which("docker-registry"):
+        install(say)
+    else:
+        _need_root_debian("start an engine")
+    state, run = state_dir(), run_dir()
+    state.mkdir(parents=True, exist_ok=True)
+    run.mkdir(parents=True, exist_ok=True)
+    config = state / "daemon.json"
+    # The containerd image store is what lets the docker driver export registry cache and
+    # attestations; loopback registries are plain HTTP.
+    config.write_text(json.dumps({
+        "features": {"containerd-snapshotter": True},
+        "insecure-registries": ["127.0.0.1:5000", "localhost:5000"],
+    }, indent=2) + "\n")
+    if not _read_pid("dockerd"):
+        _spawn("dockerd", ["dockerd", "--config-file", str(config), "--data-root", str(state / "docker"),
+                           "--exec-root", str(run / "exec"), "--host", private_host(),
+                           "--pidfile", str(run / "dockerd.pid")])
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if _probe(private_host()):
+            say(f"dlenv: started a private Docker engine at {private_host()} "
+                f"(stop it with `nox -s engine -- down`)")
+            return
+        if not _read_pid("dockerd"):
+            break
+        time.sleep(0.5)
+    raise EngineError("the private dockerd did not start", f"see {state / 'dockerd.log'}")
+
+
+# --- the registry ------------------------------------------------------------------------------
+
+def registry_url(registry: str) -> str:
+    host = registry.split("/")[0]
+    local = host.startswith(("127.", "localhost"))
+    return f"{'http' if local else 'https'}://{host}"
+
+
+def registry_answers(registry: str, timeout: float = 5) -> bool:
+    try:
+        urllib.request.urlopen(f"{registry_url(registry)}/v2/", timeout=timeout)
+        return True
+    except urllib.error.HTTPError as exc:
+        return exc.code == 401  # it is there; it wants a login
+    except (OSError, ValueError):
+        return False
+
+
+def ensure_registry(registry: str, say: Say = print) -> None:
+    """Make sure the push target answers; start dlenv's own registry for the default address."""
+    if registry_answers(registry):
+        return
+    if registry.split("/")[0] != DEFAULT_REGISTRY:
+        raise EngineError(f"registry {registry} is unreachable",
+                          "start it, log in, or set `registry:` in matrix.yaml / --registry")
+    if not shutil.which("docker-registry"):
+        install(say)
+    state = state_dir()
+    (state / "registry").mkdir(parents=True, exist_ok=True)
+    config = state / "registry/config.yml"
+    config.write_text(
+        "version: 0.1\n"
+        "log: {level: warn}\n"
+        f"storage:\n  filesystem:\n    rootdirectory: {state / 'registry/data'}\n  delete:\n    enabled: true\n"
+        f"http:\n  addr: {DEFAULT_REGISTRY}\n"
+    )
+    if not _read_pid("registry"):
+        _spawn("registry", ["docker-registry", "serve", str(config)])
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        if registry_answers(registry, timeout=1):
+            say(f"dlenv: started a registry at {DEFAULT_REGISTRY} (stop it with `nox -s engine -- down`)")
+            return
+        time.sleep(0.3)
+    raise EngineError(f"the registry at {DEFAULT_REGISTRY} did not start",
+                      f"see {state / 'registry.log'} (is port 5000 taken?)")
+
+
+def registry_root() -> Path:
+    """Where dlenv's own registry keeps its blobs (tests look there)."""
+    return state_dir() / "registry/data"
+
+
+def down(say: Say = print) -> list[str]:
+    """Stop the processes dlenv started (by their recorded pids) and nothing else."""
+    stopped = []
+    for name in ("registry", "dockerd"):
+        pid = _read_pid(name)
+        if pid:
+            os.kill(pid, signal.SIGTERM)
+            deadline = time.monotonic() + 30
+            while _alive(pid) and time.monotonic() < deadline:
+                time.sleep(0.2)
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+            stopped.append(f"{name} (pid {pid})")
+        _pidfile(name).unlink(missing_ok=True)
+    say("dlenv: stopped " + (", ".join(stopped) if stopped else "nothing (dlenv had started nothing)"))
+    return stopped
+
+
+def status() -> dict[str, str]:
+    found = find()
+    return {
+        "engine": f"{found[0]} (server {found[1]})" if found else "none reachable",
+        "dockerd started by dlenv": str(_read_pid("dockerd") or "no"),
+        "registry started by dlenv": str(_read_pid("registry") or "no"),
+        "default registry": f"{DEFAULT_REGISTRY} ({'up' if registry_answers(DEFAULT_REGISTRY, 2) else 'down'})",
+    }

@@ -1,0 +1,114 @@
+"""What the host itself is configured with: its apt sources, pip index and CA bundle.
+
+dlenv's defaults come from here (or from the tools' own built-in defaults), never from
+host names written into the project.
+"""
+
+from __future__ import annotations
+
+import configparser
+import os
+import re
+import ssl
+import subprocess
+from pathlib import Path
+
+APT_DIRS = (Path("/etc/apt/sources.list"), Path("/etc/apt/sources.list.d"))
+
+
+def os_release(root: Path = Path("/")) -> dict[str, str]:
+    data: dict[str, str] = {}
+    for name in ("etc/os-release", "usr/lib/os-release"):
+        path = root / name
+        if path.exists():
+            for line in path.read_text().splitlines():
+                key, sep, value = line.partition("=")
+                if sep:
+                    data[key.strip()] = value.strip().strip('"')
+            break
+    return data
+
+
+def apt_uris() -> list[str]:
+    """The archive URIs of the host's enabled apt sources, in the order apt reads them."""
+    files: list[Path] = []
+    for entry in APT_DIRS:
+        if entry.is_dir():
+            files += sorted(p for p in entry.iterdir() if p.suffix in (".list", ".sources"))
+        elif entry.exists():
+            files.append(entry)
+    uris: list[str] = []
+    for path in files:
+        text = path.read_text(errors="replace")
+        if path.suffix == ".sources":
+            for stanza in re.split(r"\n\s*\n", text):
+                if re.search(r"^Enabled:\s*no", stanza, re.M | re.I):
+                    continue
+                match = re.search(r"^URIs:\s*(.+)$", stanza, re.M)
+                if match:
+                    uris += match.group(1).split()
+        else:
+            for line in text.splitlines():
+                parts = line.split("#", 1)[0].split()
+                if parts and parts[0] == "deb":
+                    rest = [p for p in parts[1:] if not p.startswith("[")]
+                    if rest:
+                        uris.append(rest[0])
+    seen: list[str] = []
+    for uri in uris:
+        if uri not in seen:
+            seen.append(uri.rstrip("/"))
+    return seen
+
+
+def debian_mirror() -> str | None:
+    """The host's Debian archive (not its security archive), if the host is Debian."""
+    if os_release().get("ID") != "debian":
+        return None
+    for uri in apt_uris():
+        if uri.startswith(("http://", "https://")) and not uri.endswith("-security"):
+            return uri
+    return None
+
+
+def pip_index() -> str | None:
+    """The index-url the host's pip is configured with, if any (else pip's built-in default)."""
+    if os.environ.get("PIP_INDEX_URL"):
+        return os.environ["PIP_INDEX_URL"]
+    files = [Path("/etc/pip.conf"), Path("/etc/xdg/pip/pip.conf"), Path.home() / ".config/pip/pip.conf", Path.home() / ".pip/pip.conf"]
+    if os.environ.get("PIP_CONFIG_FILE"):
+        files.append(Path(os.environ["PIP_CONFIG_FILE"]))
+    found = None
+    for path in files:
+        if path.exists():
+            parser = configparser.ConfigParser()
+            try:
+                parser.read(path)
+            except configparser.Error:
+                continue
+            for section in ("global", "install", "download"):
+                if parser.has_option(section, "index-url"):
+                    found = parser.get(section, "index-url")
+    return found
+
+
+def pip_default_index() -> str:
+    """pip's own built-in default index, read from pip rather than written here."""
+    try:
+        out = subprocess.run(
+            ["python3", "-c", "from pip._internal.models.index import PyPI; print(PyPI.simple_url)"],
+            capture_output=True, text=True, timeout=30, check=True,
+        )
+        return out.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def ca_bundle() -> Path | None:
+    """The CA bundle the host trusts (it may include a TLS-intercepting proxy's CA)."""
+    candidates = [os.environ.get("SSL_CERT_FILE"), os.environ.get("PIP_CERT"),
+                  ssl.get_default_verify_paths().openssl_cafile, "/etc/ssl/certs/ca-certificates.crt"]
+    for candidate in candidates:
+        if candidate and Path(candidate).is_file():
+            return Path(candidate)
+    return None
