@@ -1,0 +1,55 @@
+"""nox sessions: each one calls the dlenv package; no logic lives here.
+
+Arguments after `--` go to the command, e.g. `nox -s build-matrix -- --select 'cuda=13.*'`.
+"""
+
+import nox
+
+nox.options.reuse_existing_virtualenvs = True
+nox.options.sessions = ["list"]
+
+
+def _install(session, *extra):
+    session.install("-e", ".", *extra)
+
+
+@nox.session(name="build-matrix")
+def build_matrix(session):
+    """Build the family in matrix.yaml with one bake graph and push it (starts an engine if needed)."""
+    _install(session)
+    session.run("python", "-m", "dlenv", "build", *session.posargs)
+
+
+@nox.session(name="list")
+def list_(session):
+    """Print the expanded matrix: variants, tags, layer chains, and what is left out and why."""
+    _install(session)
+    session.run("python", "-m", "dlenv", "list", *session.posargs)
+
+
+@nox.session
+def bake(session):
+    """Print the generated bake definition without building."""
+    _install(session)
+    session.run("python", "-m", "dlenv", "bake", *session.posargs)
+
+
+@nox.session
+def engine(session):
+    """Start (`-- up`), stop (`-- down`) or show (`-- status`) the engine and registry dlenv runs."""
+    _install(session)
+    session.run("python", "-m", "dlenv", "engine", *(session.posargs or ["status"]))
+
+
+@nox.session
+def tests(session):
+    """Unit tests, then tests against a real engine and registry (started if needed)."""
+    _install(session, "pytest>=8")
+    session.run("pytest", *session.posargs)
+
+
+@nox.session
+def bench(session):
+    """Time the test family: one bake vs one `docker build` per variant (prints a table)."""
+    _install(session)
+    session.run("python", "benchmarks/bench_build.py", *session.posargs)

@@ -1,0 +1,238 @@
+"""Build a plan: one `docker buildx bake` through python-on-whales, with a result per variant.
+
+bake is fail-fast: the first failing target cancels all others, and buildx writes no metadata.
+So on a failure dlenv finds the node that failed (building the failed target's chain one node at
+a time: cached nodes take a second), marks the variants above it, and bakes again what does not
+depend on it, until what is left builds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator, Literal, Protocol
+
+from python_on_whales import DockerClient
+from python_on_whales.exceptions import DockerException
+
+from dlenv import bootstrap, graph, registry
+from dlenv.errors import DlenvError
+from dlenv.plan import Plan, Variant
+
+Status = Literal["built", "failed", "not attempted", "skipped"]
+
+VERTEX = re.compile(r"^#(\d+) \[([^\] ]+)[^\]]*\] (.*)$")
+STATE = re.compile(r"^#(\d+) (DONE [\d.]+s|CACHED|ERROR:? .*|CANCELED)$")
+OUTPUT = re.compile(r"^#(\d+) \d+\.\d+ (.*)$")
+
+
+@dataclass
+class Result:
+    variant: str
+    status: Status
+    tags: tuple[str, ...] = ()
+    digest: str = ""
+    size: int | None = None
+    seconds: float = 0.0
+    error: str = ""
+    node: str = ""
+
+    def to_json(self) -> dict:
+        return {"variant": self.variant, "status": self.status, "tags": list(self.tags),
+                "digest": self.digest, "size": self.size, "seconds": round(self.seconds, 1),
+                "error": self.error, "node": self.node}
+
+
+class Board(Protocol):
+    """Where progress goes (a rich live table, or nothing)."""
+
+    def step(self, variant: str, text: str) -> None: ...
+    def finish(self, variant: str, status: str) -> None: ...
+
+
+class _Quiet:
+    def step(self, variant: str, text: str) -> None:
+        pass
+
+    def finish(self, variant: str, status: str) -> None:
+        pass
+
+
+@dataclass
+class _Run:
+    """What one bake invocation showed."""
+
+    ok: bool = True
+    error_target: str = ""
+    error_lines: list[str] = field(default_factory=list)
+    ready: dict[str, float] = field(default_factory=dict)   # target -> seconds when exported
+    stderr_tail: str = ""
+
+
+@contextlib.contextmanager
+def _cwd(path: Path) -> Iterator[None]:
+    old = os.getcwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(old)
+
+
+class Builder:
+    def __init__(self, plan: Plan, workdir: Path, output: graph.Output = "push",
+                 secrets: tuple[graph.Secret, ...] = (), builder: str | None = None,
+                 board: Board | None = None, log: Callable[[str], None] = print):
+        self.plan = plan
+        self.workdir = workdir
+        self.output = output
+        self.secrets = secrets
+        self.builder = builder
+        self.board = board or _Quiet()
+        self.say = log
+        self.client = DockerClient()
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.logfile = workdir / "build.log"
+        self.bakefile = workdir / "bake.json"
+        self.probefile = workdir / "bake-probe.json"
+
+    # --- one bake ---------------------------------------------------------------------------
+
+    def _bake(self, file: Path, targets: list[str], metadata: Path | None) -> _Run:
+        run = _Run()
+        names: dict[str, str] = {}
+        vertex_lines: dict[str, list[str]] = {}
+        started = time.monotonic()
+        dependents = {t: [v for v in self.plan.variants if t in v.chain] for t in self.plan.nodes}
+        env = {"BUILDX_BAKE_ENTITLEMENTS_FS": "0"}  # newer buildx asks before reading outside the context
+        with open(self.logfile, "a") as log, _cwd(self.plan.matrix.root):
+            log.write(f"\n### bake {' '.join(targets)}\n")
+            try:
+                stream = self.client.buildx.bake(targets, files=[str(file)], builder=self.builder,
+                                                 progress="plain", metadata_file=metadata,
+                                                 stream_logs=True, variables=env)
+                for raw in stream:
+                    line = raw.rstrip("\n")
+                    log.write(line + "\n")
+                    self._watch(line, names, vertex_lines, dependents, run, started)
+            except DockerException as exc:
+                run.ok = False
+                stderr = exc.stderr.decode(errors="replace") if isinstance(exc.stderr, bytes) else (exc.stderr or "")
+                run.stderr_tail = "\n".join(stderr.strip().splitlines()[-8:])
+                if not run.error_target:
+                    match = re.search(r"target ([A-Za-z0-9_-]+): failed", stderr)
+                    run.error_target = match.group(1) if match else ""
+                if not run.error_lines:
+                    run.error_lines = stderr.strip().splitlines()[-8:]
+        return run
+
+    def _watch(self, line: str, names: dict, vertex_lines: dict, dependents: dict, run: _Run,
+               started: float) -> None:
+        match = VERTEX.match(line)
+        if match:
+            vid, target, text = match.groups()
+            names[vid] = target
+            vertex_lines.setdefault(vid, [text])
+            for variant in dependents.get(target, []):
+                self.board.step(variant.id, f"{target}: {text}")
+            return
+        match = STATE.match(line)
+        if match:
+            vid, state = match.groups()
+            target = names.get(vid, "")
+            if state.startswith("ERROR") and not run.error_target:
+                run.error_target = target
+                run.error_lines = (vertex_lines.get(vid, [])[-9:] + [state])
+            elif state.startswith("DONE") and vertex_lines.get(vid, [""])[0].startswith(("exporting", "pushing")):
+                run.ready[target] = time.monotonic() - started
+            return
+        match = OUTPUT.match(line)
+        if match:
+            vertex_lines.setdefault(match.group(1), []).append(match.group(2))
+
+    # --- failure isolation ------------------------------------------------------------------
+
+    def _ancestors(self, node: str) -> list[str]:
+        chain = [node]
+        while self.plan.nodes[chain[0]].parent:
+            chain.insert(0, self.plan.nodes[chain[0]].parent)
+        return chain
+
+    def _first_failing(self, target: str) -> tuple[str, list[str]]:
+        """Build target's chain one node at a time (cache only); the first that fails is the culprit."""
+        for node in self._ancestors(target):
+            run = self._bake(self.probefile, [node], None)
+            if not run.ok:
+                return node, run.error_lines
+        return target, []
+
+    # --- the whole family -------------------------------------------------------------------
+
+    def run(self) -> list[Result]:
+        results: dict[str, Result] = {}
+        failed_nodes: dict[str, list[str]] = {}
+        for name, node in self.plan.nodes.items():
+            if node.kind == "rootfs" and node.rootfs:
+                try:
+                    bootstrap.ensure_rootfs(node.rootfs, self.say)
+                except DlenvError as exc:
+                    failed_nodes[name] = [str(exc)]
+        self.bakefile.write_text(graph.render(graph.definition(self.plan, self.output, self.secrets)))
+        self.probefile.write_text(graph.render(graph.definition(self.plan, "cache", self.secrets)))
+        remaining = list(self.plan.variants)
+        rounds = 0
+        while True:
+            for variant in list(remaining):
+                bad = next((n for n in variant.chain if n in failed_nodes), None)
+                if bad:
+                    remaining.remove(variant)
+                    results[variant.id] = self._failure(variant, bad, failed_nodes[bad])
+                    self.board.finish(variant.id, results[variant.id].status)
+            if not remaining:
+                break
+            rounds += 1
+            metadata = self.workdir / f"metadata-{rounds}.json"
+            metadata.unlink(missing_ok=True)
+            run = self._bake(self.bakefile, [v.node for v in remaining], metadata)
+            if run.ok:
+                meta = json.loads(metadata.read_text()) if metadata.exists() else {}
+                for variant in remaining:
+                    results[variant.id] = self._success(variant, meta.get(variant.node, {}),
+                                                        run.ready.get(variant.node, 0.0))
+                    self.board.finish(variant.id, "built")
+                break
+            if not run.error_target or run.error_target not in self.plan.nodes:
+                for variant in remaining:
+                    results[variant.id] = Result(variant.id, "failed", error="\n".join(run.error_lines),
+                                                 node="?")
+                    self.board.finish(variant.id, "failed")
+                break
+            node, lines = self._first_failing(run.error_target)
+            failed_nodes[node] = lines or run.error_lines
+            self.say(f"dlenv: {node} failed; building what does not depend on it "
+                     f"(log: {self.logfile})")
+        return [results[v.id] for v in self.plan.variants]
+
+    def _failure(self, variant: Variant, node: str, lines: list[str]) -> Result:
+        if node == variant.node:
+            return Result(variant.id, "failed", error="\n".join(lines[-10:]), node=node)
+        return Result(variant.id, "not attempted", error=f"depends on {node}, which failed", node=node)
+
+    def _success(self, variant: Variant, meta: dict, seconds: float) -> Result:
+        digest = meta.get("containerimage.digest", "")
+        size = None
+        model = self.plan.matrix.model
+        try:
+            if self.output == "push" and digest:
+                size = registry.compressed_size(model.registry, model.repository, digest)
+            elif self.output == "load":
+                size = self.client.image.inspect(self.plan.ref(variant.immutable)).size
+        except Exception:  # noqa: BLE001 - a size we cannot read is reported as unknown
+            size = None
+        tags = tuple(self.plan.ref(t) for t in variant.tags) if self.output != "cache" else ()
+        return Result(variant.id, "built", tags, digest, size, seconds, node=variant.node)

@@ -1,0 +1,177 @@
+"""The command line: `python -m dlenv list|bake|build|engine ...` (the nox sessions call these).
+
+Exit codes: 0 success, 1 a build failed or something needed is missing, 2 bad input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from rich.markup import escape
+
+from dlenv import __version__, config, engine, graph, hostconf, plan as planmod, reach, report, tags
+from dlenv.errors import ConfigError, DlenvError
+from dlenv.selection import Selection
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--matrix", type=Path, default=Path("matrix.yaml"), help="the family to build")
+    parser.add_argument("--root", type=Path, default=None,
+                        help="project folder holding images/ and recipes/ (default: the current one)")
+    parser.add_argument("--select", action="append", default=[], metavar="EXPR",
+                        help="build only matching variants, e.g. 'cuda=13.* flavor=devel' (repeatable)")
+    parser.add_argument("--skip", action="append", default=[], metavar="EXPR",
+                        help="leave out matching variants, e.g. 'recipe=ssh' (repeatable)")
+    parser.add_argument("--build-id", default=None, help="override the build id (default: commit date-sha)")
+    parser.add_argument("--registry", default=None, help="override `registry:` of matrix.yaml")
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dlenv", description="Build a family of GPU-ready images.")
+    parser.add_argument("--version", action="version", version=f"dlenv {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("list", help="print the expanded matrix: variants, tags, layer chains, what is left out")
+    _common(p)
+    p.add_argument("--json", action="store_true", help="print JSON for machines")
+    p.add_argument("--check", action="store_true", help="also check that each variant's sources answer")
+
+    p = sub.add_parser("bake", help="print the generated bake definition (builds nothing)")
+    _common(p)
+    p.add_argument("--load", action="store_true", help="load into the engine instead of pushing")
+
+    p = sub.add_parser("build", help="build the family with one bake graph and push it")
+    _common(p)
+    p.add_argument("--load", action="store_true", help="load into the engine instead of pushing")
+    p.add_argument("--strict", action="store_true", help="fail if any variant's sources are unreachable")
+    p.add_argument("--no-check", action="store_true", help="skip the source reachability check")
+    p.add_argument("--metadata", type=Path, default=None, help="write per-variant results as JSON")
+    p.add_argument("--builder", default=None, help="the buildx builder to use (default: the engine's)")
+    p.add_argument("--workdir", type=Path, default=Path("out"), help="bake file, logs and metadata")
+
+    p = sub.add_parser("engine", help="start, stop or show the engine and registry dlenv uses")
+    p.add_argument("action", choices=["up", "down", "status"])
+    return parser
+
+
+def _mirrors(model: config.MatrixModel) -> planmod.Mirrors:
+    m = model.mirrors
+    return planmod.Mirrors(
+        apt=m.apt or "",
+        bootstrap_apt=m.apt or hostconf.debian_mirror() or "",
+        pypi=m.pypi or hostconf.pip_index() or "",
+        registry=m.registry or "",
+    )
+
+
+def load_plan(args: argparse.Namespace) -> planmod.Plan:
+    selection = Selection.parse(args.select, args.skip)
+    matrix = config.load(args.matrix, root=args.root)
+    if args.registry:
+        if not config.REGISTRY.match(args.registry):
+            raise ConfigError("--registry", None, "registry", f"a registry is host[:port][/path] (got {args.registry!r})")
+        matrix = config.Matrix(matrix.file, matrix.root, matrix.model.model_copy(update={"registry": args.registry}),
+                               matrix.recipes, matrix.components, matrix.lines)
+    info = tags.build_info(matrix.root, args.build_id, matrix.model.source)
+    if args.build_id and not tags.valid_tag(args.build_id):
+        raise ConfigError("--build-id", None, "build id", f"{args.build_id!r} is not valid in a tag")
+    return planmod.expand(matrix, info, _mirrors(matrix.model), selection)
+
+
+def _secrets() -> tuple[graph.Secret, ...]:
+    bundle = hostconf.ca_bundle()
+    return (graph.Secret("cacert", bundle),) if bundle else ()
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    plan = load_plan(args)
+    if args.check:
+        engine.ensure(say=lambda s: report.console.print(s))
+        gone, _ = reach.check(plan)
+        plan = plan.without(gone)
+    if args.json:
+        report.write_json(None, report.plan_json(plan))
+    else:
+        report.plan_table(plan)
+    return 0
+
+
+def cmd_bake(args: argparse.Namespace) -> int:
+    plan = load_plan(args)
+    sys.stdout.write(graph.render(graph.definition(plan, "load" if args.load else "push", _secrets())))
+    return 0
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    from dlenv.build import Builder
+
+    plan = load_plan(args)
+    if not plan.variants:
+        raise DlenvError("nothing to build: every combination is left out", "see `nox -s list`")
+    say = report.console.print
+    engine.ensure(say=say)
+    if not args.load:
+        engine.ensure_registry(plan.matrix.model.registry, say=say)
+    if not args.no_check:
+        gone, _ = reach.check(plan)
+        if gone:
+            if args.strict:
+                first = next(iter(gone.values()))
+                raise DlenvError(f"{len(gone)} variants have unreachable sources, e.g. {first.id}: {first.detail}",
+                                 first.fix)
+            rows = {}
+            for left in gone.values():
+                rows.setdefault((left.detail, left.fix), []).append(left.id)
+            for (detail, fix), ids in rows.items():
+                say(f"[yellow]skipping {len(ids)} variants[/]: {detail}\n  fix: {fix}")
+            plan = plan.without(gone)
+            if not plan.variants:
+                raise DlenvError("every selected variant has unreachable sources", "see the fixes above")
+            say(f"building the {len(plan.variants)} reachable variants (--strict makes this an error)")
+    with report.LiveBoard(plan) as board:
+        results = Builder(plan, args.workdir, "load" if args.load else "push", _secrets(),
+                          args.builder, board, say).run()
+    skipped = [r for r in plan.left_out if r.reason == "unreachable"]
+    from dlenv.build import Result
+
+    results += [Result(left.id, "skipped", error=f"unreachable: {left.detail}") for left in skipped]
+    report.summary_table(plan, results)
+    if args.metadata:
+        report.write_json(args.metadata, report.results_json(plan, results))
+    failed = [r for r in results if r.status in ("failed", "not attempted")]
+    if failed:
+        say(f"[bold red]{len(failed)} of {len(results)} variants did not build[/]")
+        return 1
+    return 0
+
+
+def cmd_engine(args: argparse.Namespace) -> int:
+    say = report.console.print
+    if args.action == "up":
+        found = engine.ensure(say=say)
+        engine.ensure_registry(engine.DEFAULT_REGISTRY, say=say)
+        say(f"engine: {found.host} (Docker {found.server_version}, buildx {found.buildx_version})")
+        print(f"export DOCKER_HOST={found.host}")
+    elif args.action == "down":
+        engine.down(say=say)
+    else:
+        for key, value in engine.status().items():
+            say(f"{key}: {value}")
+    return 0
+
+
+COMMANDS = {"list": cmd_list, "bake": cmd_bake, "build": cmd_build, "engine": cmd_engine}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = make_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except DlenvError as exc:
+        report.console.print(f"[bold red]dlenv: error:[/] {escape(str(exc))}")
+        return exc.exit_code
+    except KeyboardInterrupt:
+        report.console.print("dlenv: interrupted")
+        return 130

@@ -1,0 +1,509 @@
+"""matrix.yaml and recipes/*.toml -> validated, typed objects.
+
+Every error names the file, the line and the field, and suggests the likely key for a typo.
+Nothing here touches an engine or the network.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+import string
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
+
+from dlenv.errors import ConfigError
+from dlenv.sources import LineDict, LineList, TomlDoc, load_toml, load_yaml
+
+FLAVORS = ("base", "runtime", "devel")
+DEFAULT_REGISTRY = "127.0.0.1:5000"
+# The placeholders a tag template may use (see tags.py for their values).
+TAG_FIELDS = ("id", "cuda", "cuda_mm", "cuda_major", "flavor", "os", "stack", "recipes",
+              "build", "date", "sha")
+
+NAME = re.compile(r"^[a-z][a-z0-9.-]*$")
+CUDA_VERSION = re.compile(r"^\d+\.\d+\.\d+$")
+TAG_PART = re.compile(r"^[a-z0-9][a-z0-9.]*$")
+IMAGE_REF = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/:@{}-]*$")
+REGISTRY = re.compile(r"^[A-Za-z0-9.-]+(:\d+)?(/[a-z0-9._/-]+)?$")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _url(value: Optional[str], what: str) -> Optional[str]:
+    if value in (None, ""):
+        return None
+    if not re.match(r"^https?://[^\s/]+", value):
+        raise ValueError(f"{what} must be an http:// or https:// URL (got {value!r})")
+    return value.rstrip("/")
+
+
+class Mirrors(_Strict):
+    apt: Optional[str] = None
+    pypi: Optional[str] = None
+    registry: Optional[str] = None
+
+    @field_validator("apt")
+    @classmethod
+    def _apt(cls, v):
+        return _url(v, "an apt mirror")
+
+    @field_validator("pypi")
+    @classmethod
+    def _pypi(cls, v):
+        return _url(v, "a PyPI index")
+
+    @field_validator("registry")
+    @classmethod
+    def _registry(cls, v):
+        if v in (None, ""):
+            return None
+        if not REGISTRY.match(v):
+            raise ValueError(f"a registry mirror is host[:port][/path] (got {v!r})")
+        return v.rstrip("/")
+
+
+class OsSpec(_Strict):
+    source: Literal["image", "bootstrap"]
+    image: Optional[str] = None
+    suite: Optional[str] = None
+    family: Optional[Literal["debian", "ubuntu"]] = None
+    packages: list[str] = []
+    # The OS part of NVIDIA's image tags, where it differs from the OS's key in matrix.yaml.
+    cuda_image_os: Optional[str] = None
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.source == "image" and not self.image:
+            raise ValueError("an OS with source 'image' needs `image` (e.g. ubuntu:24.04)")
+        if self.source == "bootstrap" and not self.suite:
+            raise ValueError("an OS with source 'bootstrap' needs `suite` (e.g. bookworm)")
+        if self.image and not IMAGE_REF.match(self.image):
+            raise ValueError(f"`image` is not an image reference: {self.image!r}")
+        return self
+
+    @property
+    def os_family(self) -> str:
+        if self.family:
+            return self.family
+        if self.image and self.image.split("/")[-1].startswith("ubuntu"):
+            return "ubuntu"
+        return "debian"
+
+
+class CudaSpec(_Strict):
+    source: Literal["image", "pip"]
+    image: str = "nvidia/cuda:{version}-{flavor}-{os}"
+
+    @field_validator("image")
+    @classmethod
+    def _image(cls, v):
+        try:
+            fields = {f for _, f, _, _ in string.Formatter().parse(v) if f}
+        except ValueError as exc:
+            raise ValueError(f"bad template {v!r}: {exc}") from None
+        unknown = fields - {"version", "flavor", "os"}
+        if unknown:
+            raise ValueError(f"unknown placeholder {{{sorted(unknown)[0]}}} (use version, flavor, os)")
+        return v
+
+
+class Rule(_Strict):
+    """A pattern over the axes; every given key must match (shell-style globs)."""
+
+    cuda: Optional[str] = None
+    flavor: Optional[str] = None
+    os: Optional[str] = None
+    stack: Optional[str] = None
+    recipe: Optional[str] = None
+
+    @model_validator(mode="after")
+    def _not_empty(self):
+        if not any(getattr(self, k) for k in ("cuda", "flavor", "os", "stack", "recipe")):
+            raise ValueError("a rule needs at least one of cuda, flavor, os, stack, recipe")
+        return self
+
+
+class Include(_Strict):
+    cuda: str
+    flavor: Literal["base", "runtime", "devel"]
+    os: str
+    stack: list[str] = []
+
+
+def _check_template(v: str) -> str:
+    try:
+        parsed = list(string.Formatter().parse(v))
+    except ValueError as exc:
+        raise ValueError(f"bad template {v!r}: {exc}") from None
+    for _, name, spec, _ in parsed:
+        if name is None:
+            continue
+        if name not in TAG_FIELDS:
+            guess = difflib.get_close_matches(name, TAG_FIELDS, n=1)
+            hint = f"; did you mean {{{guess[0]}}}?" if guess else f"; known: {', '.join(TAG_FIELDS)}"
+            raise ValueError(f"unknown placeholder {{{name}}} in {v!r}{hint}")
+        if spec:
+            raise ValueError(f"format specs are not supported in tag templates ({v!r})")
+    return v
+
+
+class Tags(_Strict):
+    immutable: str = "{id}-{build}"
+    floating: list[str] = ["{id}", "{cuda_mm}-{flavor}-{os}{stack}"]
+
+    @field_validator("immutable")
+    @classmethod
+    def _imm(cls, v):
+        _check_template(v)
+        if "{build}" not in v and "{sha}" not in v:
+            raise ValueError("the immutable tag must contain {build} or {sha}, or it would move")
+        return v
+
+    @field_validator("floating")
+    @classmethod
+    def _float(cls, v):
+        return [_check_template(t) for t in v]
+
+
+class MatrixModel(_Strict):
+    registry: str = DEFAULT_REGISTRY
+    repository: str = "dlenv"
+    source: Optional[str] = None
+    timezone: str = "Etc/UTC"
+    locale: str = "C.UTF-8"
+    mirrors: Mirrors = Mirrors()
+    os: dict[str, OsSpec]
+    cuda: dict[str, CudaSpec]
+    flavors: list[Literal["base", "runtime", "devel"]] = list(FLAVORS)
+    stacks: list[list[str]] = [[]]
+    include: list[Include] = []
+    exclude: list[Rule] = []
+    tags: Tags = Tags()
+
+    @field_validator("registry")
+    @classmethod
+    def _registry(cls, v):
+        if not REGISTRY.match(v):
+            raise ValueError(f"a registry is host[:port][/path] (got {v!r})")
+        return v
+
+    @field_validator("repository")
+    @classmethod
+    def _repository(cls, v):
+        if not re.match(r"^[a-z0-9]+([._/-][a-z0-9]+)*$", v):
+            raise ValueError(f"not a valid repository name: {v!r} (lowercase, digits, . _ - /)")
+        return v
+
+    @field_validator("os")
+    @classmethod
+    def _os_keys(cls, v):
+        for key in v:
+            if not isinstance(key, str) or not NAME.match(key):
+                raise ValueError(f"OS name {key!r} must be lowercase letters, digits, dots (e.g. ubuntu24.04)")
+        if not v:
+            raise ValueError("declare at least one OS")
+        return v
+
+    @field_validator("cuda", mode="before")
+    @classmethod
+    def _cuda_keys(cls, v):
+        if isinstance(v, dict):
+            for key in v:
+                if not isinstance(key, str):
+                    raise ValueError(f"CUDA version {key!r} must be a quoted string like \"13.0.2\"")
+                if not CUDA_VERSION.match(key):
+                    raise ValueError(f"CUDA version {key!r} must be major.minor.patch, e.g. \"13.0.2\"")
+            if not v:
+                raise ValueError("declare at least one CUDA version")
+        return v
+
+    @field_validator("flavors")
+    @classmethod
+    def _flavors(cls, v):
+        if len(set(v)) != len(v):
+            raise ValueError("a flavor is listed twice")
+        if not v:
+            raise ValueError("list at least one flavor")
+        return v
+
+
+class Constraints(_Strict):
+    cuda: list[str] = ["*"]
+    flavors: list[Literal["base", "runtime", "devel"]] = list(FLAVORS)
+    os: list[str] = ["*"]
+    os_family: list[Literal["debian", "ubuntu"]] = ["debian", "ubuntu"]
+
+
+class RecipeModel(_Strict):
+    description: str
+    dockerfile: str
+    tag: str
+    requires: list[str] = []
+    args: dict[str, str] = {}
+    constraints: Constraints = Constraints()
+
+    @field_validator("tag")
+    @classmethod
+    def _tag(cls, v):
+        if not TAG_PART.match(v):
+            raise ValueError(f"a tag part is lowercase letters, digits and dots (got {v!r})")
+        return v
+
+    @field_validator("args")
+    @classmethod
+    def _args(cls, v):
+        for key in v:
+            if not re.match(r"^[A-Z_][A-Z0-9_]*$", key):
+                raise ValueError(f"build arg {key!r} must be UPPER_CASE")
+        return v
+
+
+class Components(_Strict):
+    """What one CUDA major release on PyPI provides per flavor (images/cuda-pip/components.toml)."""
+
+    base: list[str]
+    runtime: list[str] = []
+    devel: list[str] = []
+    extra: dict[str, list[str]] = {}
+    unsupported: dict[str, str] = {}
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str
+    file: str
+    description: str
+    dockerfile: str
+    tag: str
+    requires: tuple[str, ...]
+    args: tuple[tuple[str, str], ...]
+    constraints: Constraints
+
+
+@dataclass(frozen=True)
+class Where:
+    """Where a piece of the matrix came from, for error messages."""
+
+    file: str
+    line: int
+
+
+@dataclass(frozen=True)
+class Matrix:
+    file: str
+    root: Path
+    model: MatrixModel
+    recipes: dict[str, Recipe]
+    components: dict[str, Components]
+    lines: dict[str, Where] = field(default_factory=dict, compare=False, hash=False)
+
+    def where(self, *path: Any) -> Where:
+        key = ".".join(str(p) for p in path)
+        while key and key not in self.lines:
+            key = key.rpartition(".")[0]
+        return self.lines.get(key, Where(self.file, 1))
+
+
+# --- turning pydantic's errors into one line with file, line and field ----------------------
+
+def _model_at(model: Any, loc: tuple) -> Any:
+    """The model class a (partial) pydantic location points into, for did-you-mean."""
+    tp = model
+    for part in loc:
+        origin = typing.get_origin(tp)
+        if origin is typing.Union:
+            args = [a for a in typing.get_args(tp) if a is not type(None)]
+            tp = args[0] if args else tp
+            origin = typing.get_origin(tp)
+        if isinstance(tp, type) and issubclass(tp, BaseModel):
+            info = tp.model_fields.get(part)
+            if info is None:
+                return None
+            tp = info.annotation
+        elif origin in (dict, list):
+            tp = typing.get_args(tp)[-1]
+        else:
+            return None
+    origin = typing.get_origin(tp)
+    if origin is typing.Union:
+        tp = [a for a in typing.get_args(tp) if a is not type(None)][0]
+    return tp if isinstance(tp, type) and issubclass(tp, BaseModel) else None
+
+
+def _line_in_yaml(data: Any, loc: tuple) -> int:
+    node, line = data, getattr(data, "line", 1)
+    for part in loc:
+        if isinstance(node, LineDict) and part in node:
+            line, node = node.line_of(part), node[part]
+        elif isinstance(node, LineList) and isinstance(part, int) and part < len(node):
+            line, node = node.line_of(part), node[part]
+        else:
+            break
+    return line
+
+
+def _raise_first(exc: ValidationError, file: str, model: Any, line_of) -> None:
+    err = exc.errors()[0]
+    loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and "[" in p))
+    field_name = ".".join(str(p) for p in loc) or "document"
+    line = line_of(loc)
+    if err["type"] == "extra_forbidden":
+        parent = _model_at(model, loc[:-1])
+        known = list(parent.model_fields) if parent else []
+        guess = difflib.get_close_matches(str(loc[-1]), known, n=1)
+        hint = f"; did you mean {guess[0]!r}?" if guess else (f"; known keys: {', '.join(known)}" if known else "")
+        raise ConfigError(file, line, field_name, f"unknown key{hint}")
+    msg = err["msg"].removeprefix("Value error, ")
+    if err["type"] not in ("missing", "value_error") and "input" in err and not isinstance(err["input"], (dict, list)):
+        msg += f" (got {err['input']!r})"
+    raise ConfigError(file, line, field_name, msg)
+
+
+# --- loading ----------------------------------------------------------------------------------
+
+def _check_names(file: str, doc: Any, line_of, names: list[str], known: list[str], what: str, loc: tuple) -> None:
+    for index, name in enumerate(names):
+        if name not in known:
+            guess = difflib.get_close_matches(str(name), known, n=1)
+            hint = f"; did you mean {guess[0]!r}?" if guess else f"; known: {', '.join(known) or 'none'}"
+            raise ConfigError(file, line_of(loc + (index,)), ".".join(map(str, loc + (index,))),
+                              f"unknown {what} {name!r}{hint}")
+
+
+def load_recipe(path: Path, root: Path) -> Recipe:
+    label = _label(path, root)
+    doc = load_toml(path, label)
+    name = path.stem
+    if not NAME.match(name):
+        raise ConfigError(label, None, "file name", f"a recipe name is lowercase letters, digits, - (got {name!r})")
+    try:
+        model = RecipeModel.model_validate(dict(doc))
+    except ValidationError as exc:
+        _raise_first(exc, label, RecipeModel, doc.line_of)
+    folder = root / model.dockerfile
+    if not (folder / "Dockerfile").is_file():
+        raise ConfigError(label, doc.line_of(("dockerfile",)), "dockerfile",
+                          f"no Dockerfile in {model.dockerfile!r} (a folder under the repository, e.g. images/python)")
+    return Recipe(name, label, model.description, model.dockerfile, model.tag, tuple(model.requires),
+                  tuple(sorted(model.args.items())), model.constraints)
+
+
+def load_components(root: Path) -> dict[str, Components]:
+    path = root / "images/cuda-pip/components.toml"
+    label = _label(path, root)
+    doc: TomlDoc = load_toml(path, label)
+    out = {}
+    for major, table in doc.items():
+        try:
+            out[major] = Components.model_validate(table)
+        except ValidationError as exc:
+            _raise_first(exc, label, Components, lambda loc, m=major: doc.line_of((m,) + loc))
+    return out
+
+
+def _label(path: Path, root: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(root.resolve()))
+    except ValueError:
+        return str(path)
+
+
+def _check_requirements(recipes: dict[str, Recipe], root: Path) -> None:
+    for recipe in recipes.values():
+        doc = load_toml(root / recipe.file, recipe.file)
+        _check_names(recipe.file, doc, doc.line_of, list(recipe.requires), sorted(recipes), "recipe", ("requires",))
+    # Cycles: depth-first over `requires`.
+    state: dict[str, int] = {}
+
+    def visit(name: str, trail: list[str]) -> None:
+        if state.get(name) == 2:
+            return
+        if state.get(name) == 1:
+            cycle = trail[trail.index(name):] + [name]
+            recipe = recipes[trail[-1]]
+            doc = load_toml(root / recipe.file, recipe.file)
+            raise ConfigError(recipe.file, doc.line_of(("requires",)), "requires",
+                              f"requirements form a cycle: {' -> '.join(cycle)}")
+        state[name] = 1
+        for dep in recipes[name].requires:
+            visit(dep, trail + [name])
+        state[name] = 2
+
+    for name in sorted(recipes):
+        visit(name, [])
+    tags: dict[str, str] = {}
+    for recipe in recipes.values():
+        if recipe.tag in tags:
+            doc = load_toml(root / recipe.file, recipe.file)
+            raise ConfigError(recipe.file, doc.line_of(("tag",)), "tag",
+                              f"tag part {recipe.tag!r} is already used by recipe {tags[recipe.tag]!r}")
+        tags[recipe.tag] = recipe.name
+
+
+def load(matrix_path: Path, root: Path | None = None, recipes_dir: Path | None = None) -> Matrix:
+    """Read and validate a matrix and the recipes it may use.
+
+    root is the project folder holding images/ (and recipes/ unless recipes_dir is given);
+    recipes name their Dockerfile folder relative to it.
+    """
+    root = (root or Path.cwd()).resolve()
+    label = _label(matrix_path, Path.cwd())
+    data = load_yaml(matrix_path, label)
+    try:
+        model = MatrixModel.model_validate(dict(data))
+    except ValidationError as exc:
+        _raise_first(exc, label, MatrixModel, lambda loc: _line_in_yaml(data, loc))
+
+    recipes_dir = recipes_dir or root / "recipes"
+    recipes = {p.stem: load_recipe(p, root) for p in sorted(recipes_dir.glob("*.toml"))}
+    _check_requirements(recipes, root)
+    components = load_components(root) if any(c.source == "pip" for c in model.cuda.values()) else {}
+
+    def line(*loc: Any) -> int:
+        return _line_in_yaml(data, loc)
+
+    for si, stack in enumerate(model.stacks):
+        _check_names(label, data, lambda loc: line(*loc), stack, sorted(recipes), "recipe", ("stacks", si))
+        seen: list[str] = []
+        for ri, name in enumerate(stack):
+            if name in seen:
+                raise ConfigError(label, line("stacks", si, ri), f"stacks.{si}.{ri}", f"recipe {name!r} is listed twice")
+            for dep in recipes[name].requires:
+                if dep not in seen:
+                    raise ConfigError(label, line("stacks", si, ri), f"stacks.{si}.{ri}",
+                                      f"recipe {name!r} requires {dep!r} earlier in the stack")
+            seen.append(name)
+    for ii, inc in enumerate(model.include):
+        for key, known in (("cuda", model.cuda), ("os", model.os)):
+            if getattr(inc, key) not in known:
+                _check_names(label, data, lambda loc: line(*loc), [getattr(inc, key)], sorted(known), key, ("include", ii))
+        _check_names(label, data, lambda loc: line(*loc), inc.stack, sorted(recipes), "recipe", ("include", ii, "stack"))
+    for version, spec in model.cuda.items():
+        major = f"cuda{version.split('.')[0]}"
+        if spec.source == "pip" and major not in components:
+            raise ConfigError(label, line("cuda", version, "source"), f"cuda.{version}.source",
+                              f"PyPI components for CUDA {version.split('.')[0]} are not described "
+                              f"(images/cuda-pip/components.toml has {', '.join(sorted(components)) or 'none'})")
+    lines = {}
+
+    def record(node: Any, prefix: str) -> None:
+        if isinstance(node, LineDict):
+            for key, value in node.items():
+                path = f"{prefix}.{key}" if prefix else str(key)
+                lines[path] = Where(label, node.line_of(key))
+                record(value, path)
+        elif isinstance(node, LineList):
+            for index, value in enumerate(node):
+                path = f"{prefix}.{index}"
+                lines[path] = Where(label, node.line_of(index))
+                record(value, path)
+
+    record(data, "")
+    return Matrix(label, root, model, recipes, components, lines)

@@ -1,0 +1,106 @@
+"""Plan -> one bake definition: a target per distinct layer node, chained by named contexts.
+
+A node's target takes its parent as `contexts = {base = "target:<parent>"}`, so BuildKit builds a
+shared prefix once for all the variants above it. Only variant targets carry tags, labels and
+an output; intermediate nodes are built as their dependencies. The same plan always renders to
+the same bytes (sorted keys, no timestamps beyond the commit's).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from dlenv import bootstrap
+from dlenv.plan import Node, Plan, Variant
+
+Output = Literal["push", "load", "cache"]
+LABEL = "io.dlenv"
+
+
+@dataclass(frozen=True)
+class Secret:
+    id: str
+    src: Path
+
+    def spec(self) -> str:
+        return f"id={self.id},src={self.src}"
+
+
+def labels(plan: Plan, variant: Variant) -> dict[str, str]:
+    b = plan.build
+    out = {
+        "org.opencontainers.image.title": f"{plan.matrix.model.repository}:{variant.id}",
+        "org.opencontainers.image.version": variant.immutable,
+        "org.opencontainers.image.revision": b.revision,
+        "org.opencontainers.image.created": b.created,
+        "org.opencontainers.image.description": (
+            f"CUDA {variant.cuda} {variant.flavor} on {variant.os}"
+            + (f" with {', '.join(variant.stack)}" if variant.stack else "")),
+        f"{LABEL}.variant": variant.id,
+        f"{LABEL}.cuda": variant.cuda,
+        f"{LABEL}.cuda.source": variant.cuda_source,
+        f"{LABEL}.flavor": variant.flavor,
+        f"{LABEL}.os": variant.os,
+        f"{LABEL}.recipes": ",".join(variant.stack),
+    }
+    if b.source:
+        out["org.opencontainers.image.source"] = b.source
+    return out
+
+
+def _context(node: Node) -> str:
+    if node.kind == "rootfs" and node.rootfs:
+        return str(bootstrap.rootfs_dir(node.rootfs))
+    return node.dockerfile
+
+
+def target(plan: Plan, node: Node, variant: Variant | None, output: Output,
+           secrets: tuple[Secret, ...]) -> dict:
+    t: dict = {"context": _context(node)}
+    if node.kind == "rootfs":
+        t["dockerfile"] = str((plan.matrix.root / node.dockerfile / "Dockerfile").resolve())
+    if node.parent:
+        t["contexts"] = {"base": f"target:{node.parent}"}
+    elif node.base_image:
+        t["contexts"] = {"base": f"docker-image://{node.base_image}"}
+    args = dict(node.args)
+    # Fixes the image's creation time to the commit's: rebuilds of a commit are identical.
+    args["SOURCE_DATE_EPOCH"] = str(plan.build.epoch)
+    t["args"] = args
+    if node.kind in ("cuda", "recipe") and secrets:
+        t["secret"] = [s.spec() for s in secrets]
+    if variant is None or output == "cache":
+        # Built only as a dependency (or a probe): kept in the build cache, exported nowhere.
+        t["output"] = ["type=cacheonly"]
+        return t
+    lab = labels(plan, variant)
+    t["labels"] = lab
+    t["annotations"] = [f"manifest:{k}={v}" for k, v in sorted(lab.items())
+                        if k.startswith("org.opencontainers.")]
+    # Provenance records build start/end times: every rebuild would get a new digest and push.
+    t["attest"] = ["type=provenance,disabled=true"]
+    t["tags"] = [plan.ref(tag) for tag in variant.tags]
+    t["output"] = ["type=image,push=true,oci-mediatypes=true" if output == "push" else "type=docker"]
+    return t
+
+
+def definition(plan: Plan, output: Output = "push", secrets: tuple[Secret, ...] = ()) -> dict:
+    by_node = {v.node: v for v in plan.variants}
+    targets = {name: target(plan, node, by_node.get(name), output, secrets)
+               for name, node in plan.nodes.items()}
+    return {
+        "group": {"default": {"targets": [v.node for v in plan.variants]}},
+        "target": targets,
+    }
+
+
+def render(definition_: dict) -> str:
+    return json.dumps(definition_, indent=2, sort_keys=True) + "\n"
+
+
+def dependents(plan: Plan, node: str) -> list[Variant]:
+    """The variants whose chain contains node: what a failure of node takes down."""
+    return [v for v in plan.variants if node in v.chain]

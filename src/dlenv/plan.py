@@ -1,0 +1,275 @@
+"""Matrix -> variants: expand the axes, apply include/exclude, constraints and selectors.
+
+Each variant is a chain of layer nodes (OS root, OS set-up, CUDA flavors, recipes). Nodes are
+named by what they contain, so variants with a common prefix share those nodes, and the graph
+builds each once. Every combination left out is kept with its reason.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
+from typing import Literal
+
+from dlenv import bootstrap
+from dlenv.config import FLAVORS, Matrix, Recipe
+from dlenv.errors import ConfigError
+from dlenv.selection import Selection
+from dlenv.tags import BuildInfo, render, valid_tag
+
+Kind = Literal["rootfs", "os", "cuda", "recipe"]
+Reason = Literal["excluded", "constraint", "unsupported", "unselected", "unreachable"]
+
+
+@dataclass(frozen=True)
+class Mirrors:
+    """Mirror settings after defaults are applied (from matrix.yaml, else the host's own)."""
+
+    apt: str = ""         # rewrite the apt sources of image-based OS layers; "" keeps them
+    bootstrap_apt: str = ""  # where mmdebstrap fetches from
+    pypi: str = ""        # "" is pip's built-in default
+    registry: str = ""    # prefix for base images pulled from a registry
+
+
+@dataclass(frozen=True)
+class Node:
+    name: str                       # the bake target
+    kind: Kind
+    dockerfile: str                 # folder under the project root (images/...)
+    parent: str | None              # the node this one is built on
+    base_image: str | None = None   # an external base image, for a chain's first node
+    args: tuple[tuple[str, str], ...] = ()
+    rootfs: bootstrap.RootfsSpec | None = None
+    summary: str = ""
+
+
+@dataclass(frozen=True)
+class Variant:
+    id: str
+    cuda: str
+    flavor: str
+    os: str
+    stack: tuple[str, ...]
+    chain: tuple[str, ...]          # node names, OS first
+    immutable: str
+    floating: tuple[str, ...]
+    cuda_source: str
+    os_source: str
+
+    @property
+    def node(self) -> str:
+        return self.chain[-1]
+
+    @property
+    def tags(self) -> tuple[str, ...]:
+        return (self.immutable, *self.floating)
+
+    def axes(self) -> dict[str, object]:
+        return {"id": self.id, "cuda": self.cuda, "flavor": self.flavor, "os": self.os,
+                "stack": "+".join(self.stack) or "none", "recipe": self.stack}
+
+
+@dataclass(frozen=True)
+class LeftOut:
+    id: str
+    reason: Reason
+    detail: str
+    fix: str = ""
+
+
+@dataclass(frozen=True)
+class Plan:
+    matrix: Matrix
+    build: BuildInfo
+    mirrors: Mirrors
+    variants: tuple[Variant, ...]
+    nodes: dict[str, Node] = field(hash=False)
+    left_out: tuple[LeftOut, ...]
+
+    @property
+    def image(self) -> str:
+        return f"{self.matrix.model.registry}/{self.matrix.model.repository}"
+
+    def ref(self, tag: str) -> str:
+        return f"{self.image}:{tag}"
+
+    def variant(self, variant_id: str) -> Variant:
+        return next(v for v in self.variants if v.id == variant_id)
+
+    def without(self, gone: dict[str, LeftOut]) -> "Plan":
+        """The same plan with some variants moved to left_out (e.g. unreachable sources)."""
+        kept = tuple(v for v in self.variants if v.id not in gone)
+        used = {n for v in kept for n in v.chain}
+        return Plan(self.matrix, self.build, self.mirrors, kept,
+                    {k: n for k, n in self.nodes.items() if k in used},
+                    self.left_out + tuple(gone[v.id] for v in self.variants if v.id in gone))
+
+
+def target_name(text: str) -> str:
+    """Bake target names allow letters, digits, - and _ only."""
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in text)
+
+
+def _with_mirror(image: str, mirror: str) -> str:
+    if not mirror:
+        return image
+    # Official images live under library/ on the default registry.
+    path = image if "/" in image.split(":")[0] else f"library/{image}"
+    return f"{mirror}/{path}"
+
+
+class _Builder:
+    def __init__(self, matrix: Matrix, mirrors: Mirrors):
+        self.m = matrix
+        self.model = matrix.model
+        self.mirrors = mirrors
+        self.nodes: dict[str, Node] = {}
+
+    def add(self, node: Node) -> str:
+        existing = self.nodes.get(node.name)
+        assert existing is None or existing == node, f"two different nodes named {node.name}"
+        self.nodes[node.name] = node
+        return node.name
+
+    def os_chain(self, os_key: str) -> list[str]:
+        spec = self.model.os[os_key]
+        chain = []
+        if spec.source == "bootstrap":
+            rootfs = bootstrap.RootfsSpec(spec.suite or "", self.mirrors.bootstrap_apt, tuple(spec.packages))
+            chain.append(self.add(Node(target_name(f"rootfs-{os_key}"), "rootfs", "images/os-bootstrap", None,
+                                       rootfs=rootfs, summary=f"{spec.suite} rootfs (mmdebstrap)")))
+            base = None
+        else:
+            base = _with_mirror(spec.image or "", self.mirrors.registry)
+        chain.append(self.add(Node(target_name(f"os-{os_key}"), "os", "images/os", chain[-1] if chain else None,
+                                   base_image=base, args=self.os_args(), summary=f"{os_key} set-up")))
+        return chain
+
+    def os_args(self) -> tuple[tuple[str, str], ...]:
+        return (("APT_MIRROR", self.mirrors.apt), ("LANG", self.model.locale), ("TZ", self.model.timezone))
+
+    def cuda_chain(self, os_key: str, cuda: str, flavor: str) -> list[str]:
+        spec = self.model.cuda[cuda]
+        if spec.source == "image":
+            os_spec = self.model.os[os_key]
+            image = spec.image.format(version=cuda, flavor=flavor, os=os_spec.cuda_image_os or os_key)
+            name = target_name(f"{cuda}-{flavor}-{os_key}")
+            return [self.add(Node(name, "os", "images/os", None, base_image=_with_mirror(image, self.mirrors.registry),
+                                  args=self.os_args(), summary=f"CUDA {cuda} {flavor} ({image})"))]
+        chain = self.os_chain(os_key)
+        components = self.m.components[f"cuda{cuda.split('.')[0]}"]
+        for step in FLAVORS[: FLAVORS.index(flavor) + 1]:
+            args = (("COMPONENTS", " ".join(getattr(components, step))),
+                    ("CUDA_VERSION", cuda),
+                    ("EXTRA_PACKAGES", " ".join(components.extra.get(step, []))),
+                    ("FLAVOR", step),
+                    ("PIP_INDEX_URL", self.mirrors.pypi))
+            chain.append(self.add(Node(target_name(f"{cuda}-{step}-{os_key}"), "cuda", "images/cuda-pip", chain[-1],
+                                       args=args, summary=f"CUDA {cuda} {step} (PyPI)")))
+        return chain
+
+    def recipe_node(self, parent: str, recipe: Recipe, cuda: str, prefix: str) -> str:
+        args = dict(recipe.args)
+        args.update(CUDA_VERSION=cuda, PIP_INDEX_URL=self.mirrors.pypi)
+        return self.add(Node(target_name(prefix), "recipe", recipe.dockerfile, parent,
+                             args=tuple(sorted(args.items())), summary=recipe.name))
+
+
+def _rule_matches(rule, axes: dict[str, object]) -> bool:
+    for key in ("cuda", "flavor", "os", "stack"):
+        pattern = getattr(rule, key)
+        if pattern is not None and not fnmatchcase(str(axes[key]), pattern):
+            return False
+    if rule.recipe is not None and not any(fnmatchcase(r, rule.recipe) for r in axes["recipe"]):
+        return False
+    return True
+
+
+def _constraint_problem(recipe: Recipe, cuda: str, flavor: str, os_key: str, family: str) -> str | None:
+    c = recipe.constraints
+    if not any(fnmatchcase(cuda, p) for p in c.cuda):
+        return f"recipe {recipe.name} supports CUDA {', '.join(c.cuda)} only"
+    if flavor not in c.flavors:
+        return f"recipe {recipe.name} supports flavors {', '.join(c.flavors)} only"
+    if not any(fnmatchcase(os_key, p) for p in c.os) or family not in c.os_family:
+        return f"recipe {recipe.name} supports OS {', '.join(c.os)} ({', '.join(c.os_family)}) only"
+    return None
+
+
+def expand(matrix: Matrix, build: BuildInfo, mirrors: Mirrors, selection: Selection = Selection()) -> Plan:
+    model = matrix.model
+    builder = _Builder(matrix, mirrors)
+    combos: list[tuple[str, str, str, tuple[str, ...], str | None]] = []
+    for os_key in model.os:
+        for cuda in model.cuda:
+            for flavor in model.flavors:
+                for stack in model.stacks:
+                    combos.append((cuda, flavor, os_key, tuple(stack), None))
+    for index, inc in enumerate(model.include):
+        combos.append((inc.cuda, inc.flavor, inc.os, tuple(inc.stack), f"include.{index}"))
+
+    variants: list[Variant] = []
+    left: list[LeftOut] = []
+    seen: set[str] = set()
+    all_axes = []
+    for cuda, flavor, os_key, stack, included in combos:
+        recipes = [matrix.recipes[name] for name in stack]
+        vid = "-".join([cuda, flavor, os_key, *(r.tag for r in recipes)])
+        if vid in seen:
+            continue
+        seen.add(vid)
+        axes = {"id": vid, "cuda": cuda, "flavor": flavor, "os": os_key,
+                "stack": "+".join(stack) or "none", "recipe": stack}
+        all_axes.append(axes)
+        if not included:
+            rule = next((i for i, r in enumerate(model.exclude) if _rule_matches(r, axes)), None)
+            if rule is not None:
+                where = matrix.where("exclude", rule)
+                left.append(LeftOut(vid, "excluded", f"exclude rule at {where.file}:{where.line}"))
+                continue
+        cuda_spec, os_spec = model.cuda[cuda], model.os[os_key]
+        components = matrix.components.get(f"cuda{cuda.split('.')[0]}")
+        if cuda_spec.source == "pip" and components and flavor in components.unsupported:
+            left.append(LeftOut(vid, "unsupported", components.unsupported[flavor],
+                                "use source: image for this CUDA version, or another flavor"))
+            continue
+        problem = next((p for r in recipes if (p := _constraint_problem(r, cuda, flavor, os_key, os_spec.os_family))), None)
+        if problem:
+            left.append(LeftOut(vid, "constraint", problem))
+            continue
+        if not selection.wants(axes):
+            left.append(LeftOut(vid, "unselected", "not matched by --select/--skip"))
+            continue
+        chain = builder.cuda_chain(os_key, cuda, flavor)
+        prefix = f"{cuda}-{flavor}-{os_key}"
+        for recipe in recipes:
+            prefix += f"-{recipe.tag}"
+            chain.append(builder.recipe_node(chain[-1], recipe, cuda, prefix))
+        values = {"id": vid, "cuda": cuda, "cuda_mm": ".".join(cuda.split(".")[:2]),
+                  "cuda_major": cuda.split(".")[0], "flavor": flavor, "os": os_key,
+                  "stack": "".join(f"-{r.tag}" for r in recipes), "recipes": "-".join(stack) or "none",
+                  "build": build.build, "date": build.date, "sha": build.sha}
+        immutable = render(model.tags.immutable, values)
+        floating = tuple(dict.fromkeys(render(t, values) for t in model.tags.floating))
+        for index, tag in enumerate((immutable, *floating)):
+            if not valid_tag(tag):
+                path = ("tags", "immutable") if index == 0 else ("tags", "floating", index - 1)
+                where = matrix.where(*path)
+                raise ConfigError(where.file, where.line, ".".join(map(str, path)),
+                                  f"renders the invalid tag {tag!r} for {vid} (letters, digits, . _ - only)")
+        variants.append(Variant(vid, cuda, flavor, os_key, stack, tuple(chain), immutable,
+                                tuple(t for t in floating if t != immutable), cuda_spec.source, os_spec.source))
+
+    known = {"cuda": list(model.cuda), "flavor": list(model.flavors), "os": list(model.os),
+             "recipe": list(matrix.recipes)}
+    selection.check_possible(known, all_axes)
+    owners: dict[str, str] = {}
+    for variant in variants:
+        for index, tag in enumerate(variant.tags):
+            if tag in owners and owners[tag] != variant.id:
+                path = ("tags", "immutable") if index == 0 else ("tags", "floating")
+                where = matrix.where(*path)
+                raise ConfigError(where.file, where.line, ".".join(path),
+                                  f"tag {tag!r} would name both {owners[tag]} and {variant.id}")
+            owners[tag] = variant.id
+    return Plan(matrix, build, mirrors, tuple(variants), builder.nodes, tuple(left))

@@ -1,0 +1,104 @@
+"""Before building: can each variant's sources be reached from here?
+
+A variant needs its OS source (a base image from a registry, or an apt mirror for bootstrap),
+its CUDA source (an nvidia/cuda image, or a PyPI index) and, for recipes, the PyPI index.
+Variants whose sources do not answer are left out with the reason and the setting that fixes it.
+"""
+
+from __future__ import annotations
+
+import os
+import ssl
+import subprocess
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from dlenv import hostconf
+from dlenv.plan import LeftOut, Plan, Variant
+
+
+@dataclass(frozen=True)
+class Source:
+    kind: str      # image | apt | pypi
+    address: str
+    fix: str
+
+
+@dataclass(frozen=True)
+class Verdict:
+    source: Source
+    ok: bool
+    detail: str
+
+
+def _image_ok(image: str) -> tuple[bool, str]:
+    try:
+        out = subprocess.run(["docker", "buildx", "imagetools", "inspect", "--raw", image],
+                             capture_output=True, text=True, timeout=30, env=dict(os.environ))
+    except subprocess.TimeoutExpired:
+        return False, "no answer in 30s"
+    except OSError as exc:
+        return False, str(exc)
+    if out.returncode == 0:
+        return True, "ok"
+    last = [line for line in out.stderr.strip().splitlines() if line.strip()][-1:] or ["failed"]
+    return False, last[0].removeprefix("ERROR: ")[:160]
+
+
+def _url_ok(url: str) -> tuple[bool, str]:
+    context = None
+    bundle = hostconf.ca_bundle()
+    if url.startswith("https://"):
+        context = ssl.create_default_context(cafile=str(bundle) if bundle else None)
+    try:
+        with urllib.request.urlopen(url, timeout=15, context=context) as response:
+            return True, f"HTTP {response.status}"
+    except urllib.error.HTTPError as exc:
+        return False, f"HTTP {exc.code}"
+    except (OSError, ValueError) as exc:
+        return False, str(getattr(exc, "reason", exc))[:160]
+
+
+def sources(plan: Plan, variant: Variant) -> list[Source]:
+    model = plan.matrix.model
+    out: list[Source] = []
+    first = plan.nodes[variant.chain[0]]
+    if first.rootfs:
+        out.append(Source("apt", f"{first.rootfs.mirror}/dists/{first.rootfs.suite}/Release",
+                          "set mirrors.apt in matrix.yaml to a reachable Debian mirror"))
+    if first.base_image:
+        out.append(Source("image", first.base_image,
+                          "set mirrors.registry in matrix.yaml to a registry mirror that has this image"
+                          + (", or use `source: bootstrap` for this OS" if variant.cuda_source == "pip" else "")))
+    needs_pip = variant.cuda_source == "pip" or any(plan.nodes[n].kind == "recipe" for n in variant.chain)
+    if needs_pip:
+        index = plan.mirrors.pypi or hostconf.pip_default_index()
+        if index:
+            out.append(Source("pypi", f"{index.rstrip('/')}/pip/",
+                              "set mirrors.pypi in matrix.yaml to a reachable PyPI index"))
+    if model.mirrors.apt and first.base_image:
+        out.append(Source("apt", f"{model.mirrors.apt}/", "fix mirrors.apt in matrix.yaml"))
+    return out
+
+
+def check(plan: Plan) -> tuple[dict[str, LeftOut], list[Verdict]]:
+    """Probe every distinct source once; return the variants to leave out, and all verdicts."""
+    needed = {v.id: sources(plan, v) for v in plan.variants}
+    distinct = sorted({s for ss in needed.values() for s in ss}, key=lambda s: (s.kind, s.address))
+
+    def probe(source: Source) -> Verdict:
+        ok, detail = _image_ok(source.address) if source.kind == "image" else _url_ok(source.address)
+        return Verdict(source, ok, detail)
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        verdicts = list(pool.map(probe, distinct))
+    by_source = {v.source: v for v in verdicts}
+    gone: dict[str, LeftOut] = {}
+    for variant_id, needs in needed.items():
+        bad = next((by_source[s] for s in needs if not by_source[s].ok), None)
+        if bad:
+            gone[variant_id] = LeftOut(variant_id, "unreachable",
+                                       f"{bad.source.kind} {bad.source.address}: {bad.detail}", bad.source.fix)
+    return gone, verdicts

@@ -1,0 +1,157 @@
+"""What people read: the plan as a table, live progress while building, the summary table.
+
+Machines read the same facts as JSON (`--json`, `--metadata FILE`).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+from dlenv.build import Result
+from dlenv.plan import Plan
+
+# Off a terminal (CI logs, pipes) rich would wrap at 80 columns; tables read better wider.
+console = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else 200)
+STYLE = {"built": "green", "failed": "bold red", "not attempted": "yellow", "skipped": "dim",
+         "building": "cyan", "waiting": "dim"}
+
+
+def human_size(size: int | None) -> str:
+    if size is None:
+        return "?"
+    value = float(size)
+    for unit in ("B", "KB", "MB", "GB"):
+        if value < 1000 or unit == "GB":
+            return f"{value:.0f} {unit}" if unit in ("B", "KB") else f"{value:.1f} {unit}"
+        value /= 1000
+    return f"{value:.1f} GB"
+
+
+def plan_json(plan: Plan) -> dict:
+    return {
+        "build": plan.build.build,
+        "image": plan.image,
+        "variants": [{"id": v.id, "cuda": v.cuda, "flavor": v.flavor, "os": v.os, "stack": list(v.stack),
+                      "tags": [plan.ref(t) for t in v.tags], "immutable": plan.ref(v.immutable),
+                      "chain": list(v.chain), "target": v.node} for v in plan.variants],
+        "left_out": [{"id": left.id, "reason": left.reason, "detail": left.detail, "fix": left.fix}
+                     for left in plan.left_out],
+    }
+
+
+def _short(node) -> str:
+    if node.kind == "rootfs":
+        return f"{node.rootfs.suite} rootfs"
+    if node.kind == "cuda":
+        return dict(node.args)["FLAVOR"]
+    if node.kind == "recipe":
+        return node.summary
+    return node.base_image or "os"
+
+
+def plan_table(plan: Plan, show_unselected: bool = False) -> None:
+    table = Table(title=f"{plan.image}  build {plan.build.build}", title_justify="left")
+    table.add_column("variant", style="bold")
+    table.add_column("tags")
+    table.add_column("layer chain")
+    for v in plan.variants:
+        table.add_row(v.id, "\n".join(v.tags), " > ".join(_short(plan.nodes[n]) for n in v.chain))
+    console.print(table)
+    left = [x for x in plan.left_out if show_unselected or x.reason != "unselected"]
+    if left:
+        out = Table(title="left out", title_justify="left")
+        out.add_column("combination")
+        out.add_column("why")
+        out.add_column("detail")
+        for x in left:
+            out.add_row(x.id, x.reason, x.detail + (f"\nfix: {x.fix}" if x.fix else ""))
+        console.print(out)
+    unselected = sum(1 for x in plan.left_out if x.reason == "unselected")
+    console.print(f"{len(plan.variants)} variants, {len(plan.nodes)} bake targets"
+                  + (f", {unselected} not selected" if unselected else ""))
+
+
+class LiveBoard:
+    """A live table: one row per variant, its status and what is being built for it."""
+
+    def __init__(self, plan: Plan):
+        self.order = [v.id for v in plan.variants]
+        self.status = {v: "waiting" for v in self.order}
+        self.current = {v: "" for v in self.order}
+        self.started = time.monotonic()
+        self.done_at: dict[str, float] = {}
+        self.live = Live(self._render(), console=console, refresh_per_second=4, transient=False)
+
+    def __enter__(self) -> "LiveBoard":
+        self.live.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.live.update(self._render())
+        self.live.__exit__(*exc)
+
+    def _render(self) -> Table:
+        table = Table(box=None, show_header=False, pad_edge=False)
+        table.add_column(width=14)
+        table.add_column(style="bold")
+        table.add_column(style="dim", overflow="ellipsis", no_wrap=True, max_width=70)
+        table.add_column(justify="right")
+        now = time.monotonic()
+        for variant in self.order:
+            state = self.status[variant]
+            seconds = self.done_at.get(variant, now) - self.started if state != "waiting" else 0
+            table.add_row(Text(state, style=STYLE.get(state, "")), variant,
+                          self.current[variant] if state == "building" else "",
+                          f"{seconds:.0f}s" if state != "waiting" else "")
+        return table
+
+    def step(self, variant: str, text: str) -> None:
+        if self.status.get(variant) in ("waiting", "building"):
+            self.status[variant] = "building"
+            self.current[variant] = text
+            self.live.update(self._render())
+
+    def finish(self, variant: str, status: str) -> None:
+        self.status[variant] = status
+        self.done_at[variant] = time.monotonic()
+        self.live.update(self._render())
+
+
+def summary_table(plan: Plan, results: list[Result]) -> None:
+    table = Table(title=f"{plan.image}  build {plan.build.build}", title_justify="left")
+    for column in ("variant", "status", "tags", "digest", "size", "seconds"):
+        table.add_column(column, justify="right" if column in ("size", "seconds") else "left")
+    for r in results:
+        detail = "\n".join(t.rsplit(":", 1)[-1] for t in r.tags)
+        if r.status != "built":
+            detail = r.error.strip().splitlines()[-1] if r.error.strip() else ""
+        table.add_row(r.variant, Text(r.status, style=STYLE.get(r.status, "")), detail,
+                      r.digest.removeprefix("sha256:")[:12], human_size(r.size) if r.status == "built" else "",
+                      f"{r.seconds:.0f}" if r.status == "built" else "")
+    console.print(table)
+    for r in results:
+        if r.status == "failed":
+            console.print(f"[bold red]{r.variant}[/] failed at {r.node}:")
+            console.print(Text(r.error.rstrip(), style="red"))
+
+
+def results_json(plan: Plan, results: list[Result]) -> dict:
+    return {"image": plan.image, "build": plan.build.build, "revision": plan.build.revision,
+            "variants": [r.to_json() for r in results]}
+
+
+def write_json(path: Path | None, data: dict) -> None:
+    text = json.dumps(data, indent=2, sort_keys=True) + "\n"
+    if path is None or str(path) == "-":
+        sys.stdout.write(text)
+    else:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
