@@ -482,8 +482,11 @@ def load(matrix_path: Path, root: Path | None = None, recipes_dir: Path | None =
             seen.append(name)
     for ii, inc in enumerate(model.include):
         for key, known in (("cuda", model.cuda), ("os", model.os)):
-            if getattr(inc, key) not in known:
-                _check_names(label, data, lambda loc: line(*loc), [getattr(inc, key)], sorted(known), key, ("include", ii))
+            value = getattr(inc, key)
+            if value not in known:
+                guess = difflib.get_close_matches(value, list(known), n=1)
+                hint = f"; did you mean {guess[0]!r}?" if guess else f"; known: {', '.join(known)}"
+                raise ConfigError(label, line("include", ii, key), f"include.{ii}.{key}", f"unknown {key} {value!r}{hint}")
         _check_names(label, data, lambda loc: line(*loc), inc.stack, sorted(recipes), "recipe", ("include", ii, "stack"))
     for version, spec in model.cuda.items():
         major = f"cuda{version.split('.')[0]}"

@@ -199,28 +199,29 @@ def _constraint_problem(recipe: Recipe, cuda: str, flavor: str, os_key: str, fam
 def expand(matrix: Matrix, build: BuildInfo, mirrors: Mirrors, selection: Selection = Selection()) -> Plan:
     model = matrix.model
     builder = _Builder(matrix, mirrors)
-    combos: list[tuple[str, str, str, tuple[str, ...], str | None]] = []
+    # vid -> (cuda, flavor, os, stack, include rule or None); an include wins over an exclude.
+    combos: dict[str, tuple[str, str, str, tuple[str, ...], str | None]] = {}
+
+    def vid_of(cuda: str, flavor: str, os_key: str, stack: tuple[str, ...]) -> str:
+        return "-".join([cuda, flavor, os_key, *(matrix.recipes[name].tag for name in stack)])
+
     for os_key in model.os:
         for cuda in model.cuda:
             for flavor in model.flavors:
                 for stack in model.stacks:
-                    combos.append((cuda, flavor, os_key, tuple(stack), None))
+                    combos.setdefault(vid_of(cuda, flavor, os_key, tuple(stack)),
+                                      (cuda, flavor, os_key, tuple(stack), None))
     for index, inc in enumerate(model.include):
-        combos.append((inc.cuda, inc.flavor, inc.os, tuple(inc.stack), f"include.{index}"))
+        combos[vid_of(inc.cuda, inc.flavor, inc.os, tuple(inc.stack))] = (
+            inc.cuda, inc.flavor, inc.os, tuple(inc.stack), f"include.{index}")
 
     variants: list[Variant] = []
     left: list[LeftOut] = []
-    seen: set[str] = set()
     all_axes = []
-    for cuda, flavor, os_key, stack, included in combos:
+    for vid, (cuda, flavor, os_key, stack, included) in combos.items():
         recipes = [matrix.recipes[name] for name in stack]
-        vid = "-".join([cuda, flavor, os_key, *(r.tag for r in recipes)])
-        if vid in seen:
-            continue
-        seen.add(vid)
         axes = {"id": vid, "cuda": cuda, "flavor": flavor, "os": os_key,
                 "stack": "+".join(stack) or "none", "recipe": stack}
-        all_axes.append(axes)
         if not included:
             rule = next((i for i, r in enumerate(model.exclude) if _rule_matches(r, axes)), None)
             if rule is not None:
@@ -237,6 +238,7 @@ def expand(matrix: Matrix, build: BuildInfo, mirrors: Mirrors, selection: Select
         if problem:
             left.append(LeftOut(vid, "constraint", problem))
             continue
+        all_axes.append(axes)
         if not selection.wants(axes):
             left.append(LeftOut(vid, "unselected", "not matched by --select/--skip"))
             continue

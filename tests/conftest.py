@@ -1,0 +1,59 @@
+"""Shared fixtures: a project folder to load matrices and recipes from, and the real engine."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import textwrap
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    """A project folder: the repository's images/ and a copy of its recipes/ to break at will."""
+    (tmp_path / "images").symlink_to(REPO / "images")
+    shutil.copytree(REPO / "recipes", tmp_path / "recipes")
+    return tmp_path
+
+
+def write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(textwrap.dedent(text).lstrip("\n"))
+    return path
+
+
+SMALL = """
+registry: 127.0.0.1:5000
+repository: test/family
+os:
+  debian12: {source: bootstrap, suite: bookworm}
+  ubuntu24.04: {source: image, image: "ubuntu:24.04"}
+cuda:
+  "13.0.2": {source: pip}
+  "12.8.1": {source: pip}
+  "12.6.3": {source: image}
+stacks:
+  - []
+  - [python]
+  - [python, devtools, ssh]
+exclude:
+  - {cuda: "12.6.*", os: "debian*"}
+"""
+
+
+TEST_TOOLS = {"htpasswd": "apache2-utils", "ssh": "openssh-client", "openssl": "openssl"}
+
+
+def pytest_sessionstart(session):
+    """The engine tests need a few host tools; a fresh Debian machine (as root) gets them here."""
+    missing = sorted({pkg for tool, pkg in TEST_TOOLS.items() if not shutil.which(tool)})
+    if missing and os.geteuid() == 0 and shutil.which("apt-get"):
+        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+        subprocess.run(["apt-get", "update", "-qq"], env=env, check=False, capture_output=True)
+        subprocess.run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", *missing], env=env,
+                       check=True, capture_output=True)

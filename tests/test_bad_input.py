@@ -1,0 +1,156 @@
+"""Bad input: every malformed matrix, recipe or selector exits 2 with one line naming file, line
+and field, and builds and pushes nothing (the engine is never even looked for)."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, SMALL, write
+from dlenv.cli import main
+
+GOOD = SMALL
+
+# (name, matrix text or None for GOOD, {recipe file: text}, extra argv, expected file, line, field, words)
+CASES = [
+    ("yaml-syntax", "os: [debian12\ncuda: {}\n", {}, [], "matrix.yaml", 2, "YAML syntax", "expected ',' or ']'"),
+    ("not-a-mapping", "- a\n- b\n", {}, [], "matrix.yaml", 1, "document", "mapping"),
+    ("unknown-top-key", GOOD + "registy: x\n", {}, [], "matrix.yaml", 16, "registy", "did you mean 'registry'"),
+    ("duplicate-key", GOOD + "repository: again\n", {}, [], "matrix.yaml", 16, "YAML syntax", "duplicate key"),
+    ("bad-os-source", GOOD.replace("source: bootstrap, suite", "source: docker, suite"), {}, [],
+     "matrix.yaml", 4, "os.debian12.source", "'image' or 'bootstrap'"),
+    ("image-os-without-image", GOOD.replace('source: image, image: "ubuntu:24.04"', "source: image"), {}, [],
+     "matrix.yaml", 5, "os.ubuntu24.04", "needs `image`"),
+    ("bootstrap-without-suite", GOOD.replace("source: bootstrap, suite: bookworm", "source: bootstrap"), {}, [],
+     "matrix.yaml", 4, "os.debian12", "needs `suite`"),
+    ("os-key-typo", GOOD.replace('image: "ubuntu:24.04"', 'imgae: "ubuntu:24.04"'), {}, [],
+     "matrix.yaml", 5, "os.ubuntu24.04.imgae", "did you mean 'image'"),
+    ("cuda-unquoted", GOOD.replace('"12.8.1": {source: pip}', "12.8: {source: pip}"), {}, [],
+     "matrix.yaml", 6, "cuda", "quoted string"),
+    ("cuda-short-version", GOOD.replace('"12.8.1"', '"12.8"'), {}, [], "matrix.yaml", 6, "cuda",
+     "major.minor.patch"),
+    ("cuda-bad-source", GOOD.replace('"12.8.1": {source: pip}', '"12.8.1": {source: conda}'), {}, [],
+     "matrix.yaml", 8, "cuda.12.8.1.source", "'image' or 'pip'"),
+    ("cuda-image-placeholder", GOOD.replace('"12.6.3": {source: image}',
+                                            '"12.6.3": {source: image, image: "nvidia/cuda:{ver}"}'), {}, [],
+     "matrix.yaml", 9, "cuda.12.6.3.image", "unknown placeholder"),
+    ("unknown-flavor", GOOD + "flavors: [base, debug]\n", {}, [], "matrix.yaml", 16, "flavors.1",
+     "'base', 'runtime' or 'devel'"),
+    ("duplicate-flavor", GOOD + "flavors: [base, base]\n", {}, [], "matrix.yaml", 16, "flavors", "twice"),
+    ("unknown-recipe", GOOD.replace("- [python]\n", "- [pyton]\n"), {}, [], "matrix.yaml", 12, "stacks.1.0",
+     "did you mean 'python'"),
+    ("stack-not-a-list", GOOD.replace("  - [python]\n", "  - python\n"), {}, [], "matrix.yaml", 12, "stacks.1",
+     "valid list"),
+    ("recipe-twice", GOOD.replace("- [python]\n", "- [python, python]\n"), {}, [], "matrix.yaml", 12,
+     "stacks.1.1", "twice"),
+    ("immutable-without-build", GOOD + "tags: {immutable: '{id}'}\n", {}, [], "matrix.yaml", 16,
+     "tags.immutable", "would move"),
+    ("tag-unknown-placeholder", GOOD + "tags:\n  floating: ['{cuda_version}-{flavor}']\n", {}, [],
+     "matrix.yaml", 17, "tags.floating", "unknown placeholder {cuda_version}"),
+    ("tag-renders-invalid", GOOD + "tags:\n  floating: ['{id}+extra']\n", {}, [], "matrix.yaml", 17,
+     "tags.floating.0", "invalid tag"),
+    ("floating-tags-collide", GOOD + "tags:\n  floating: ['latest']\n", {}, [], "matrix.yaml", 17,
+     "tags.floating", "would name both"),
+    ("exclude-unknown-key", GOOD.replace('{cuda: "12.6.*", os: "debian*"}', '{cuda: "12.6.*", flavour: base}'),
+     {}, [], "matrix.yaml", 15, "exclude.0.flavour", "did you mean 'flavor'"),
+    ("exclude-empty-rule", GOOD.replace('{cuda: "12.6.*", os: "debian*"}', "{}"), {}, [], "matrix.yaml", 15,
+     "exclude.0", "at least one"),
+    ("include-unknown-os", GOOD + "include:\n  - {cuda: '13.0.2', flavor: base, os: debian13}\n", {}, [],
+     "matrix.yaml", 17, "include.0.os", "unknown os 'debian13'"),
+    ("pypi-mirror-not-url", GOOD + "mirrors: {pypi: mirror.example/simple}\n", {}, [], "matrix.yaml", 16,
+     "mirrors.pypi", "URL"),
+    ("registry-with-scheme", GOOD.replace("registry: 127.0.0.1:5000", "registry: http://127.0.0.1:5000"), {}, [],
+     "matrix.yaml", 1, "registry", "host[:port]"),
+    ("repository-uppercase", GOOD.replace("repository: test/family", "repository: Test/Family"), {}, [],
+     "matrix.yaml", 2, "repository", "not a valid repository"),
+    ("pip-major-not-described", GOOD.replace('"12.8.1": {source: pip}', '"11.8.0": {source: pip}'), {}, [],
+     "matrix.yaml", 8, "cuda.11.8.0.source", "not described"),
+    ("os-not-a-mapping", GOOD.replace("  debian12: {source: bootstrap, suite: bookworm}\n",
+                                      "  debian12: bootstrap\n"), {}, [], "matrix.yaml", 4, "os.debian12",
+     "valid dictionary"),
+    # recipes
+    ("recipe-toml-syntax", None, {"broken.toml": 'description = "x"\ntag = [\n'}, [], "recipes/broken.toml", 3,
+     "TOML syntax", "nvalid"),
+    ("recipe-unknown-key", None, {"extra.toml": 'description = "x"\ndockerfile = "images/python"\ntag = "x"\n'
+                                                'tags = ["y"]\n'}, [],
+     "recipes/extra.toml", 4, "tags", "did you mean 'tag'"),
+    ("recipe-missing-field", None, {"extra.toml": 'dockerfile = "images/python"\ntag = "x"\n'}, [],
+     "recipes/extra.toml", None, "description", "Field required"),
+    ("recipe-bad-tag", None, {"extra.toml": 'description = "x"\ndockerfile = "images/python"\ntag = "X Y"\n'}, [],
+     "recipes/extra.toml", 3, "tag", "lowercase"),
+    ("recipe-no-dockerfile", None, {"extra.toml": 'description = "x"\ndockerfile = "images/nothing"\ntag = "x"\n'},
+     [], "recipes/extra.toml", 2, "dockerfile", "no Dockerfile"),
+    ("recipe-unknown-requirement", None, {"extra.toml": 'description = "x"\ndockerfile = "images/python"\n'
+                                                        'tag = "x"\nrequires = ["pyhton"]\n'}, [],
+     "recipes/extra.toml", 4, "requires.0", "did you mean 'python'"),
+    ("recipe-cycle", None, {"a.toml": 'description = "a"\ndockerfile = "images/python"\ntag = "a"\nrequires = ["b"]\n',
+                            "b.toml": 'description = "b"\ndockerfile = "images/python"\ntag = "b"\nrequires = ["a"]\n'},
+     [], "recipes/b.toml", 4, "requires", "cycle"),
+    ("recipe-duplicate-tag", None, {"extra.toml": 'description = "x"\ndockerfile = "images/python"\ntag = "py"\n'}, [],
+     "recipes/python.toml", 3, "tag", "already used"),
+    ("recipe-bad-constraint", None, {"extra.toml": 'description = "x"\ndockerfile = "images/python"\ntag = "x"\n'
+                                                   '[constraints]\nflavors = ["gpu"]\n'}, [],
+     "recipes/extra.toml", 5, "constraints.flavors.0", "'base', 'runtime' or 'devel'"),
+    ("stack-misses-requirement", GOOD.replace("- [python]\n", "- [needy]\n"),
+     {"needy.toml": 'description = "x"\ndockerfile = "images/python"\ntag = "n"\nrequires = ["python"]\n'}, [],
+     "matrix.yaml", 12, "stacks.1.0", "requires 'python' earlier"),
+    # selectors
+    ("select-impossible-value", None, {}, ["--select", "flavor=gpu"], "--select", None, "flavor",
+     "matches none of"),
+    ("select-unknown-key", None, {}, ["--select", "colour=red"], "--select", None, "colour", "unknown selector key"),
+    ("select-matches-nothing", None, {}, ["--select", "cuda=12.6.* os=debian12"], "--select", None, "expression",
+     "selects no variant"),
+    ("registry-option", None, {}, ["--registry", "not a registry"], "--registry", None, "registry", "host[:port]"),
+]
+
+
+SAMPLE = [c for c in CASES if c[0] in ("yaml-syntax", "recipe-cycle", "select-unknown-key", "unknown-recipe")]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_bad_input_exits_2_with_file_line_field(case, project, capsys, monkeypatch):
+    _check(case, "build", project, capsys, monkeypatch)
+
+
+@pytest.mark.parametrize("case", SAMPLE, ids=[c[0] for c in SAMPLE])
+@pytest.mark.parametrize("command", ["list", "bake"])
+def test_every_command_rejects_bad_input_alike(case, command, project, capsys, monkeypatch):
+    _check(case, command, project, capsys, monkeypatch)
+
+
+def _check(case, command, project, capsys, monkeypatch):
+    name, matrix, recipes, argv, file, line, field, words = case
+    write(project / "matrix.yaml", matrix if matrix is not None else GOOD)
+    for recipe, text in recipes.items():
+        (project / "recipes" / recipe).write_text(text)
+    monkeypatch.chdir(project)
+    # If dlenv got as far as looking for an engine, this would make it fail with exit 1, not 2.
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{project}/no-engine.sock")
+    code = main([command, "--matrix", "matrix.yaml", *argv])
+    err = capsys.readouterr().err
+    lines = [x for x in err.strip().splitlines() if x.strip()]
+    assert code == 2, err
+    assert len(lines) == 1, err
+    message = lines[0]
+    where = f"{file}:{line}: " if line else f"{file}"
+    assert where in message, message
+    assert f"{field}" in message, message
+    assert words in message, message
+    assert "Traceback" not in err
+
+
+def test_bad_input_from_the_shell_has_no_traceback_and_builds_nothing(project, tmp_path):
+    write(project / "matrix.yaml", GOOD.replace("- [python]\n", "- [pyton]\n"))
+    env = dict(os.environ, DOCKER_HOST=f"unix://{tmp_path}/none.sock", PYTHONPATH=str(REPO / "src"))
+    out = subprocess.run([sys.executable, "-m", "dlenv", "build"], cwd=project, env=env,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2
+    assert re.fullmatch(r"dlenv: error: matrix\.yaml:12: stacks\.1\.0: unknown recipe 'pyton'; did you mean "
+                        r"'python'\?\n", out.stderr), out.stderr
+    assert out.stdout == ""
+    assert not (project / "out").exists(), "a bake file was written for bad input"

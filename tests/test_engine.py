@@ -1,0 +1,362 @@
+"""Against the real engine and registry: build a small family, push it, read it back, run it.
+
+The family: Debian 12 bootstrapped with mmdebstrap; CUDA 13 from PyPI in runtime and devel; bare
+and with python + ssh. A second, tiny family (CUDA base) exercises failures and a registry login.
+The engine and the registry are the ones dlenv starts itself where none is given.
+"""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import io
+import json
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import pytest
+from python_on_whales import DockerClient
+
+from conftest import REPO, write
+from dlenv import engine, registry
+
+pytestmark = pytest.mark.engine
+
+REGISTRY = engine.DEFAULT_REGISTRY
+BUILD_ID = "test-" + time.strftime("%Y%m%d")
+
+FAMILY = """
+registry: 127.0.0.1:5000
+repository: dlenv-test/family
+os:
+  debian12: {source: bootstrap, suite: bookworm}
+cuda:
+  "13.0.2": {source: pip}
+flavors: [runtime, devel]
+stacks:
+  - []
+  - [python, ssh]
+"""
+VARIANTS = ["13.0.2-runtime-debian12", "13.0.2-runtime-debian12-py-ssh",
+            "13.0.2-devel-debian12", "13.0.2-devel-debian12-py-ssh"]
+
+TINY = """
+registry: {registry}
+repository: dlenv-test/tiny
+os:
+  debian12: {{source: bootstrap, suite: bookworm}}
+cuda:
+  "13.0.2": {{source: pip}}
+flavors: [base]
+stacks:
+{stacks}
+"""
+
+
+@pytest.fixture(scope="session")
+def docker() -> DockerClient:
+    engine.ensure()
+    engine.ensure_registry(REGISTRY)
+    return DockerClient()
+
+
+def dlenv(project: Path, *args: str, env: dict | None = None, timeout: int = 3000) -> subprocess.CompletedProcess:
+    environment = dict(os.environ, PYTHONPATH=str(REPO / "src"), **(env or {}))
+    return subprocess.run([sys.executable, "-m", "dlenv", *args], cwd=project, env=environment,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def new_project(path: Path, extra_images: dict[str, str] | None = None) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "images").mkdir()
+    for folder in (REPO / "images").iterdir():
+        (path / "images" / folder.name).symlink_to(folder)
+    for name, dockerfile in (extra_images or {}).items():
+        write(path / "images" / name / "Dockerfile", dockerfile)
+    shutil.copytree(REPO / "recipes", path / "recipes")
+    return path
+
+
+def marker_bundle(tmp: Path) -> tuple[Path, str]:
+    """The host's CA bundle plus a certificate made here: if it leaks into a layer, we will find it."""
+    key, cert = tmp / "marker.key", tmp / "marker.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj",
+                    f"/CN=dlenv-leak-marker-{secrets.token_hex(4)}", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True)
+    body = "".join(cert.read_text().strip().splitlines()[1:-1])
+    bundle = tmp / "bundle.pem"
+    bundle.write_text(Path("/etc/ssl/certs/ca-certificates.crt").read_text() + cert.read_text())
+    return bundle, body[40:100]
+
+
+@pytest.fixture(scope="session")
+def family(docker, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("family")
+    project = new_project(tmp / "project")
+    write(project / "matrix.yaml", FAMILY)
+    bundle, marker = marker_bundle(tmp)
+    started = time.monotonic()
+    out = dlenv(project, "build", "--build-id", BUILD_ID, "--metadata", str(tmp / "first.json"),
+                "--workdir", str(tmp / "work1"), env={"SSL_CERT_FILE": str(bundle)})
+    seconds = time.monotonic() - started
+    assert out.returncode == 0, out.stderr[-4000:]
+    results = {r["variant"]: r for r in json.loads((tmp / "first.json").read_text())["variants"]}
+    return {"project": project, "tmp": tmp, "results": results, "seconds": seconds, "stderr": out.stderr,
+            "bundle": bundle, "marker": marker}
+
+
+def ref(variant: str) -> str:
+    return f"{REGISTRY}/dlenv-test/family:{variant}-{BUILD_ID}"
+
+
+def sh(docker: DockerClient, image: str, script: str, **kwargs) -> str:
+    return docker.run(image, ["sh", "-c", script], remove=True, **kwargs)
+
+
+def test_every_variant_built_and_pushed_with_all_its_tags(family):
+    results = family["results"]
+    assert sorted(results) == sorted(VARIANTS)
+    pushed = registry.tags(REGISTRY, "dlenv-test/family")
+    for variant in VARIANTS:
+        r = results[variant]
+        assert r["status"] == "built"
+        assert r["digest"].startswith("sha256:")
+        assert r["size"] and r["size"] > 1_000_000
+        expected = {f"{variant}-{BUILD_ID}", variant, variant.replace("13.0.2", "13.0", 1)}
+        assert {t.rsplit(":", 1)[1] for t in r["tags"]} == expected
+        for tag in expected:
+            assert tag in pushed
+            _, digest = registry.manifest(REGISTRY, "dlenv-test/family", tag)
+            assert digest == r["digest"], tag
+    # The summary table was printed for people.
+    assert "13.0.2-devel-debian12-py-ssh" in family["stderr"] and "built" in family["stderr"]
+
+
+def test_labels_and_annotations(family):
+    manifest = registry.image_manifest(REGISTRY, "dlenv-test/family", f"13.0.2-devel-debian12-py-ssh-{BUILD_ID}")
+    assert manifest["annotations"]["org.opencontainers.image.version"] == f"13.0.2-devel-debian12-py-ssh-{BUILD_ID}"
+    config = json.loads(registry.blob(REGISTRY, "dlenv-test/family", manifest["config"]["digest"]))
+    labels = config["config"]["Labels"]
+    assert labels["io.dlenv.cuda"] == "13.0.2"
+    assert labels["io.dlenv.flavor"] == "devel"
+    assert labels["io.dlenv.recipes"] == "python,ssh"
+    assert labels["org.opencontainers.image.revision"]
+    env = dict(e.split("=", 1) for e in config["config"]["Env"])
+    assert env["CUDA_VERSION"] == "13.0.2"
+    assert env["NVIDIA_REQUIRE_CUDA"].startswith("cuda>=13.0")
+    assert env["NVIDIA_VISIBLE_DEVICES"] == "all"
+    assert "compute" in env["NVIDIA_DRIVER_CAPABILITIES"]
+    assert env["TZ"] and env["LANG"]
+
+
+def test_cuda_runtime_resolves_in_every_variant(docker, family):
+    for variant in VARIANTS:
+        out = sh(docker, ref(variant), "ldconfig -p | grep -E 'libcudart.so.13|libcublas.so.13'")
+        assert "libcudart.so.13" in out and "libcublas.so.13" in out, variant
+
+
+def test_runtime_libraries_have_no_missing_dependencies(docker, family):
+    # libcuda.so.1 is the driver: the container toolkit injects it at run time.
+    out = sh(docker, ref("13.0.2-runtime-debian12"),
+             "for f in /usr/local/cuda/lib64/*.so*; do ldd $f | grep 'not found' | grep -v libcuda.so.1 "
+             "| sed \"s|^|$f: |\"; done; echo checked")
+    assert out.strip() == "checked", out
+
+
+def test_devel_has_a_working_nvcc(docker, family):
+    image = ref("13.0.2-devel-debian12")
+    assert "release 13.0" in sh(docker, image, "nvcc --version")
+    program = ("__global__ void add(int *x) { x[threadIdx.x] += 1; }\n"
+               "int main() { int *d; cudaMalloc(&d, 64); add<<<1, 16>>>(d); return cudaDeviceSynchronize() == 0 ? 0 : 1; }\n")
+    out = sh(docker, image, f"printf '%s' '{program}' > /tmp/k.cu && nvcc -o /tmp/k /tmp/k.cu && ls -l /tmp/k && echo ok")
+    assert out.strip().endswith("ok")
+    # PyPI has no nvcc for the runtime flavor.
+    with pytest.raises(Exception):
+        sh(docker, ref("13.0.2-runtime-debian12"), "command -v nvcc")
+
+
+def test_python_and_uv_work(docker, family):
+    out = sh(docker, ref("13.0.2-runtime-debian12-py-ssh"),
+             "python --version && uv --version && command -v python && pip --version && echo $VIRTUAL_ENV")
+    assert "Python 3" in out and "uv " in out and "/opt/venv/bin/python" in out
+
+
+def test_sshd_has_a_valid_config_no_host_keys_and_no_password(docker, family):
+    image = ref("13.0.2-devel-debian12-py-ssh")
+    assert sh(docker, image, "ls /etc/ssh/ssh_host_* 2>/dev/null | wc -l").strip() == "0"
+    out = sh(docker, image, "ssh-keygen -q -t ed25519 -N '' -f /tmp/hk && /usr/sbin/sshd -t -h /tmp/hk && "
+                            "/usr/sbin/sshd -T -h /tmp/hk | grep -iE '^(permitrootlogin|passwordauthentication) '")
+    assert "permitrootlogin without-password" in out or "permitrootlogin prohibit-password" in out
+    assert "passwordauthentication no" in out
+    shadow = sh(docker, image, "getent shadow root | cut -d: -f2")
+    assert shadow.strip() in ("*", "!", "!*", "") or shadow.startswith("!"), shadow
+
+
+def test_ssh_login_with_a_key_given_at_run_time(docker, family, tmp_path):
+    key = tmp_path / "id"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    container = docker.run(ref("13.0.2-runtime-debian12-py-ssh"), detach=True, remove=True,
+                           publish=[("127.0.0.1:0", 22)], envs={"SSH_AUTHORIZED_KEYS": (tmp_path / "id.pub").read_text()})
+    try:
+        port = docker.container.inspect(container).network_settings.ports["22/tcp"][0]["HostPort"]
+        deadline = time.monotonic() + 30
+        while True:
+            out = subprocess.run(["ssh", "-i", str(key), "-p", str(port), "-o", "StrictHostKeyChecking=no",
+                                  "-o", "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes", "root@127.0.0.1",
+                                  "python --version"], capture_output=True, text=True, timeout=30)
+            if out.returncode == 0 or time.monotonic() > deadline:
+                break
+            time.sleep(1)
+        assert out.returncode == 0, out.stderr
+        assert "Python 3" in out.stdout
+        # Host keys were made at first start, in the container, not in the image.
+        assert "ssh_host_ed25519_key" in docker.execute(container, ["ls", "/etc/ssh"])
+    finally:
+        docker.container.stop(container)
+
+
+def _blob_count() -> int:
+    blobs = engine.registry_root() / "docker/registry/v2/blobs"
+    return sum(1 for _ in blobs.rglob("data"))
+
+
+def test_rebuild_with_nothing_changed_builds_and_pushes_nothing(family):
+    tmp = family["tmp"]
+    blobs_before = _blob_count()
+    started = time.monotonic()
+    out = dlenv(family["project"], "build", "--build-id", BUILD_ID, "--metadata", str(tmp / "second.json"),
+                "--workdir", str(tmp / "work2"), env={"SSL_CERT_FILE": str(family["bundle"])})
+    seconds = time.monotonic() - started
+    assert out.returncode == 0, out.stderr[-3000:]
+    second = {r["variant"]: r for r in json.loads((tmp / "second.json").read_text())["variants"]}
+    for variant in VARIANTS:
+        assert second[variant]["digest"] == family["results"][variant]["digest"], variant
+    log = (tmp / "work2/build.log").read_text().splitlines()
+    run_steps = {line.split(" ", 1)[0]: line for line in log if line.startswith("#") and "] RUN " in line}
+    cached = {line.split(" ", 1)[0] for line in log if line.endswith(" CACHED")}
+    assert run_steps, "the log shows no build steps at all"
+    ran = [line for vertex, line in run_steps.items() if vertex not in cached]
+    assert not ran, f"steps that ran again: {ran[:5]}"
+    assert _blob_count() == blobs_before
+    print(f"\ncold build {family['seconds']:.0f}s, no-op rebuild {seconds:.0f}s")
+
+
+def _layers_and_configs(repository: str, tags: list[str], user=None):
+    seen = set()
+    for tag in tags:
+        manifest = registry.image_manifest(REGISTRY if not user else user[0], repository, tag,
+                                           user=user[1] if user else None)
+        config = registry.blob(REGISTRY if not user else user[0], repository, manifest["config"]["digest"],
+                               user=user[1] if user else None)
+        yield "config " + tag, config
+        for layer in manifest["layers"]:
+            if layer["digest"] in seen:
+                continue
+            seen.add(layer["digest"])
+            data = registry.blob(REGISTRY if not user else user[0], repository, layer["digest"],
+                                 user=user[1] if user else None)
+            yield f"layer {layer['digest'][:19]} of {tag}", gzip.decompress(data)
+
+
+def test_the_ca_bundle_given_to_the_build_is_in_no_layer_config_or_history(family):
+    marker = family["marker"].encode()
+    bundle = family["bundle"].read_bytes()
+    scanned = 0
+    for what, data in _layers_and_configs("dlenv-test/family", [f"{v}-{BUILD_ID}" for v in VARIANTS]):
+        scanned += 1
+        assert marker not in data, f"the build's CA bundle leaked into {what}"
+        assert bundle[-2000:] not in data, what
+        if what.startswith("layer"):
+            with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+                names = tar.getnames()
+            assert not any(n.startswith(("run/secrets", "./run/secrets")) and not n.endswith("secrets")
+                           for n in names), what
+            assert not any(n.endswith(("var/lib/apt/lists/lock",)) or "/var/lib/apt/lists/" in "/" + n
+                           and n.endswith("_Packages") for n in names), f"apt lists left in {what}"
+            assert not any("/.cache/pip/" in "/" + n or "/.cache/uv/" in "/" + n for n in names), \
+                f"pip/uv caches left in {what}"
+    assert scanned > 4
+
+
+@pytest.fixture(scope="session")
+def auth_registry(docker, tmp_path_factory):
+    """A second registry on loopback that wants a login (htpasswd)."""
+    tmp = tmp_path_factory.mktemp("auth")
+    password = "pw-" + secrets.token_hex(12)
+    # distribution's htpasswd auth wants bcrypt hashes (apache2-utils' htpasswd -B).
+    htpasswd = tmp / "htpasswd"
+    subprocess.run(["htpasswd", "-Bbc", str(htpasswd), "tester", password], check=True, capture_output=True)
+    config = write(tmp / "config.yml", f"""
+        version: 0.1
+        log: {{level: warn}}
+        storage: {{filesystem: {{rootdirectory: {tmp}/data}}}}
+        http: {{addr: 127.0.0.1:5001}}
+        auth: {{htpasswd: {{realm: dlenv-test, path: {htpasswd}}}}}
+    """)
+    proc = subprocess.Popen(["docker-registry", "serve", str(config)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 20
+        while not engine.registry_answers("127.0.0.1:5001", 1):
+            assert time.monotonic() < deadline, "the auth registry did not start"
+            time.sleep(0.3)
+        docker_config = tmp / "docker-config"
+        docker_config.mkdir()
+        login = subprocess.run(["docker", "--config", str(docker_config), "login", "-u", "tester", "--password-stdin",
+                                "127.0.0.1:5001"], input=password, capture_output=True, text=True)
+        assert login.returncode == 0, login.stderr
+        yield {"password": password, "docker_config": docker_config}
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def test_a_registry_password_used_to_push_is_in_no_image(auth_registry, tmp_path):
+    project = new_project(tmp_path / "project")
+    write(project / "matrix.yaml", TINY.format(registry="127.0.0.1:5001", stacks="  - [python]"))
+    env = {"DOCKER_CONFIG": str(auth_registry["docker_config"])}
+    out = dlenv(project, "build", "--build-id", BUILD_ID, "--workdir", str(tmp_path / "w"), env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    password = auth_registry["password"].encode()
+    token = base64.b64encode(b"tester:" + password)
+    user = ("127.0.0.1:5001", ("tester", auth_registry["password"]))
+    tags = [f"13.0.2-base-debian12-py-{BUILD_ID}"]
+    found = 0
+    for what, data in _layers_and_configs("dlenv-test/tiny", tags, user=user):
+        found += 1
+        assert password not in data and token not in data, f"the registry password leaked into {what}"
+    assert found >= 3
+    # And without the login, the registry refuses: the password really was needed.
+    with pytest.raises(Exception):
+        registry.tags("127.0.0.1:5001", "dlenv-test/tiny", user=("tester", "wrong"))
+
+
+def test_a_failing_node_fails_its_variants_and_the_rest_still_build(docker, tmp_path):
+    project = new_project(tmp_path / "project", {
+        "broken": "FROM base\nRUN echo 'about to fail: dlenv-broken-marker' && exit 3\n",
+    })
+    write(project / "recipes/broken.toml", 'description = "fails on purpose"\ndockerfile = "images/broken"\n'
+                                           'tag = "broken"\n')
+    write(project / "matrix.yaml", TINY.format(registry=REGISTRY, stacks="  - []\n  - [python]\n  - [broken]\n"
+                                                                        "  - [broken, python]"))
+    out = dlenv(project, "build", "--build-id", BUILD_ID, "--metadata", str(tmp_path / "m.json"),
+                "--workdir", str(tmp_path / "w"))
+    assert out.returncode == 1, out.stderr[-3000:]
+    assert "Traceback" not in out.stderr
+    results = {r["variant"]: r for r in json.loads((tmp_path / "m.json").read_text())["variants"]}
+    assert results["13.0.2-base-debian12"]["status"] == "built"
+    assert results["13.0.2-base-debian12-py"]["status"] == "built"
+    assert results["13.0.2-base-debian12-broken"]["status"] == "failed"
+    assert "exit code: 3" in results["13.0.2-base-debian12-broken"]["error"]
+    assert "dlenv-broken-marker" in results["13.0.2-base-debian12-broken"]["error"]
+    assert results["13.0.2-base-debian12-broken-py"]["status"] == "not attempted"
+    assert "13_0_2-base-debian12-broken" in results["13.0.2-base-debian12-broken-py"]["error"]
+    pushed = registry.tags(REGISTRY, "dlenv-test/tiny")
+    assert f"13.0.2-base-debian12-py-{BUILD_ID}" in pushed
+    assert not any("broken" in t for t in pushed)
