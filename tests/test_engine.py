@@ -31,18 +31,7 @@ pytestmark = pytest.mark.engine
 REGISTRY = engine.DEFAULT_REGISTRY
 BUILD_ID = "test-" + time.strftime("%Y%m%d")
 
-FAMILY = """
-registry: 127.0.0.1:5000
-repository: dlenv-test/family
-os:
-  debian12: {source: bootstrap, suite: bookworm}
-cuda:
-  "13.0.2": {source: pip}
-flavors: [runtime, devel]
-stacks:
-  - []
-  - [python, ssh]
-"""
+FAMILY = (Path(__file__).parent / "family.yaml").read_text()
 VARIANTS = ["13.0.2-runtime-debian12", "13.0.2-runtime-debian12-py-ssh",
             "13.0.2-devel-debian12", "13.0.2-devel-debian12-py-ssh"]
 

@@ -56,7 +56,7 @@ def make_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _mirrors(model: config.MatrixModel) -> planmod.Mirrors:
+def mirrors_for(model: config.MatrixModel) -> planmod.Mirrors:
     m = model.mirrors
     return planmod.Mirrors(
         apt=m.apt or "",
@@ -77,10 +77,10 @@ def load_plan(args: argparse.Namespace) -> planmod.Plan:
     info = tags.build_info(matrix.root, args.build_id, matrix.model.source)
     if args.build_id and not tags.valid_tag(args.build_id):
         raise ConfigError("--build-id", None, "build id", f"{args.build_id!r} is not valid in a tag")
-    return planmod.expand(matrix, info, _mirrors(matrix.model), selection)
+    return planmod.expand(matrix, info, mirrors_for(matrix.model), selection)
 
 
-def _secrets() -> tuple[graph.Secret, ...]:
+def build_secrets() -> tuple[graph.Secret, ...]:
     bundle = hostconf.ca_bundle()
     return (graph.Secret("cacert", bundle),) if bundle else ()
 
@@ -100,7 +100,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 def cmd_bake(args: argparse.Namespace) -> int:
     plan = load_plan(args)
-    sys.stdout.write(graph.render(graph.definition(plan, "load" if args.load else "push", _secrets())))
+    sys.stdout.write(graph.render(graph.definition(plan, "load" if args.load else "push", build_secrets())))
     return 0
 
 
@@ -131,7 +131,7 @@ def cmd_build(args: argparse.Namespace) -> int:
                 raise DlenvError("every selected variant has unreachable sources", "see the fixes above")
             say(f"building the {len(plan.variants)} reachable variants (--strict makes this an error)")
     with report.LiveBoard(plan) as board:
-        results = Builder(plan, args.workdir, "load" if args.load else "push", _secrets(),
+        results = Builder(plan, args.workdir, "load" if args.load else "push", build_secrets(),
                           args.builder, board, say).run()
     skipped = [r for r in plan.left_out if r.reason == "unreachable"]
     from dlenv.build import Result
