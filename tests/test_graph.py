@@ -42,7 +42,7 @@ def test_only_variants_are_tagged_and_exported(project):
     p = expand(project, select=["cuda=13.0.2 os=debian12 flavor=devel stack=python"])
     t = graph.definition(p)["target"]
     assert p.variants[0].node == "13_0_2-devel-debian12-py"
-    assert t["13_0_2-devel-debian12-py"]["output"] == ["type=image,push=true,oci-mediatypes=true"]
+    assert t["13_0_2-devel-debian12-py"]["output"] == ["type=image,oci-mediatypes=true"]
     for name in ("rootfs-debian12", "os-debian12", "13_0_2-base-debian12", "13_0_2-devel-debian12"):
         assert t[name]["output"] == ["type=cacheonly"]
         assert "tags" not in t[name]

@@ -163,19 +163,24 @@ class Builder:
             chain.insert(0, self.plan.nodes[chain[0]].parent)
         return chain
 
-    def _first_failing(self, target: str) -> tuple[str, list[str]]:
-        """Build target's chain one node at a time (cache only); the first that fails is the culprit."""
+    def _first_failing(self, target: str) -> str | None:
+        """Build target's chain one node at a time (cache only); the first that fails is the culprit.
+
+        None: every node builds, so what failed was exporting the target, not building it.
+        """
         for node in self._ancestors(target):
             run = self._bake(self.probefile, [node], None)
             if not run.ok:
-                return node, run.error_lines
-        return target, []
+                self.errors[node] = run.error_lines
+                return node
+        return None
 
     # --- the whole family -------------------------------------------------------------------
 
     def run(self) -> list[Result]:
         results: dict[str, Result] = {}
         failed_nodes: dict[str, list[str]] = {}
+        self.errors: dict[str, list[str]] = {}
         for name, node in self.plan.nodes.items():
             if node.kind == "rootfs" and node.rootfs:
                 try:
@@ -202,9 +207,9 @@ class Builder:
             if run.ok:
                 meta = json.loads(metadata.read_text()) if metadata.exists() else {}
                 for variant in remaining:
-                    results[variant.id] = self._success(variant, meta.get(variant.node, {}),
-                                                        run.ready.get(variant.node, 0.0))
-                    self.board.finish(variant.id, "built")
+                    results[variant.id] = self._finish(variant, meta.get(variant.node, {}),
+                                                       run.ready.get(variant.node, 0.0))
+                    self.board.finish(variant.id, results[variant.id].status)
                 break
             if not run.error_target or run.error_target not in self.plan.nodes:
                 for variant in remaining:
@@ -212,8 +217,16 @@ class Builder:
                                                  node="?")
                     self.board.finish(variant.id, "failed")
                 break
-            node, lines = self._first_failing(run.error_target)
-            failed_nodes[node] = lines or run.error_lines
+            node = self._first_failing(run.error_target)
+            if node is None:
+                # The chain builds; exporting this one target failed. Only its variant fails.
+                variant = next(v for v in remaining if v.node == run.error_target)
+                remaining.remove(variant)
+                results[variant.id] = Result(variant.id, "failed", error="\n".join(run.error_lines[-10:]),
+                                             node=variant.node)
+                self.board.finish(variant.id, "failed")
+                continue
+            failed_nodes[node] = self.errors[node]
             self.say(f"dlenv: {node} failed; building what does not depend on it "
                      f"(log: {self.logfile})")
         return [results[v.id] for v in self.plan.variants]
@@ -223,7 +236,24 @@ class Builder:
             return Result(variant.id, "failed", error="\n".join(lines[-10:]), node=node)
         return Result(variant.id, "not attempted", error=f"depends on {node}, which failed", node=node)
 
-    def _success(self, variant: Variant, meta: dict, seconds: float) -> Result:
+    def _push(self, variant: Variant) -> str | None:
+        """Push a variant's tags, one after another; the error's last line if that fails."""
+        for tag in variant.tags:
+            try:
+                self.client.image.push(self.plan.ref(tag), quiet=True)
+            except DockerException as exc:
+                stderr = exc.stderr.decode(errors="replace") if isinstance(exc.stderr, bytes) else (exc.stderr or "")
+                return f"pushing {self.plan.ref(tag)} failed: " + (stderr.strip().splitlines() or ["?"])[-1]
+        return None
+
+    def _finish(self, variant: Variant, meta: dict, seconds: float) -> Result:
+        if self.output == "push":
+            self.board.step(variant.id, "pushing")
+            started = time.monotonic()
+            error = self._push(variant)
+            seconds += time.monotonic() - started
+            if error:
+                return Result(variant.id, "failed", error=error, node=variant.node, seconds=seconds)
         digest = meta.get("containerimage.digest", "")
         size = None
         model = self.plan.matrix.model

@@ -223,12 +223,21 @@ def _pidfile(name: str) -> Path:
 
 def _alive(pid: int) -> bool:
     try:
+        # Reap it if it is our own child that has exited (else it lingers as a zombie).
+        if os.waitpid(pid, os.WNOHANG)[0] == pid:
+            return False
+    except ChildProcessError:
+        pass
+    try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1][0] != "Z"
+    except (OSError, IndexError):
+        return True
 
 
 def _read_pid(name: str) -> int | None:

@@ -83,7 +83,9 @@ def target(plan: Plan, node: Node, variant: Variant | None, output: Output,
     # Provenance records build start/end times: every rebuild would get a new digest and push.
     t["attest"] = ["type=provenance,disabled=true"]
     t["tags"] = [plan.ref(tag) for tag in variant.tags]
-    t["output"] = ["type=image,push=true,oci-mediatypes=true" if output == "push" else "type=docker"]
+    # Pushing is left to dlenv, one variant after another: parallel pushes of the same large
+    # layer from several targets race in the registry ("manifest blob unknown").
+    t["output"] = ["type=image,oci-mediatypes=true" if output == "push" else "type=docker"]
     return t
 
 

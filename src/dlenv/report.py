@@ -88,15 +88,18 @@ class LiveBoard:
         self.current = {v: "" for v in self.order}
         self.started = time.monotonic()
         self.done_at: dict[str, float] = {}
-        self.live = Live(self._render(), console=console, refresh_per_second=4, transient=False)
+        # On a terminal: a live table. In a log (CI): one line per variant as it finishes.
+        self.live = Live(self._render(), console=console, refresh_per_second=4, transient=True) \
+            if console.is_terminal else None
 
     def __enter__(self) -> "LiveBoard":
-        self.live.__enter__()
+        if self.live:
+            self.live.__enter__()
         return self
 
     def __exit__(self, *exc) -> None:
-        self.live.update(self._render())
-        self.live.__exit__(*exc)
+        if self.live:
+            self.live.__exit__(*exc)
 
     def _render(self) -> Table:
         table = Table(box=None, show_header=False, pad_edge=False)
@@ -117,12 +120,17 @@ class LiveBoard:
         if self.status.get(variant) in ("waiting", "building"):
             self.status[variant] = "building"
             self.current[variant] = text
-            self.live.update(self._render())
+            if self.live:
+                self.live.update(self._render())
 
     def finish(self, variant: str, status: str) -> None:
         self.status[variant] = status
         self.done_at[variant] = time.monotonic()
-        self.live.update(self._render())
+        if self.live:
+            self.live.update(self._render())
+        else:
+            console.print(Text.assemble((f"{status:<14}", STYLE.get(status, "")), variant,
+                                        f"  {self.done_at[variant] - self.started:.0f}s"))
 
 
 def summary_table(plan: Plan, results: list[Result]) -> None:
