@@ -61,14 +61,26 @@ def dlenv(project: Path, *args: str, env: dict | None = None, timeout: int = 300
                           capture_output=True, text=True, timeout=timeout)
 
 
-def new_project(path: Path, extra_images: dict[str, str] | None = None) -> Path:
+def new_project(path: Path, matrix: str, images: dict[str, str] | None = None,
+                recipes: dict[str, str] | None = None) -> Path:
+    """A project using the repository's images and recipes, plus extra ones, as a git checkout."""
     path.mkdir(parents=True, exist_ok=True)
     (path / "images").mkdir()
     for folder in (REPO / "images").iterdir():
         (path / "images" / folder.name).symlink_to(folder)
-    for name, dockerfile in (extra_images or {}).items():
+    for name, dockerfile in (images or {}).items():
         write(path / "images" / name / "Dockerfile", dockerfile)
     shutil.copytree(REPO / "recipes", path / "recipes")
+    for name, text in (recipes or {}).items():
+        write(path / "recipes" / name, text)
+    write(path / "matrix.yaml", matrix)
+    # A git checkout with a fixed commit date: the build id, revision label and creation time
+    # are the same in every run, so digests are too.
+    when = {"GIT_AUTHOR_DATE": "2026-01-02T03:04:05Z", "GIT_COMMITTER_DATE": "2026-01-02T03:04:05Z",
+            "GIT_AUTHOR_NAME": "dlenv tests", "GIT_AUTHOR_EMAIL": "tests@dlenv.invalid",
+            "GIT_COMMITTER_NAME": "dlenv tests", "GIT_COMMITTER_EMAIL": "tests@dlenv.invalid"}
+    for args in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "test project"]):
+        subprocess.run(["git", "-C", str(path), *args], check=True, capture_output=True, env=dict(os.environ, **when))
     return path
 
 
@@ -87,8 +99,7 @@ def marker_bundle(tmp: Path) -> tuple[Path, str]:
 @pytest.fixture(scope="session")
 def family(docker, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("family")
-    project = new_project(tmp / "project")
-    write(project / "matrix.yaml", FAMILY)
+    project = new_project(tmp / "project", FAMILY)
     bundle, marker = marker_bundle(tmp)
     started = time.monotonic()
     out = dlenv(project, "build", "--build-id", BUILD_ID, "--metadata", str(tmp / "first.json"),
@@ -135,7 +146,10 @@ def test_labels_and_annotations(family):
     assert labels["io.dlenv.cuda"] == "13.0.2"
     assert labels["io.dlenv.flavor"] == "devel"
     assert labels["io.dlenv.recipes"] == "python,ssh"
-    assert labels["org.opencontainers.image.revision"]
+    head = subprocess.run(["git", "-C", str(family["project"]), "rev-parse", "HEAD"], capture_output=True,
+                          text=True, check=True).stdout.strip()
+    assert labels["org.opencontainers.image.revision"] == head
+    assert labels["org.opencontainers.image.created"] == "2026-01-02T03:04:05Z"
     env = dict(e.split("=", 1) for e in config["config"]["Env"])
     assert env["CUDA_VERSION"] == "13.0.2"
     assert env["NVIDIA_REQUIRE_CUDA"].startswith("cuda>=13.0")
@@ -307,8 +321,7 @@ def auth_registry(docker, tmp_path_factory):
 
 
 def test_a_registry_password_used_to_push_is_in_no_image(auth_registry, tmp_path):
-    project = new_project(tmp_path / "project")
-    write(project / "matrix.yaml", TINY.format(registry="127.0.0.1:5001", stacks="  - [python]"))
+    project = new_project(tmp_path / "project", TINY.format(registry="127.0.0.1:5001", stacks="  - [python]"))
     env = {"DOCKER_CONFIG": str(auth_registry["docker_config"])}
     out = dlenv(project, "build", "--build-id", BUILD_ID, "--workdir", str(tmp_path / "w"), env=env)
     assert out.returncode == 0, out.stderr[-3000:]
@@ -327,13 +340,11 @@ def test_a_registry_password_used_to_push_is_in_no_image(auth_registry, tmp_path
 
 
 def test_a_failing_node_fails_its_variants_and_the_rest_still_build(docker, tmp_path):
-    project = new_project(tmp_path / "project", {
-        "broken": "FROM base\nRUN echo 'about to fail: dlenv-broken-marker' && exit 3\n",
-    })
-    write(project / "recipes/broken.toml", 'description = "fails on purpose"\ndockerfile = "images/broken"\n'
-                                           'tag = "broken"\n')
-    write(project / "matrix.yaml", TINY.format(registry=REGISTRY, stacks="  - []\n  - [python]\n  - [broken]\n"
-                                                                        "  - [broken, python]"))
+    matrix = TINY.format(registry=REGISTRY, stacks="  - []\n  - [python]\n  - [broken]\n  - [broken, python]")
+    project = new_project(tmp_path / "project", matrix,
+                          images={"broken": "FROM base\nRUN echo 'about to fail: dlenv-broken-marker' && exit 3\n"},
+                          recipes={"broken.toml": 'description = "fails on purpose"\ndockerfile = "images/broken"\n'
+                                                  'tag = "broken"\n'})
     out = dlenv(project, "build", "--build-id", BUILD_ID, "--metadata", str(tmp_path / "m.json"),
                 "--workdir", str(tmp_path / "w"))
     assert out.returncode == 1, out.stderr[-3000:]

@@ -5,6 +5,7 @@
 # unpinned in their metadata and would otherwise pull the newest 13.x.
 set -eu
 dest=$1
+export PIP_ROOT_USER_ACTION=ignore   # pip runs as root on purpose: a throw-away stage
 work=$(mktemp -d)
 pip() {
     cmd=$1; shift

@@ -25,11 +25,19 @@ class RootfsSpec:
     suite: str
     mirror: str
     packages: tuple[str, ...]
+    security: str = ""   # the security archive; "" when there is none to use
+
+    def sources(self) -> list[str]:
+        """sources.list lines: the release, its updates and (where known) its security fixes."""
+        lines = [f"deb {self.mirror} {self.suite} main", f"deb {self.mirror} {self.suite}-updates main"]
+        if self.security:
+            lines.append(f"deb {self.security} {self.suite}-security main")
+        return lines
 
     @property
     def key(self) -> str:
-        data = json.dumps({"suite": self.suite, "mirror": self.mirror, "packages": sorted(self.packages),
-                           "variant": "minbase"}, sort_keys=True)
+        data = json.dumps({"sources": self.sources(), "packages": sorted(self.packages), "variant": "minbase"},
+                          sort_keys=True)
         return f"{self.suite}-{hashlib.sha256(data.encode()).hexdigest()[:16]}"
 
 
@@ -63,7 +71,7 @@ def ensure_rootfs(spec: RootfsSpec, say=print) -> Path:
     env.setdefault("SOURCE_DATE_EPOCH", "0")
     out = subprocess.run(
         ["mmdebstrap", "--variant=minbase", f"--include={packages}", "--format=tar",
-         "--aptopt=Acquire::Retries \"3\"", spec.suite, str(partial), spec.mirror],
+         "--aptopt=Acquire::Retries \"3\"", spec.suite, str(partial), *spec.sources()],
         capture_output=True, text=True, env=env,
     )
     if out.returncode != 0:

@@ -61,6 +61,7 @@ def mirrors_for(model: config.MatrixModel) -> planmod.Mirrors:
     return planmod.Mirrors(
         apt=m.apt or "",
         bootstrap_apt=m.apt or hostconf.debian_mirror() or "",
+        bootstrap_security="" if m.apt else hostconf.debian_security_mirror() or "",
         pypi=m.pypi or hostconf.pip_index() or "",
         registry=m.registry or "",
     )

@@ -71,6 +71,13 @@ def debian_mirror() -> str | None:
     return None
 
 
+def debian_security_mirror() -> str | None:
+    """The host's Debian security archive, if the host is Debian and uses one."""
+    if os_release().get("ID") != "debian":
+        return None
+    return next((u for u in apt_uris() if u.startswith(("http://", "https://")) and u.endswith("-security")), None)
+
+
 def pip_index() -> str | None:
     """The index-url the host's pip is configured with, if any (else pip's built-in default)."""
     if os.environ.get("PIP_INDEX_URL"):

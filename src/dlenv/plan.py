@@ -27,6 +27,7 @@ class Mirrors:
 
     apt: str = ""         # rewrite the apt sources of image-based OS layers; "" keeps them
     bootstrap_apt: str = ""  # where mmdebstrap fetches from
+    bootstrap_security: str = ""  # and the security archive it adds ("" for none)
     pypi: str = ""        # "" is pip's built-in default
     registry: str = ""    # prefix for base images pulled from a registry
 
@@ -135,7 +136,8 @@ class _Builder:
         spec = self.model.os[os_key]
         chain = []
         if spec.source == "bootstrap":
-            rootfs = bootstrap.RootfsSpec(spec.suite or "", self.mirrors.bootstrap_apt, tuple(spec.packages))
+            rootfs = bootstrap.RootfsSpec(spec.suite or "", self.mirrors.bootstrap_apt, tuple(spec.packages),
+                                          self.mirrors.bootstrap_security if spec.os_family == "debian" else "")
             chain.append(self.add(Node(target_name(f"rootfs-{os_key}"), "rootfs", "images/os-bootstrap", None,
                                        rootfs=rootfs, summary=f"{spec.suite} rootfs (mmdebstrap)")))
             base = None
