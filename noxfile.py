@@ -53,3 +53,10 @@ def bench(session):
     """Time the test family: one bake vs one `docker build` per variant (prints a table)."""
     _install(session)
     session.run("python", "benchmarks/bench_build.py", *session.posargs)
+
+
+@nox.session
+def lint(session):
+    """ruff over the package, tests and benchmarks."""
+    session.install("ruff")
+    session.run("ruff", "check", "src", "tests", "benchmarks", "noxfile.py")

@@ -11,7 +11,8 @@ from pathlib import Path
 
 from rich.markup import escape
 
-from dlenv import __version__, config, engine, graph, hostconf, plan as planmod, reach, report, tags
+from dlenv import __version__, config, engine, graph, hostconf, reach, report, tags
+from dlenv import plan as planmod
 from dlenv.errors import ConfigError, DlenvError
 from dlenv.selection import Selection
 

@@ -12,7 +12,7 @@ import string
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
 
@@ -36,7 +36,7 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-def _url(value: Optional[str], what: str) -> Optional[str]:
+def _url(value: str | None, what: str) -> str | None:
     if value in (None, ""):
         return None
     if not re.match(r"^https?://[^\s/]+", value):
@@ -45,9 +45,9 @@ def _url(value: Optional[str], what: str) -> Optional[str]:
 
 
 class Mirrors(_Strict):
-    apt: Optional[str] = None
-    pypi: Optional[str] = None
-    registry: Optional[str] = None
+    apt: str | None = None
+    pypi: str | None = None
+    registry: str | None = None
 
     @field_validator("apt")
     @classmethod
@@ -71,12 +71,12 @@ class Mirrors(_Strict):
 
 class OsSpec(_Strict):
     source: Literal["image", "bootstrap"]
-    image: Optional[str] = None
-    suite: Optional[str] = None
-    family: Optional[Literal["debian", "ubuntu"]] = None
+    image: str | None = None
+    suite: str | None = None
+    family: Literal["debian", "ubuntu"] | None = None
     packages: list[str] = []
     # The OS part of NVIDIA's image tags, where it differs from the OS's key in matrix.yaml.
-    cuda_image_os: Optional[str] = None
+    cuda_image_os: str | None = None
 
     @model_validator(mode="after")
     def _check(self):
@@ -117,11 +117,11 @@ class CudaSpec(_Strict):
 class Rule(_Strict):
     """A pattern over the axes; every given key must match (shell-style globs)."""
 
-    cuda: Optional[str] = None
-    flavor: Optional[str] = None
-    os: Optional[str] = None
-    stack: Optional[str] = None
-    recipe: Optional[str] = None
+    cuda: str | None = None
+    flavor: str | None = None
+    os: str | None = None
+    stack: str | None = None
+    recipe: str | None = None
 
     @model_validator(mode="after")
     def _not_empty(self):
@@ -175,7 +175,7 @@ class Tags(_Strict):
 class MatrixModel(_Strict):
     registry: str = DEFAULT_REGISTRY
     repository: str = "dlenv"
-    source: Optional[str] = None
+    source: str | None = None
     timezone: str = "Etc/UTC"
     locale: str = "C.UTF-8"
     mirrors: Mirrors = Mirrors()

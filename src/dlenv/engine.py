@@ -18,9 +18,9 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from dlenv import hostconf
 from dlenv.errors import EngineError

@@ -82,7 +82,9 @@ def pip_index() -> str | None:
     """The index-url the host's pip is configured with, if any (else pip's built-in default)."""
     if os.environ.get("PIP_INDEX_URL"):
         return os.environ["PIP_INDEX_URL"]
-    files = [Path("/etc/pip.conf"), Path("/etc/xdg/pip/pip.conf"), Path.home() / ".config/pip/pip.conf", Path.home() / ".pip/pip.conf"]
+    # pip's own order: site-wide, then the user's, then PIP_CONFIG_FILE; the last one wins.
+    files = [Path("/etc/pip.conf"), Path("/etc/xdg/pip/pip.conf"),
+             Path.home() / ".config/pip/pip.conf", Path.home() / ".pip/pip.conf"]
     if os.environ.get("PIP_CONFIG_FILE"):
         files.append(Path(os.environ["PIP_CONFIG_FILE"]))
     found = None

@@ -97,7 +97,7 @@ class Plan:
     def variant(self, variant_id: str) -> Variant:
         return next(v for v in self.variants if v.id == variant_id)
 
-    def without(self, gone: dict[str, LeftOut]) -> "Plan":
+    def without(self, gone: dict[str, LeftOut]) -> Plan:
         """The same plan with some variants moved to left_out (e.g. unreachable sources)."""
         kept = tuple(v for v in self.variants if v.id not in gone)
         used = {n for v in kept for n in v.chain}
@@ -198,8 +198,9 @@ def _constraint_problem(recipe: Recipe, cuda: str, flavor: str, os_key: str, fam
     return None
 
 
-def expand(matrix: Matrix, build: BuildInfo, mirrors: Mirrors, selection: Selection = Selection()) -> Plan:
+def expand(matrix: Matrix, build: BuildInfo, mirrors: Mirrors, selection: Selection | None = None) -> Plan:
     model = matrix.model
+    selection = selection or Selection()
     builder = _Builder(matrix, mirrors)
     # vid -> (cuda, flavor, os, stack, include rule or None); an include wins over an exclude.
     combos: dict[str, tuple[str, str, str, tuple[str, ...], str | None]] = {}

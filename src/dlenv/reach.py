@@ -44,7 +44,9 @@ def _image_ok(image: str) -> tuple[bool, str]:
     if out.returncode == 0:
         return True, "ok"
     last = [line for line in out.stderr.strip().splitlines() if line.strip()][-1:] or ["failed"]
-    return False, last[0].removeprefix("ERROR: ")[:160]
+    # Registry errors nest causes ("failed to do request: Head ...: dial tcp: ...: no such host");
+    # the innermost one says what is wrong.
+    return False, last[0].rsplit(": ", 1)[-1][:160]
 
 
 def _url_ok(url: str) -> tuple[bool, str]:

@@ -92,7 +92,7 @@ class LiveBoard:
         self.live = Live(self._render(), console=console, refresh_per_second=4, transient=True) \
             if console.is_terminal else None
 
-    def __enter__(self) -> "LiveBoard":
+    def __enter__(self) -> LiveBoard:
         if self.live:
             self.live.__enter__()
         return self

@@ -8,9 +8,9 @@ selected if it matches any --select (all, if none is given) and no --skip.
 from __future__ import annotations
 
 import difflib
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
-from typing import Iterable, Mapping
 
 from dlenv.errors import ConfigError
 
@@ -62,7 +62,7 @@ class Selection:
     skip: tuple[Expression, ...] = ()
 
     @classmethod
-    def parse(cls, select: Iterable[str] = (), skip: Iterable[str] = ()) -> "Selection":
+    def parse(cls, select: Iterable[str] = (), skip: Iterable[str] = ()) -> Selection:
         return cls(tuple(parse(s, "--select") for s in select if s.strip()),
                    tuple(parse(s, "--skip") for s in skip if s.strip()))
 
