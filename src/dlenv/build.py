@@ -72,7 +72,6 @@ class _Run:
     error_target: str = ""
     error_lines: list[str] = field(default_factory=list)
     ready: dict[str, float] = field(default_factory=dict)   # target -> seconds when exported
-    stderr_tail: str = ""
 
 
 @contextlib.contextmanager
@@ -90,7 +89,7 @@ class Builder:
                  secrets: tuple[graph.Secret, ...] = (), builder: str | None = None,
                  board: Board | None = None, log: Callable[[str], None] = print):
         self.plan = plan
-        self.workdir = workdir
+        self.workdir = workdir = workdir.resolve()  # bake runs in the project folder
         self.output = output
         self.secrets = secrets
         self.builder = builder
@@ -124,7 +123,6 @@ class Builder:
             except DockerException as exc:
                 run.ok = False
                 stderr = exc.stderr.decode(errors="replace") if isinstance(exc.stderr, bytes) else (exc.stderr or "")
-                run.stderr_tail = "\n".join(stderr.strip().splitlines()[-8:])
                 if not run.error_target:
                     match = re.search(r"target ([A-Za-z0-9_-]+): failed", stderr)
                     run.error_target = match.group(1) if match else ""

@@ -68,8 +68,8 @@ def sources(plan: Plan, variant: Variant) -> list[Source]:
     out: list[Source] = []
     first = plan.nodes[variant.chain[0]]
     if first.rootfs:
-        out.append(Source("apt", f"{first.rootfs.mirror}/dists/{first.rootfs.suite}/Release",
-                          "set mirrors.apt in matrix.yaml to a reachable Debian mirror"))
+        address = f"{first.rootfs.mirror}/dists/{first.rootfs.suite}/Release" if first.rootfs.mirror else ""
+        out.append(Source("apt", address, "set mirrors.apt in matrix.yaml to a reachable Debian mirror"))
     if first.base_image:
         out.append(Source("image", first.base_image,
                           "set mirrors.registry in matrix.yaml to a registry mirror that has this image"
@@ -91,6 +91,8 @@ def check(plan: Plan) -> tuple[dict[str, LeftOut], list[Verdict]]:
     distinct = sorted({s for ss in needed.values() for s in ss}, key=lambda s: (s.kind, s.address))
 
     def probe(source: Source) -> Verdict:
+        if not source.address:
+            return Verdict(source, False, f"none configured, and the host's {source.kind} sources name none")
         ok, detail = _image_ok(source.address) if source.kind == "image" else _url_ok(source.address)
         return Verdict(source, ok, detail)
 
@@ -101,6 +103,6 @@ def check(plan: Plan) -> tuple[dict[str, LeftOut], list[Verdict]]:
     for variant_id, needs in needed.items():
         bad = next((by_source[s] for s in needs if not by_source[s].ok), None)
         if bad:
-            gone[variant_id] = LeftOut(variant_id, "unreachable",
-                                       f"{bad.source.kind} {bad.source.address}: {bad.detail}", bad.source.fix)
+            what = f"{bad.source.kind} {bad.source.address}" if bad.source.address else f"{bad.source.kind} mirror"
+            gone[variant_id] = LeftOut(variant_id, "unreachable", f"{what}: {bad.detail}", bad.source.fix)
     return gone, verdicts
