@@ -90,7 +90,7 @@ def build_secrets() -> tuple[graph.Secret, ...]:
 def cmd_list(args: argparse.Namespace) -> int:
     plan = load_plan(args)
     if args.check:
-        engine.ensure(say=lambda s: report.console.print(s))
+        engine.ensure(say=report.say)
         gone, _ = reach.check(plan)
         plan = plan.without(gone)
     if args.json:
@@ -112,7 +112,7 @@ def cmd_build(args: argparse.Namespace) -> int:
     plan = load_plan(args)
     if not plan.variants:
         raise DlenvError("nothing to build: every combination is left out", "see `nox -s list`")
-    say = report.console.print
+    say = report.say
     engine.ensure(say=say)
     if not args.load:
         engine.ensure_registry(plan.matrix.model.registry, say=say)
@@ -127,7 +127,7 @@ def cmd_build(args: argparse.Namespace) -> int:
             for left in gone.values():
                 rows.setdefault((left.detail, left.fix), []).append(left.id)
             for (detail, fix), ids in rows.items():
-                say(f"[yellow]skipping {len(ids)} variants[/]: {detail}\n  fix: {fix}")
+                report.console.print(f"[yellow]skipping {len(ids)} variants[/]: {escape(detail)}\n  fix: {escape(fix)}")
             plan = plan.without(gone)
             if not plan.variants:
                 raise DlenvError("every selected variant has unreachable sources", "see the fixes above")
@@ -144,13 +144,13 @@ def cmd_build(args: argparse.Namespace) -> int:
         report.write_json(args.metadata, report.results_json(plan, results))
     failed = [r for r in results if r.status in ("failed", "not attempted")]
     if failed:
-        say(f"[bold red]{len(failed)} of {len(results)} variants did not build[/]")
+        report.console.print(f"[bold red]{len(failed)} of {len(results)} variants did not build[/]")
         return 1
     return 0
 
 
 def cmd_engine(args: argparse.Namespace) -> int:
-    say = report.console.print
+    say = report.say
     if args.action == "up":
         found = engine.ensure(say=say)
         engine.ensure_registry(engine.DEFAULT_REGISTRY, say=say)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from rich.console import Console
 from rich.live import Live
+from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
@@ -20,6 +21,13 @@ from dlenv.plan import Plan
 
 # Off a terminal (CI logs, pipes) rich would wrap at 80 columns; tables read better wider.
 console = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else 200)
+
+
+def say(text: str) -> None:
+    """A line for people, printed as it is (no rich markup: messages quote brackets and paths)."""
+    console.print(text, markup=False)
+
+
 STYLE = {"built": "green", "failed": "bold red", "not attempted": "yellow", "skipped": "dim",
          "building": "cyan", "waiting": "dim"}
 
@@ -137,17 +145,22 @@ def summary_table(plan: Plan, results: list[Result]) -> None:
     table = Table(title=f"{plan.image}  build {plan.build.build}", title_justify="left")
     for column in ("variant", "status", "tags", "digest", "size", "seconds"):
         table.add_column(column, justify="right" if column in ("size", "seconds") else "left")
-    for r in results:
+    shown = [r for r in results if r.status != "skipped"]
+    for r in shown:
         detail = "\n".join(t.rsplit(":", 1)[-1] for t in r.tags)
         if r.status != "built":
-            detail = r.error.strip().splitlines()[-1] if r.error.strip() else ""
-        table.add_row(r.variant, Text(r.status, style=STYLE.get(r.status, "")), detail,
+            detail = r.error.strip().splitlines()[-1][:100] if r.error.strip() else ""
+        table.add_row(r.variant, Text(r.status, style=STYLE.get(r.status, "")), Text(detail),
                       r.digest.removeprefix("sha256:")[:12], human_size(r.size) if r.status == "built" else "",
                       f"{r.seconds:.0f}" if r.status == "built" else "")
     console.print(table)
+    skipped = len(results) - len(shown)
+    if skipped:
+        console.print(f"{skipped} variants skipped: their sources are unreachable from here (listed above; "
+                      "`nox -s list -- --check` shows them again)")
     for r in results:
         if r.status == "failed":
-            console.print(f"[bold red]{r.variant}[/] failed at {r.node}:")
+            console.print(f"[bold red]{escape(r.variant)}[/] failed at {escape(r.node)}:")
             console.print(Text(r.error.rstrip(), style="red"))
 
 
