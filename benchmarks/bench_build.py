@@ -74,13 +74,13 @@ def naive_build(docker: DockerClient, plan) -> float:
             args = dict(node.args, SOURCE_DATE_EPOCH=str(plan.build.epoch))
             context = bootstrap.rootfs_dir(node.rootfs) if node.rootfs else ROOT / node.dockerfile
             tags = [f"naive/{name.lower()}:bench"]
-            push = name == variant.node
-            if push:
-                tags.append(plan.ref(variant.immutable).replace("/dlenv-bench/", "/dlenv-bench-naive/"))
+            ref = plan.ref(variant.immutable).replace("/dlenv-bench:", "/dlenv-bench-naive:")
+            if name == variant.node:
+                tags.append(ref)
             docker.buildx.build(context, file=ROOT / node.dockerfile / "Dockerfile", build_contexts=contexts,
-                                build_args=args, secrets=secrets, tags=tags, load=not push,
-                                output={"type": "image", "push": "true"} if push else None,
-                                progress=False)
+                                build_args=args, secrets=secrets, tags=tags, load=True, progress=False)
+            if name == variant.node:
+                docker.image.push(ref, quiet=True)
     return time.monotonic() - started
 
 
@@ -102,18 +102,20 @@ def main() -> int:
         prune(docker)
         work = Path(tempfile.mkdtemp(prefix="dlenv-bench-work-"))
         cold, results = dlenv_build(plan, work)
+        console.print(f"run {run + 1}: dlenv cold {cold:.0f}s")
         noop, _ = dlenv_build(plan, work)
+        console.print(f"run {run + 1}: dlenv no-op {noop:.1f}s")
         prune(docker)
         naive = naive_build(docker, plan)
+        console.print(f"run {run + 1}: naive cold {naive:.0f}s")
         rows.append({"run": run + 1, "dlenv_cold_s": round(cold, 1), "dlenv_noop_s": round(noop, 1),
                      "naive_cold_s": round(naive, 1), "ratio": round(naive / cold, 2)})
         shutil.rmtree(work, ignore_errors=True)
     model = plan.matrix.model
     sizes = []
     for r in results:
-        local = docker.image.inspect(r.tags[0]).size if r.tags else None
-        sizes.append({"variant": r.variant, "compressed": registry.compressed_size(model.registry, model.repository,
-                                                                                  r.digest), "unpacked": local})
+        sizes.append({"variant": r.variant,
+                      "compressed": registry.compressed_size(model.registry, model.repository, r.digest)})
     table = Table(title=f"test family ({len(plan.variants)} variants, {len(plan.nodes)} bake targets)")
     for column in ("run", "dlenv cold (s)", "dlenv no-op (s)", "naive cold (s)", "naive / dlenv"):
         table.add_column(column, justify="right")
@@ -121,10 +123,10 @@ def main() -> int:
         table.add_row(str(row["run"]), f"{row['dlenv_cold_s']:.0f}", f"{row['dlenv_noop_s']:.1f}",
                       f"{row['naive_cold_s']:.0f}", f"{row['ratio']:.2f}x")
     sizes_table = Table(title="image sizes")
-    for column in ("variant", "compressed (pull)", "unpacked"):
+    for column in ("variant", "compressed (pull)"):
         sizes_table.add_column(column, justify="right" if column != "variant" else "left")
     for s in sizes:
-        sizes_table.add_row(s["variant"], human_size(s["compressed"]), human_size(s["unpacked"]))
+        sizes_table.add_row(s["variant"], human_size(s["compressed"]))
     out = Console()
     out.print(table)
     out.print(sizes_table)
