@@ -60,3 +60,10 @@ def lint(session):
     """ruff over the package, tests and benchmarks."""
     session.install("ruff")
     session.run("ruff", "check", "src", "tests", "benchmarks", "noxfile.py")
+
+
+@nox.session
+def smoke(session):
+    """Run every selected variant's checks in its image; GPU checks run where there is a GPU."""
+    _install(session)
+    session.run("python", "-m", "dlenv", "smoke", *session.posargs)

@@ -366,3 +366,63 @@ def test_a_failing_node_fails_its_variants_and_the_rest_still_build(docker, tmp_
     pushed = registry.tags(REGISTRY, "dlenv-test/tiny")
     assert f"13.0.2-base-debian12-py-{BUILD_ID}" in pushed
     assert not any("broken" in t for t in pushed)
+
+
+def test_unreachable_rows_are_skipped_with_the_fix_or_fail_with_strict(docker, tmp_path):
+    matrix = TINY.format(registry=REGISTRY, stacks="  - []").replace(
+        "  debian12: {source: bootstrap, suite: bookworm}\n",
+        "  debian12: {source: bootstrap, suite: bookworm}\n  farawayos: {source: image, image: \"dlenv.invalid/os:1\"}\n")
+    project = new_project(tmp_path / "project", matrix)
+    before = registry.tags(REGISTRY, "dlenv-test/tiny")
+    strict = dlenv(project, "build", "--strict", "--build-id", "strict-check", "--workdir", str(tmp_path / "w1"))
+    assert strict.returncode == 1
+    assert "dlenv: error: 1 variants have unreachable sources, e.g. 13.0.2-base-farawayos" in strict.stderr
+    assert "mirrors.registry" in strict.stderr and "Traceback" not in strict.stderr
+    assert registry.tags(REGISTRY, "dlenv-test/tiny") == before, "--strict built or pushed something"
+    default = dlenv(project, "build", "--build-id", "strict-check", "--metadata", str(tmp_path / "m.json"),
+                    "--workdir", str(tmp_path / "w2"))
+    assert default.returncode == 0, default.stderr[-2000:]
+    assert "skipping 1 variants: image dlenv.invalid/os:1" in default.stderr
+    results = {r["variant"]: r["status"] for r in json.loads((tmp_path / "m.json").read_text())["variants"]}
+    assert results == {"13.0.2-base-debian12": "built", "13.0.2-base-farawayos": "skipped"}
+
+
+def test_smoke_on_a_cpu_host_passes_what_it_can_and_skips_gpu_checks(family, tmp_path):
+    out = dlenv(family["project"], "smoke", "--build-id", BUILD_ID, "--junit", str(tmp_path / "smoke.xml"),
+                "--json", str(tmp_path / "smoke.json"))
+    assert out.returncode == 0, out.stderr[-3000:]
+    verdicts = json.loads((tmp_path / "smoke.json").read_text())["verdicts"]
+    by_variant = {}
+    for v in verdicts:
+        by_variant.setdefault(v["variant"], []).append(v)
+    assert sorted(by_variant) == sorted(VARIANTS)
+    for variant, mine in by_variant.items():
+        for v in mine:
+            # Without a GPU, exactly the GPU checks are skipped, with the reason; nothing GPU passes.
+            assert v["status"] == ("skipped" if v["gpu"] else "passed"), (variant, v)
+            if v["gpu"]:
+                assert "no GPU" in v["output"]
+    devel = {v["check"] for v in by_variant["13.0.2-devel-debian12-py-ssh"]}
+    assert {"nvcc compiles and links a kernel", "sshd accepts its configuration: keys only, no passwords",
+            "python, pip and uv run from the virtual environment", "no account has a usable password"} <= devel
+    assert "<skipped" in (tmp_path / "smoke.xml").read_text()
+    # --require-gpu turns the missing GPU into a failure.
+    required = dlenv(family["project"], "smoke", "--build-id", BUILD_ID, "--require-gpu",
+                     "--select", "13.0.2-runtime-debian12")
+    assert required.returncode == 1 and "--require-gpu: no GPU" in required.stderr
+
+
+def test_a_failing_check_fails_smoke(family, tmp_path):
+    project = family["project"]
+    recipe = project / "recipes/python.toml"
+    original = recipe.read_text()
+    recipe.write_text(original + '\n[[checks]]\nname = "fails on purpose"\nrun = "echo broken-on-purpose; exit 4"\n')
+    try:
+        out = dlenv(project, "smoke", "--build-id", BUILD_ID, "--select", "13.0.2-runtime-debian12-py-ssh",
+                    "--json", str(tmp_path / "s.json"))
+    finally:
+        recipe.write_text(original)
+    assert out.returncode == 1
+    failed = [v for v in json.loads((tmp_path / "s.json").read_text())["verdicts"] if v["status"] == "failed"]
+    assert [v["check"] for v in failed] == ["fails on purpose"]
+    assert "exit 4, expected 0" in failed[0]["output"] and "broken-on-purpose" in failed[0]["output"]

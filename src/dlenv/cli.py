@@ -52,6 +52,12 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--builder", default=None, help="the buildx builder to use (default: the engine's)")
     p.add_argument("--workdir", type=Path, default=Path("out"), help="bake file, logs and metadata")
 
+    p = sub.add_parser("smoke", help="run each variant's checks in its image (GPU checks where there is a GPU)")
+    _common(p)
+    p.add_argument("--require-gpu", action="store_true", help="fail, instead of skipping GPU checks, without a GPU")
+    p.add_argument("--junit", type=Path, default=None, help="write the verdicts as JUnit XML")
+    p.add_argument("--json", type=Path, default=None, help="write the verdicts as JSON")
+
     p = sub.add_parser("engine", help="start, stop or show the engine and registry dlenv uses")
     p.add_argument("action", choices=["up", "down", "status"])
     return parser
@@ -75,7 +81,7 @@ def load_plan(args: argparse.Namespace) -> planmod.Plan:
         if not config.REGISTRY.match(args.registry):
             raise ConfigError("--registry", None, "registry", f"a registry is host[:port][/path] (got {args.registry!r})")
         matrix = config.Matrix(matrix.file, matrix.root, matrix.model.model_copy(update={"registry": args.registry}),
-                               matrix.recipes, matrix.components, matrix.lines)
+                               matrix.recipes, matrix.components, matrix.lines, matrix.checks)
     info = tags.build_info(matrix.root, args.build_id, matrix.model.source)
     if args.build_id and not tags.valid_tag(args.build_id):
         raise ConfigError("--build-id", None, "build id", f"{args.build_id!r} is not valid in a tag")
@@ -149,6 +155,27 @@ def cmd_build(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_smoke(args: argparse.Namespace) -> int:
+    from dlenv import smoke
+
+    plan = load_plan(args)
+    engine.ensure(say=report.say)
+    runner = smoke.DockerRunner(plan, args.require_gpu)
+    verdicts = []
+    for variant in plan.variants:
+        mine = runner.variant(variant)
+        verdicts += mine
+        report.say(f"{variant.id}: " + ", ".join(f"{n} {s}" for s in ("passed", "failed", "skipped")
+                                                   if (n := sum(v.status == s for v in mine))))
+    report.smoke_table(verdicts)
+    if args.junit:
+        args.junit.parent.mkdir(parents=True, exist_ok=True)
+        args.junit.write_text(smoke.junit(verdicts))
+    if args.json:
+        report.write_json(args.json, {"image": plan.image, "verdicts": [v.to_json() for v in verdicts]})
+    return 1 if any(v.status == "failed" for v in verdicts) else 0
+
+
 def cmd_engine(args: argparse.Namespace) -> int:
     say = report.say
     if args.action == "up":
@@ -164,7 +191,7 @@ def cmd_engine(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"list": cmd_list, "bake": cmd_bake, "build": cmd_build, "engine": cmd_engine}
+COMMANDS = {"list": cmd_list, "bake": cmd_bake, "build": cmd_build, "smoke": cmd_smoke, "engine": cmd_engine}
 
 
 def main(argv: list[str] | None = None) -> int:

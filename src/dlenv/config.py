@@ -241,6 +241,34 @@ class Constraints(_Strict):
     os_family: list[Literal["debian", "ubuntu"]] = ["debian", "ubuntu"]
 
 
+class CheckModel(_Strict):
+    """A smoke check: a shell command run in the image."""
+
+    name: str
+    run: str
+    expect_exit: int = 0
+    expect_output: str | None = None   # a regular expression its output must match
+    gpu: bool = False                  # needs a GPU: skipped (never passed) without one
+    timeout: int = 120
+
+    @field_validator("expect_output")
+    @classmethod
+    def _regex(cls, v):
+        if v is not None:
+            try:
+                re.compile(v)
+            except re.error as exc:
+                raise ValueError(f"not a regular expression: {exc}") from None
+        return v
+
+    @field_validator("timeout")
+    @classmethod
+    def _timeout(cls, v):
+        if not 1 <= v <= 3600:
+            raise ValueError("timeout is 1 to 3600 seconds")
+        return v
+
+
 class RecipeModel(_Strict):
     description: str
     dockerfile: str
@@ -248,6 +276,7 @@ class RecipeModel(_Strict):
     requires: list[str] = []
     args: dict[str, str] = {}
     constraints: Constraints = Constraints()
+    checks: list[CheckModel] = []
 
     @field_validator("tag")
     @classmethod
@@ -276,6 +305,48 @@ class Components(_Strict):
 
 
 @dataclass(frozen=True)
+class Check:
+    name: str
+    run: str
+    expect_exit: int
+    expect_output: str | None
+    gpu: bool
+    timeout: int
+    origin: str   # the file that declares it
+
+    @classmethod
+    def of(cls, model: CheckModel, origin: str) -> Check:
+        return cls(model.name, model.run, model.expect_exit, model.expect_output, model.gpu, model.timeout, origin)
+
+
+class CheckFile(_Strict):
+    checks: list[CheckModel] = []
+    base: list[CheckModel] = []
+    runtime: list[CheckModel] = []
+    devel: list[CheckModel] = []
+
+
+CHECKS_DIR = Path(__file__).parent / "checks"
+
+
+def builtin_checks() -> dict[str, tuple[Check, ...]]:
+    """The global checks and the CUDA flavors' checks that ship with dlenv."""
+    out: dict[str, tuple[Check, ...]] = {}
+    for name in ("global.toml", "cuda.toml"):
+        path = CHECKS_DIR / name
+        label = f"dlenv/checks/{name}"
+        doc = load_toml(path, label)
+        try:
+            model = CheckFile.model_validate(dict(doc))
+        except ValidationError as exc:
+            _raise_first(exc, label, CheckFile, doc.line_of)
+        for key in ("checks", "base", "runtime", "devel"):
+            slot = "global" if key == "checks" else key
+            out[slot] = out.get(slot, ()) + tuple(Check.of(c, label) for c in getattr(model, key))
+    return out
+
+
+@dataclass(frozen=True)
 class Recipe:
     name: str
     file: str
@@ -285,6 +356,7 @@ class Recipe:
     requires: tuple[str, ...]
     args: tuple[tuple[str, str], ...]
     constraints: Constraints
+    checks: tuple[Check, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -303,6 +375,7 @@ class Matrix:
     recipes: dict[str, Recipe]
     components: dict[str, Components]
     lines: dict[str, Where] = field(default_factory=dict, compare=False, hash=False)
+    checks: dict[str, tuple[Check, ...]] = field(default_factory=dict, compare=False, hash=False)
 
     def where(self, *path: Any) -> Where:
         key = ".".join(str(p) for p in path)
@@ -392,7 +465,8 @@ def load_recipe(path: Path, root: Path) -> Recipe:
         raise ConfigError(label, doc.line_of(("dockerfile",)), "dockerfile",
                           f"no Dockerfile in {model.dockerfile!r} (a folder under the repository, e.g. images/python)")
     return Recipe(name, label, model.description, model.dockerfile, model.tag, tuple(model.requires),
-                  tuple(sorted(model.args.items())), model.constraints)
+                  tuple(sorted(model.args.items())), model.constraints,
+                  tuple(Check.of(c, label) for c in model.checks))
 
 
 def load_components(root: Path) -> dict[str, Components]:
@@ -509,4 +583,4 @@ def load(matrix_path: Path, root: Path | None = None, recipes_dir: Path | None =
                 record(value, path)
 
     record(data, "")
-    return Matrix(label, root, model, recipes, components, lines)
+    return Matrix(label, root, model, recipes, components, lines, builtin_checks())

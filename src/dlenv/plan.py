@@ -12,7 +12,7 @@ from fnmatch import fnmatchcase
 from typing import Literal
 
 from dlenv import bootstrap
-from dlenv.config import FLAVORS, Matrix, Recipe
+from dlenv.config import FLAVORS, Check, Matrix, Recipe
 from dlenv.errors import ConfigError
 from dlenv.selection import Selection
 from dlenv.tags import BuildInfo, render, valid_tag
@@ -56,6 +56,8 @@ class Variant:
     floating: tuple[str, ...]
     cuda_source: str
     os_source: str
+    # Inherited along the chain: global, then each CUDA flavor up to this one, then each recipe.
+    checks: tuple[Check, ...] = ()
 
     @property
     def node(self) -> str:
@@ -262,8 +264,12 @@ def expand(matrix: Matrix, build: BuildInfo, mirrors: Mirrors, selection: Select
                 where = matrix.where(*path)
                 raise ConfigError(where.file, where.line, ".".join(map(str, path)),
                                   f"renders the invalid tag {tag!r} for {vid} (letters, digits, . _ - only)")
+        checks = matrix.checks.get("global", ()) + tuple(
+            c for step in FLAVORS[: FLAVORS.index(flavor) + 1] for c in matrix.checks.get(step, ()))
+        checks += tuple(c for r in recipes for c in r.checks)
         variants.append(Variant(vid, cuda, flavor, os_key, stack, tuple(chain), immutable,
-                                tuple(t for t in floating if t != immutable), cuda_spec.source, os_spec.source))
+                                tuple(t for t in floating if t != immutable), cuda_spec.source, os_spec.source,
+                                checks))
 
     known = {"cuda": list(model.cuda), "flavor": list(model.flavors), "os": list(model.os),
              "recipe": list(matrix.recipes)}

@@ -28,7 +28,7 @@ def say(text: str) -> None:
     console.print(text, markup=False)
 
 
-STYLE = {"built": "green", "failed": "bold red", "not attempted": "yellow", "skipped": "dim",
+STYLE = {"built": "green", "passed": "green", "failed": "bold red", "not attempted": "yellow", "skipped": "dim",
          "building": "cyan", "waiting": "dim"}
 
 
@@ -176,3 +176,19 @@ def write_json(path: Path | None, data: dict) -> None:
     else:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)
+
+
+def smoke_table(verdicts) -> None:
+    """One row per variant and check; failures with their output below."""
+    table = Table(title="smoke checks", title_justify="left")
+    for column in ("variant", "check", "status", "seconds", "note"):
+        table.add_column(column, justify="right" if column == "seconds" else "left")
+    for v in verdicts:
+        note = v.output.splitlines()[0][:80] if v.status != "passed" and v.output else ""
+        table.add_row(v.variant, v.check + (" (GPU)" if v.gpu else ""), Text(v.status, style=STYLE.get(v.status, "")),
+                      f"{v.seconds:.1f}", Text(note))
+    console.print(table)
+    for v in verdicts:
+        if v.status == "failed":
+            console.print(f"[bold red]{escape(v.variant)}[/]: {escape(v.check)} ({escape(v.origin)}):")
+            console.print(Text(v.output.rstrip()[-2000:], style="red"))

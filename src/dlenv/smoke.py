@@ -1,0 +1,159 @@
+"""Run each variant's checks in its image and say, per check, passed, failed or skipped.
+
+A variant's checks are inherited along its chain (global, CUDA flavors, recipes). The `docker`
+runner starts one container per check with python-on-whales, GPUs given where the host has
+them; on a host without a GPU, GPU checks are skipped with that reason, never passed.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import tempfile
+import time
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from python_on_whales import DockerClient
+from python_on_whales.exceptions import DockerException
+
+from dlenv.config import CHECKS_DIR, Check
+from dlenv.errors import DlenvError
+from dlenv.graph import LABEL
+from dlenv.plan import Plan, Variant
+
+Status = Literal["passed", "failed", "skipped"]
+CHECKS_MOUNT = "/dlenv-checks"
+
+
+@dataclass(frozen=True)
+class Verdict:
+    variant: str
+    check: str
+    status: Status
+    seconds: float
+    output: str
+    gpu: bool
+    origin: str
+
+    def to_json(self) -> dict:
+        return {"variant": self.variant, "check": self.check, "status": self.status,
+                "seconds": round(self.seconds, 2), "output": self.output, "gpu": self.gpu, "origin": self.origin}
+
+
+def judge(check: Check, exit_code: int, output: str) -> tuple[Status, str]:
+    """Whether a check's exit code and output are what it expects, and why not."""
+    if exit_code == 124 and check.expect_exit != 124:
+        return "failed", f"timed out after {check.timeout}s"
+    if exit_code != check.expect_exit:
+        return "failed", f"exit {exit_code}, expected {check.expect_exit}"
+    if check.expect_output and not re.search(check.expect_output, output):
+        return "failed", f"output does not match {check.expect_output!r}"
+    return "passed", ""
+
+
+def checks_folder() -> Path:
+    """What /dlenv-checks holds: the CUDA probe (built here) and the test kernel's source."""
+    folder = Path(tempfile.mkdtemp(prefix="dlenv-checks-"))
+    shutil.copy(CHECKS_DIR / "kernel.cu", folder / "kernel.cu")
+    compiler = shutil.which("cc") or shutil.which("gcc")
+    if not compiler:
+        raise DlenvError("no C compiler on this host to build the CUDA probe", "apt-get install gcc")
+    out = subprocess.run([compiler, "-O2", "-o", str(folder / "cuda_probe"), str(CHECKS_DIR / "cuda_probe.c"),
+                          "-ldl", "-lm"], capture_output=True, text=True)
+    if out.returncode != 0:
+        raise DlenvError(f"building the CUDA probe failed: {out.stderr.strip()[-200:]}")
+    return folder
+
+
+def host_gpus(client: DockerClient) -> str | None:
+    """Why GPU checks cannot run here, or None if they can (a GPU and the NVIDIA runtime)."""
+    if not shutil.which("nvidia-smi"):
+        return "no GPU on this host (nvidia-smi not found)"
+    out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True)
+    if out.returncode != 0 or "GPU" not in out.stdout:
+        return "no GPU on this host (nvidia-smi lists none)"
+    runtimes = client.system.info().runtimes or {}
+    if "nvidia" not in runtimes and not shutil.which("nvidia-container-runtime-hook"):
+        return "the NVIDIA container toolkit is not configured for this engine"
+    return None
+
+
+def label_problems(client: DockerClient, ref: str, variant: Variant) -> str:
+    labels = client.image.inspect(ref).config.labels or {}
+    expected = {f"{LABEL}.variant": variant.id, f"{LABEL}.cuda": variant.cuda, f"{LABEL}.flavor": variant.flavor}
+    problems = [f"{k}={labels.get(k)!r}, expected {v!r}" for k, v in expected.items() if labels.get(k) != v]
+    problems += [f"{k} missing" for k in ("org.opencontainers.image.revision", "org.opencontainers.image.created",
+                                          "org.opencontainers.image.version") if k not in labels]
+    return "; ".join(problems)
+
+
+class DockerRunner:
+    def __init__(self, plan: Plan, require_gpu: bool = False):
+        self.plan = plan
+        self.client = DockerClient()
+        self.no_gpu = host_gpus(self.client)
+        if require_gpu and self.no_gpu:
+            raise DlenvError(f"--require-gpu: {self.no_gpu}",
+                             "run on a GPU host with the NVIDIA container toolkit, or drop --require-gpu")
+        self.folder = checks_folder()
+
+    def _run(self, ref: str, variant: Variant, check: Check) -> Verdict:
+        if check.gpu and self.no_gpu:
+            return Verdict(variant.id, check.name, "skipped", 0.0, self.no_gpu, True, check.origin)
+        started = time.monotonic()
+        command = ["-c", f"timeout {check.timeout} sh -c \"$DLENV_CHECK\" 2>&1"]
+        try:
+            output = self.client.run(
+                ref, command, entrypoint="/bin/sh", remove=True,
+                volumes=[(str(self.folder), CHECKS_MOUNT, "ro")],
+                envs={"DLENV_CHECK": check.run, "DLENV_CUDA": variant.cuda, "DLENV_FLAVOR": variant.flavor},
+                gpus="all" if check.gpu else None)
+            code = 0
+        except DockerException as exc:
+            code = exc.return_code
+            output = (exc.stdout or "") + (exc.stderr or "")
+        seconds = time.monotonic() - started
+        status, why = judge(check, code, output or "")
+        text = (output or "").strip()
+        return Verdict(variant.id, check.name, status, seconds, f"{why}\n{text}".strip() if why else text,
+                       check.gpu, check.origin)
+
+    def variant(self, variant: Variant) -> list[Verdict]:
+        ref = self.plan.ref(variant.immutable)
+        try:
+            self.client.image.inspect(ref)
+        except DockerException:
+            try:
+                self.client.image.pull(ref, quiet=True)
+            except DockerException:
+                return [Verdict(variant.id, "image is available", "failed", 0.0,
+                                f"{ref} is neither in the engine nor in the registry (build it first)", False, "dlenv")]
+        verdicts = [self._run(ref, variant, check) for check in variant.checks]
+        problems = label_problems(self.client, ref, variant)
+        verdicts.append(Verdict(variant.id, "labels are present and match the variant",
+                                "failed" if problems else "passed", 0.0, problems, False, "dlenv"))
+        return verdicts
+
+
+def junit(verdicts: list[Verdict]) -> str:
+    suites = ET.Element("testsuites", name="dlenv smoke")
+    for variant in dict.fromkeys(v.variant for v in verdicts):
+        mine = [v for v in verdicts if v.variant == variant]
+        suite = ET.SubElement(suites, "testsuite", name=variant, tests=str(len(mine)),
+                              failures=str(sum(v.status == "failed" for v in mine)),
+                              skipped=str(sum(v.status == "skipped" for v in mine)),
+                              time=f"{sum(v.seconds for v in mine):.2f}")
+        for v in mine:
+            case = ET.SubElement(suite, "testcase", classname=variant, name=v.check, time=f"{v.seconds:.2f}")
+            if v.status == "failed":
+                ET.SubElement(case, "failure", message=(v.output.splitlines() or ["failed"])[0]).text = v.output
+            elif v.status == "skipped":
+                ET.SubElement(case, "skipped", message=v.output)
+            if v.output and v.status == "passed":
+                ET.SubElement(case, "system-out").text = v.output
+    ET.indent(suites)
+    return ET.tostring(suites, encoding="unicode", xml_declaration=True) + "\n"

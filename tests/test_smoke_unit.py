@@ -1,0 +1,53 @@
+"""Smoke verdicts without an engine: judging a check, inheriting checks, JUnit output."""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+
+from dlenv.config import Check
+from dlenv.smoke import Verdict, judge, junit
+from test_plan import expand
+
+
+def check(**kw) -> Check:
+    base = dict(name="c", run="true", expect_exit=0, expect_output=None, gpu=False, timeout=5, origin="x.toml")
+    base.update(kw)
+    return Check(**base)
+
+
+def test_judge():
+    assert judge(check(), 0, "") == ("passed", "")
+    assert judge(check(), 1, "")[0] == "failed"
+    assert judge(check(expect_exit=3), 3, "")[0] == "passed"
+    assert judge(check(expect_output=r"uv \d"), 0, "uv 0.9.1")[0] == "passed"
+    status, why = judge(check(expect_output=r"uv \d"), 0, "nothing")
+    assert status == "failed" and "does not match" in why
+    assert judge(check(timeout=7), 124, "") == ("failed", "timed out after 7s")
+
+
+def test_checks_are_inherited_along_the_chain(project):
+    p = expand(project)
+    names = lambda vid: [c.name for c in p.variant(vid).checks]  # noqa: E731
+    base, runtime, devel = (names(f"13.0.2-{f}-debian12") for f in ("base", "runtime", "devel"))
+    assert base[:4] == runtime[:4] == devel[:4]            # the global checks first
+    assert set(base) < set(runtime) < set(devel)
+    assert "nvcc compiles and links a kernel" in devel and "nvcc compiles and links a kernel" not in runtime
+    full = names("13.0.2-devel-debian12-py-dev-ssh")
+    assert full[: len(devel)] == devel
+    assert [c.origin for c in p.variant("13.0.2-devel-debian12-py-dev-ssh").checks][-3:] == [
+        "recipes/python.toml", "recipes/devtools.toml", "recipes/ssh.toml"]
+    gpu = [c.name for c in p.variant("13.0.2-devel-debian12").checks if c.gpu]
+    assert len(gpu) == 3
+
+
+def test_junit_reports_skips_as_skips_not_passes():
+    verdicts = [Verdict("v1", "a", "passed", 0.5, "ok", False, "x"),
+                Verdict("v1", "b", "skipped", 0.0, "no GPU on this host", True, "x"),
+                Verdict("v2", "c", "failed", 1.0, "exit 1, expected 0\nboom", False, "x")]
+    root = ET.fromstring(junit(verdicts).split("?>", 1)[1])
+    suites = {s.get("name"): s for s in root.iter("testsuite")}
+    assert suites["v1"].get("skipped") == "1" and suites["v1"].get("failures") == "0"
+    assert suites["v2"].get("failures") == "1"
+    skipped = suites["v1"].find("testcase[@name='b']/skipped")
+    assert skipped is not None and skipped.get("message") == "no GPU on this host"
+    assert suites["v2"].find("testcase/failure").get("message") == "exit 1, expected 0"
