@@ -46,12 +46,15 @@ exclude:
 """
 
 
-TEST_TOOLS = {"htpasswd": "apache2-utils", "ssh": "openssh-client", "openssl": "openssl"}
+# smoke builds its CUDA probe with the host's C compiler (libc6-dev brings the headers).
+TEST_TOOLS = {"htpasswd": "apache2-utils", "ssh": "openssh-client", "openssl": "openssl", "cc": "gcc",
+              "/usr/include/stdio.h": "libc6-dev"}
 
 
 def pytest_sessionstart(session):
     """The engine tests need a few host tools; a fresh Debian machine (as root) gets them here."""
-    missing = sorted({pkg for tool, pkg in TEST_TOOLS.items() if not shutil.which(tool)})
+    missing = sorted({pkg for tool, pkg in TEST_TOOLS.items()
+                      if not (Path(tool).exists() if tool.startswith("/") else shutil.which(tool))})
     if missing and os.geteuid() == 0 and shutil.which("apt-get"):
         env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
         subprocess.run(["apt-get", "update", "-qq"], env=env, check=False, capture_output=True)

@@ -200,7 +200,7 @@ def test_sshd_has_a_valid_config_no_host_keys_and_no_password(docker, family):
     assert "permitrootlogin without-password" in out or "permitrootlogin prohibit-password" in out
     assert "passwordauthentication no" in out
     shadow = sh(docker, image, "getent shadow root | cut -d: -f2")
-    assert shadow.strip() in ("*", "!", "!*", "") or shadow.startswith("!"), shadow
+    assert shadow.strip() and shadow.strip()[0] in "*!", f"root can log in with a password: {shadow!r}"
 
 
 def test_ssh_login_with_a_key_given_at_run_time(docker, family, tmp_path):

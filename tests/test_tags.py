@@ -46,6 +46,14 @@ def test_dirty_tree_gets_its_own_id_stable_for_the_same_change(tmp_path):
     assert dirty.startswith(clean + "-d") and dirty == tags.build_info(repo).build
     (repo / "a").write_text("3\n")
     assert tags.build_info(repo).build != dirty
+    # A new file not yet added (a recipe, a Dockerfile) changes the build too.
+    (repo / "a").write_text("1\n")
+    assert tags.build_info(repo).build == clean
+    (repo / "new.toml").write_text("x\n")
+    with_new = tags.build_info(repo).build
+    assert with_new.startswith(clean + "-d")
+    (repo / "new.toml").write_text("y\n")
+    assert tags.build_info(repo).build != with_new
 
 
 def test_outside_git_and_override(tmp_path):

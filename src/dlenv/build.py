@@ -189,6 +189,7 @@ class Builder:
         self.bakefile.write_text(graph.render(graph.definition(self.plan, self.output, self.secrets)))
         self.probefile.write_text(graph.render(graph.definition(self.plan, "cache", self.secrets)))
         remaining = list(self.plan.variants)
+        retried: set[str] = set()
         rounds = 0
         while True:
             for variant in list(remaining):
@@ -218,13 +219,19 @@ class Builder:
                 break
             node = self._first_failing(run.error_target)
             if node is None:
-                # The chain builds; exporting this one target failed. Only its variant fails.
-                variant = next(v for v in remaining if v.node == run.error_target)
-                remaining.remove(variant)
-                results[variant.id] = Result(variant.id, "failed", error="\n".join(run.error_lines[-10:]),
-                                             node=variant.node)
-                self.board.finish(variant.id, "failed")
-                continue
+                # The chain builds now: exporting that target failed, or the failure did not repeat.
+                # A variant's own export fails only that variant; anything else is not retried forever.
+                variant = next((v for v in remaining if v.node == run.error_target), None)
+                if variant is None or run.error_target in retried:
+                    node = run.error_target
+                    self.errors[node] = run.error_lines
+                else:
+                    retried.add(run.error_target)
+                    remaining.remove(variant)
+                    results[variant.id] = Result(variant.id, "failed", error="\n".join(run.error_lines[-10:]),
+                                                 node=variant.node)
+                    self.board.finish(variant.id, "failed")
+                    continue
             failed_nodes[node] = self.errors[node]
             self.say(f"dlenv: {node} failed; building what does not depend on it "
                      f"(log: {self.logfile})")
@@ -233,7 +240,21 @@ class Builder:
     def _failure(self, variant: Variant, node: str, lines: list[str]) -> Result:
         if node == variant.node:
             return Result(variant.id, "failed", error="\n".join(lines[-10:]), node=node)
-        return Result(variant.id, "not attempted", error=f"depends on {node}, which failed", node=node)
+        # The node's own error goes along: a failure below every variant must still be readable.
+        return Result(variant.id, "not attempted", error="\n".join([*lines[-10:], f"depends on {node}, which failed"]),
+                      node=node)
+
+    def _moves_immutable(self, variant: Variant, digest: str) -> str | None:
+        """An immutable tag is a promise: never point it at another digest."""
+        model = self.plan.matrix.model
+        try:
+            _, current = registry.manifest(model.registry, model.repository, variant.immutable)
+        except Exception:  # noqa: BLE001 - absent (404) or unreadable: nothing to protect here
+            return None
+        if current and digest and current != digest:
+            return (f"immutable tag {variant.immutable} already names {current[:19]}, not this build's "
+                    f"{digest[:19]}: refusing to move it (a new commit gives a new build id)")
+        return None
 
     def _push(self, variant: Variant) -> str | None:
         """Push a variant's tags, one after another; the error's last line if that fails."""
@@ -249,7 +270,7 @@ class Builder:
         if self.output == "push":
             self.board.step(variant.id, "pushing")
             started = time.monotonic()
-            error = self._push(variant)
+            error = self._moves_immutable(variant, meta.get("containerimage.digest", "")) or self._push(variant)
             seconds += time.monotonic() - started
             if error:
                 return Result(variant.id, "failed", error=error, node=variant.node, seconds=seconds)

@@ -57,6 +57,8 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--require-gpu", action="store_true", help="fail, instead of skipping GPU checks, without a GPU")
     p.add_argument("--junit", type=Path, default=None, help="write the verdicts as JUnit XML")
     p.add_argument("--json", type=Path, default=None, help="write the verdicts as JSON")
+    p.add_argument("--export", type=Path, default=None, metavar="DIR",
+                   help="instead of running: write a bundle per variant for a GPU host without an engine")
 
     p = sub.add_parser("engine", help="start, stop or show the engine and registry dlenv uses")
     p.add_argument("action", choices=["up", "down", "status"])
@@ -160,6 +162,15 @@ def cmd_smoke(args: argparse.Namespace) -> int:
 
     plan = load_plan(args)
     engine.ensure(say=report.say)
+    if args.export:
+        folder = smoke.checks_folder()
+        for devel in (v for v in plan.variants if v.flavor == "devel" and not v.stack):
+            report.say(f"compiled {smoke.build_kernel(plan, devel, folder).name} with {devel.id}'s nvcc")
+        for variant in plan.variants:
+            bundle = smoke.export_bundle(plan, variant, args.export, folder)
+            size = sum(f.stat().st_size for f in bundle.rglob("*") if f.is_file())
+            report.say(f"{bundle}: {report.human_size(size)} (run: python3 {bundle.name}/rootfs_run.py {bundle.name})")
+        return 0
     runner = smoke.DockerRunner(plan, args.require_gpu)
     verdicts = []
     for variant in plan.variants:
@@ -199,7 +210,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return COMMANDS[args.command](args)
     except DlenvError as exc:
-        report.console.print(f"[bold red]dlenv: error:[/] {escape(str(exc))}")
+        # One line, however long: machines and people grep for it.
+        report.console.print(f"[bold red]dlenv: error:[/] {escape(' '.join(str(exc).split()))}", soft_wrap=True)
         return exc.exit_code
     except KeyboardInterrupt:
         report.console.print("dlenv: interrupted")

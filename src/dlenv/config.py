@@ -39,7 +39,7 @@ class _Strict(BaseModel):
 def _url(value: str | None, what: str) -> str | None:
     if value in (None, ""):
         return None
-    if not re.match(r"^https?://[^\s/]+", value):
+    if not re.fullmatch(r"https?://[^\s/]+\S*", value):
         raise ValueError(f"{what} must be an http:// or https:// URL (got {value!r})")
     return value.rstrip("/")
 
@@ -69,6 +69,16 @@ class Mirrors(_Strict):
         return v.rstrip("/")
 
 
+SIMPLE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")   # suites, packages, OS tags
+TIMEZONE = re.compile(r"^[A-Za-z0-9_+-]+(/[A-Za-z0-9_+-]+)*$")
+
+
+def _simple(value: str, what: str) -> str:
+    if not SIMPLE.match(value):
+        raise ValueError(f"{what} {value!r} may hold letters, digits and . _ + - only")
+    return value
+
+
 class OsSpec(_Strict):
     source: Literal["image", "bootstrap"]
     image: str | None = None
@@ -77,6 +87,16 @@ class OsSpec(_Strict):
     packages: list[str] = []
     # The OS part of NVIDIA's image tags, where it differs from the OS's key in matrix.yaml.
     cuda_image_os: str | None = None
+
+    @field_validator("suite", "cuda_image_os")
+    @classmethod
+    def _names(cls, v):
+        return v if v is None else _simple(v, "name")
+
+    @field_validator("packages")
+    @classmethod
+    def _packages(cls, v):
+        return [_simple(p, "package") for p in v]
 
     @model_validator(mode="after")
     def _check(self):
@@ -105,12 +125,16 @@ class CudaSpec(_Strict):
     @classmethod
     def _image(cls, v):
         try:
-            fields = {f for _, f, _, _ in string.Formatter().parse(v) if f}
+            parsed = list(string.Formatter().parse(v))
         except ValueError as exc:
             raise ValueError(f"bad template {v!r}: {exc}") from None
-        unknown = fields - {"version", "flavor", "os"}
-        if unknown:
-            raise ValueError(f"unknown placeholder {{{sorted(unknown)[0]}}} (use version, flavor, os)")
+        for _, name, spec, conversion in parsed:
+            if name is not None and name not in ("version", "flavor", "os"):
+                raise ValueError(f"unknown placeholder {{{name}}} (use version, flavor, os)")
+            if spec or conversion:
+                raise ValueError(f"format specs and conversions are not supported ({v!r})")
+        if not IMAGE_REF.match(v.format(version="1.0.0", flavor="base", os="os")):
+            raise ValueError(f"not an image reference: {v!r}")
         return v
 
 
@@ -192,6 +216,20 @@ class MatrixModel(_Strict):
     def _registry(cls, v):
         if not REGISTRY.match(v):
             raise ValueError(f"a registry is host[:port][/path] (got {v!r})")
+        return v
+
+    @field_validator("timezone")
+    @classmethod
+    def _timezone(cls, v):
+        if not TIMEZONE.match(v):
+            raise ValueError(f"a time zone is a name like Etc/UTC or Asia/Shanghai (got {v!r})")
+        return v
+
+    @field_validator("locale")
+    @classmethod
+    def _locale(cls, v):
+        if not re.fullmatch(r"C|POSIX|[A-Za-z]{2,3}(_[A-Z]{2})?(@\w+)?(\.[A-Za-z0-9-]+)?|C\.[A-Za-z0-9-]+", v):
+            raise ValueError(f"a locale is like C.UTF-8 or en_US.UTF-8 (got {v!r})")
         return v
 
     @field_validator("repository")
@@ -543,17 +581,20 @@ def load(matrix_path: Path, root: Path | None = None, recipes_dir: Path | None =
     def line(*loc: Any) -> int:
         return _line_in_yaml(data, loc)
 
-    for si, stack in enumerate(model.stacks):
-        _check_names(label, data, lambda loc: line(*loc), stack, sorted(recipes), "recipe", ("stacks", si))
+    def check_stack(stack: list[str], path: tuple) -> None:
+        _check_names(label, data, lambda loc: line(*loc), stack, sorted(recipes), "recipe", path)
         seen: list[str] = []
         for ri, name in enumerate(stack):
+            where = ".".join(map(str, path + (ri,)))
             if name in seen:
-                raise ConfigError(label, line("stacks", si, ri), f"stacks.{si}.{ri}", f"recipe {name!r} is listed twice")
+                raise ConfigError(label, line(*path, ri), where, f"recipe {name!r} is listed twice")
             for dep in recipes[name].requires:
                 if dep not in seen:
-                    raise ConfigError(label, line("stacks", si, ri), f"stacks.{si}.{ri}",
-                                      f"recipe {name!r} requires {dep!r} earlier in the stack")
+                    raise ConfigError(label, line(*path, ri), where, f"recipe {name!r} requires {dep!r} earlier in the stack")
             seen.append(name)
+
+    for si, stack in enumerate(model.stacks):
+        check_stack(stack, ("stacks", si))
     for ii, inc in enumerate(model.include):
         for key, known in (("cuda", model.cuda), ("os", model.os)):
             value = getattr(inc, key)
@@ -561,7 +602,7 @@ def load(matrix_path: Path, root: Path | None = None, recipes_dir: Path | None =
                 guess = difflib.get_close_matches(value, list(known), n=1)
                 hint = f"; did you mean {guess[0]!r}?" if guess else f"; known: {', '.join(known)}"
                 raise ConfigError(label, line("include", ii, key), f"include.{ii}.{key}", f"unknown {key} {value!r}{hint}")
-        _check_names(label, data, lambda loc: line(*loc), inc.stack, sorted(recipes), "recipe", ("include", ii, "stack"))
+        check_stack(inc.stack, ("include", ii, "stack"))
     for version, spec in model.cuda.items():
         major = f"cuda{version.split('.')[0]}"
         if spec.source == "pip" and major not in components:

@@ -214,8 +214,12 @@ def expand(matrix: Matrix, build: BuildInfo, mirrors: Mirrors, selection: Select
         for cuda in model.cuda:
             for flavor in model.flavors:
                 for stack in model.stacks:
-                    combos.setdefault(vid_of(cuda, flavor, os_key, tuple(stack)),
-                                      (cuda, flavor, os_key, tuple(stack), None))
+                    vid = vid_of(cuda, flavor, os_key, tuple(stack))
+                    combo = (cuda, flavor, os_key, tuple(stack), None)
+                    if combos.setdefault(vid, combo)[:4] != combo[:4]:
+                        where = matrix.where("os", os_key)
+                        raise ConfigError(where.file, where.line, f"os.{os_key}",
+                                          f"two combinations would both be called {vid!r} (rename this OS)")
     for index, inc in enumerate(model.include):
         combos[vid_of(inc.cuda, inc.flavor, inc.os, tuple(inc.stack))] = (
             inc.cuda, inc.flavor, inc.os, tuple(inc.stack), f"include.{index}")

@@ -158,10 +158,13 @@ def summary_table(plan: Plan, results: list[Result]) -> None:
     if skipped:
         console.print(f"{skipped} variants skipped: their sources are unreachable from here (listed above; "
                       "`nox -s list -- --check` shows them again)")
+    shown_nodes = set()
     for r in results:
-        if r.status == "failed":
-            console.print(f"[bold red]{escape(r.variant)}[/] failed at {escape(r.node)}:")
-            console.print(Text(r.error.rstrip(), style="red"))
+        if r.status == "failed" or (r.status == "not attempted" and r.node not in shown_nodes):
+            shown_nodes.add(r.node)
+            what = escape(r.variant) + " failed" if r.status == "failed" else f"node {escape(r.node)} failed"
+            console.print(f"[bold red]{what}[/] at {escape(r.node)}:")
+            console.print(Text("\n".join(r.error.rstrip().splitlines()[-10:]), style="red"))
 
 
 def results_json(plan: Plan, results: list[Result]) -> dict:

@@ -7,6 +7,7 @@ them; on a host without a GPU, GPU checks are skipped with that reason, never pa
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -137,6 +138,38 @@ class DockerRunner:
         verdicts.append(Verdict(variant.id, "labels are present and match the variant",
                                 "failed" if problems else "passed", 0.0, problems, False, "dlenv"))
         return verdicts
+
+
+def export_bundle(plan: Plan, variant: Variant, dest: Path, folder: Path) -> Path:
+    """A folder the rootfs runner takes to a GPU host: rootfs.tar.xz, manifest.json, checks/."""
+    client = DockerClient()
+    ref = plan.ref(variant.immutable)
+    bundle = dest / variant.id
+    bundle.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(folder, bundle / "checks", dirs_exist_ok=True)
+    shutil.copy(Path(__file__).parent / "rootfs_run.py", bundle / "rootfs_run.py")
+    container = client.container.create(ref, ["/bin/true"], entrypoint="/bin/true")
+    try:
+        client.container.export(container, bundle / "rootfs.tar")
+    finally:
+        client.container.remove(container)
+    subprocess.run(["xz", "-T0", "-6", "-f", str(bundle / "rootfs.tar")], check=True)
+    config = client.image.inspect(ref).config
+    manifest = {"variant": variant.id, "image": ref, "cuda": variant.cuda, "flavor": variant.flavor,
+                "env": list(config.env or []),
+                "checks": [{"name": c.name, "run": c.run, "expect_exit": c.expect_exit, "expect_output": c.expect_output,
+                            "gpu": c.gpu, "timeout": c.timeout, "origin": c.origin} for c in variant.checks]}
+    (bundle / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    return bundle
+
+
+def build_kernel(plan: Plan, devel: Variant, folder: Path) -> Path:
+    """Compile kernel.cu with a devel variant's own nvcc, for a GPU host that cannot take the devel rootfs."""
+    client = DockerClient()
+    out = f"kernel-{devel.cuda}"
+    client.run(plan.ref(devel.immutable), ["-c", f"nvcc -o {CHECKS_MOUNT}/{out} {CHECKS_MOUNT}/kernel.cu"],
+               entrypoint="/bin/sh", remove=True, volumes=[(str(folder), CHECKS_MOUNT, "rw")])
+    return folder / out
 
 
 def junit(verdicts: list[Verdict]) -> str:

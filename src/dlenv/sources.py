@@ -45,6 +45,9 @@ def _construct_mapping(loader: _Loader, node: yaml.MappingNode) -> LineDict:
     result.key_lines = {}
     for key_node, value_node in node.value:
         key = loader.construct_object(key_node, deep=True)
+        if isinstance(key, (list, dict)):
+            raise yaml.MarkedYAMLError("while reading a mapping", node.start_mark,
+                                       "a key must be a plain value, not a list or mapping", key_node.start_mark)
         if key in result:
             raise yaml.MarkedYAMLError("while reading a mapping", node.start_mark,
                                        f"duplicate key {key!r}", key_node.start_mark)
@@ -80,9 +83,11 @@ def load_yaml(path: Path, label: str) -> Any:
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark else None
-        raise ConfigError(label, line, "YAML syntax", str(exc.problem or exc.context)) from None
+        raise ConfigError(label, line, "YAML syntax", " ".join(str(exc.problem or exc.context).split())) from None
     except yaml.YAMLError as exc:
-        raise ConfigError(label, None, "YAML syntax", str(exc)) from None
+        raise ConfigError(label, None, "YAML syntax", " ".join(str(exc).split())) from None
+    except (ValueError, RecursionError) as exc:
+        raise ConfigError(label, None, "YAML", f"cannot be read: {' '.join(str(exc).split())[:160]}") from None
     if not isinstance(data, LineDict):
         raise ConfigError(label, getattr(data, "line", 1), "document", "must be a mapping of settings")
     return data
@@ -93,8 +98,8 @@ class TomlDoc(dict):
 
     text: str
 
-    def line_of(self, path: tuple) -> int | None:
-        """Best-effort line of a key path like ('constraints', 'cuda')."""
+    def line_of(self, path: tuple) -> int:
+        """Best-effort line of a key path like ('constraints', 'cuda'); 1 for a missing key."""
         names = [str(p) for p in path if not isinstance(p, int)]
         if not names:
             return 1
@@ -117,7 +122,7 @@ class TomlDoc(dict):
                     best = number
                 if best is None and names[: len(full)] == full:
                     best = number  # an inline table or array holding the field
-        return best
+        return best or 1
 
 
 def load_toml(path: Path, label: str) -> TomlDoc:

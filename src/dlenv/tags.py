@@ -48,10 +48,16 @@ def build_info(root: Path, override: str | None = None, source: str | None = Non
     if revision:
         # A dirty tree gets its own id, derived from its changes: an immutable tag never names
         # two different trees.
-        status = _git(root, "status", "--porcelain", "--untracked-files=no") or ""
+        status = _git(root, "status", "--porcelain") or ""
         if status:
-            diff = _git(root, "diff", "HEAD") or ""
-            sha += "-d" + hashlib.sha256(diff.encode()).hexdigest()[:6]
+            digest = hashlib.sha256((_git(root, "diff", "HEAD") or "").encode())
+            for name in sorted((_git(root, "ls-files", "--others", "--exclude-standard") or "").splitlines()):
+                digest.update(name.encode())
+                try:
+                    digest.update((root / name).read_bytes())
+                except OSError:
+                    pass
+            sha += "-d" + digest.hexdigest()[:6]
     remote = source or _git(root, "remote", "get-url", "origin") or ""
     remote = re.sub(r"^git@([^:]+):", r"https://\1/", remote).removesuffix(".git")
     remote = re.sub(r"//[^/@]+@", "//", remote)  # never a token from a remote URL

@@ -1,0 +1,133 @@
+"""Run a variant's checks on a GPU host that has no container engine (HPC node, bare VM).
+
+Standalone on purpose: it needs only Python 3 (standard library), coreutils, tar with xz,
+`unshare`, `mount` and `chroot`, and root. dlenv writes a bundle next to this file
+(`dlenv smoke --export DIR`): the variant's root filesystem, its checks, the CUDA probe. Here
+the rootfs is unpacked and each check runs in it through chroot, in a private mount namespace,
+with the driver injected the way the NVIDIA container toolkit does it: device nodes, and the
+driver's libraries (libcuda, libnvidia-*) bind-mounted into /usr/local/nvidia/lib64.
+
+    python3 rootfs_run.py BUNDLE [--json OUT] [--extra 'NAME=COMMAND' ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+DRIVER_LIBS = ("libcuda.so*", "libnvidia-ptxjitcompiler.so*", "libnvidia-nvvm.so*", "libnvidia-ml.so*",
+               "libcudadebugger.so*", "libnvidia-gpucomp.so*")
+
+
+def driver_libraries() -> list[str]:
+    """The host's driver libraries, wherever its linker finds them."""
+    out = subprocess.run(["ldconfig", "-p"], capture_output=True, text=True).stdout
+    dirs = {os.path.dirname(p) for p in re.findall(r"=> (\S*libcuda\.so\S*)", out)}
+    dirs |= {d for d in ("/usr/local/nvidia/lib64", "/usr/lib/x86_64-linux-gnu", "/usr/lib64") if os.path.isdir(d)}
+    found = {}
+    for folder in sorted(dirs):
+        for pattern in DRIVER_LIBS:
+            for path in glob.glob(os.path.join(folder, pattern)):
+                found.setdefault(os.path.basename(path), os.path.realpath(path))
+    return sorted(found.items())
+
+
+def run(cmd: list[str], **kw) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, check=True, **kw)
+
+
+def prepare(bundle: str, root: str) -> None:
+    archive = next(p for p in (os.path.join(bundle, n) for n in ("rootfs.tar.xz", "rootfs.tar.gz", "rootfs.tar"))
+                   if os.path.exists(p))
+    run(["tar", "-xf", archive, "-C", root, "--no-same-owner"] if os.geteuid() else ["tar", "-xf", archive, "-C", root])
+    for sub in ("dev", "proc", "sys", "dlenv-checks", "usr/local/nvidia/lib64"):
+        os.makedirs(os.path.join(root, sub), exist_ok=True)
+    run(["mount", "--make-rprivate", "/"])
+    run(["mount", "--rbind", "/dev", os.path.join(root, "dev")])
+    run(["mount", "-t", "proc", "proc", os.path.join(root, "proc")])
+    run(["mount", "--rbind", "/sys", os.path.join(root, "sys")])
+    run(["mount", "--bind", os.path.join(bundle, "checks"), os.path.join(root, "dlenv-checks")])
+    target = os.path.join(root, "usr/local/nvidia/lib64")
+    for name, path in driver_libraries():
+        dest = os.path.join(target, name)
+        open(dest, "a").close()
+        run(["mount", "--bind", path, dest])
+    with open(os.path.join(root, "etc/ld.so.conf.d/00-nvidia-driver.conf"), "w") as f:
+        f.write("/usr/local/nvidia/lib64\n")
+    run(["chroot", root, "ldconfig"])
+
+
+def release(root: str) -> bool:
+    """Unmount everything under root; True only if nothing is left mounted there."""
+    for sub in ("usr/local/nvidia/lib64", "dlenv-checks", "sys", "proc", "dev"):
+        subprocess.run(["umount", "-R", "-l", os.path.join(root, sub)], capture_output=True)
+    with open("/proc/self/mountinfo") as f:
+        return not any(line.split()[4].startswith(root.rstrip("/") + "/") for line in f)
+
+
+def judge(check: dict, code: int, output: str) -> tuple[str, str]:
+    if code == 124 and check.get("expect_exit", 0) != 124:
+        return "failed", f"timed out after {check['timeout']}s"
+    if code != check.get("expect_exit", 0):
+        return "failed", f"exit {code}, expected {check.get('expect_exit', 0)}"
+    if check.get("expect_output") and not re.search(check["expect_output"], output):
+        return "failed", f"output does not match {check['expect_output']!r}"
+    return "passed", ""
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description="Run a dlenv bundle's checks in its rootfs, on this GPU host.")
+    parser.add_argument("bundle")
+    parser.add_argument("--json", default=None)
+    parser.add_argument("--extra", action="append", default=[], help="another check, NAME=COMMAND (needs a GPU)")
+    args = parser.parse_args()
+    if os.environ.get("DLENV_IN_NAMESPACE") != "1":
+        # Everything mounted below vanishes with this private mount namespace.
+        env = dict(os.environ, DLENV_IN_NAMESPACE="1")
+        return subprocess.call(["unshare", "--mount", sys.executable, *sys.argv], env=env)
+    bundle = os.path.abspath(args.bundle)
+    with open(os.path.join(bundle, "manifest.json")) as f:
+        manifest = json.load(f)
+    checks = list(manifest["checks"])
+    for extra in args.extra:
+        name, _, command = extra.partition("=")
+        checks.append({"name": name, "run": command, "gpu": True, "timeout": 300, "origin": "--extra"})
+    root = tempfile.mkdtemp(prefix="dlenv-rootfs-")
+    started = time.monotonic()
+    prepare(bundle, root)
+    prepared = time.monotonic() - started
+    env = dict(item.split("=", 1) for item in manifest["env"])
+    env.update(DLENV_CUDA=manifest["cuda"], DLENV_FLAVOR=manifest["flavor"])
+    verdicts = []
+    for check in checks:
+        t = time.monotonic()
+        proc = subprocess.run(["chroot", root, "/bin/sh", "-c", f"timeout {check['timeout']} sh -c \"$DLENV_CHECK\" 2>&1"],
+                              env=dict(env, DLENV_CHECK=check["run"]), capture_output=True, text=True)
+        status, why = judge(check, proc.returncode, proc.stdout)
+        output = (f"{why}\n" if why else "") + proc.stdout.strip()
+        verdicts.append({"variant": manifest["variant"], "check": check["name"], "status": status,
+                         "seconds": round(time.monotonic() - t, 2), "output": output, "gpu": check.get("gpu", False),
+                         "origin": check.get("origin", "")})
+        last = proc.stdout.strip().splitlines()[-1][:100] if proc.stdout.strip() else ""
+        print(f"{status:7} {check['name']}" + (f"  [{last}]" if last else ""))
+    result = {"variant": manifest["variant"], "prepare_seconds": round(prepared, 1), "verdicts": verdicts,
+              "driver_libraries": [name for name, _ in driver_libraries()]}
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=2)
+    # Never remove the tree while /dev or /sys are still bound into it.
+    if release(root):
+        shutil.rmtree(root, ignore_errors=True)
+    return 1 if any(v["status"] == "failed" for v in verdicts) else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
