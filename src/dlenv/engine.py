@@ -55,8 +55,6 @@ class Engine:
     host: str
     server_version: str
     buildx_version: str
-    containerd_store: bool
-    started: bool
 
 
 def _docker(host: str, *args: str, timeout: float = 20) -> subprocess.CompletedProcess:
@@ -110,14 +108,12 @@ def buildx_version(host: str) -> str:
 def ensure(start: bool = True, say: Say = print) -> Engine:
     """Return a usable engine, starting dlenv's private one where none is reachable."""
     found = find()
-    started = False
     if not found:
         if not start:
             raise EngineError("no Docker engine is reachable (DOCKER_HOST, /var/run/docker.sock)",
                               "start one, set DOCKER_HOST, or run `nox -s engine -- up`")
         _start_private(say)
         found = find()
-        started = True
         if not found:
             raise EngineError("dlenv started dockerd but it does not answer",
                               f"see {state_dir() / 'dockerd.log'}")
@@ -127,9 +123,7 @@ def ensure(start: bool = True, say: Say = print) -> Engine:
     if _version_tuple(bx)[:2] < MIN_BUILDX:
         raise EngineError(f"docker buildx {bx} is too old (dlenv needs >= 0.13)",
                           "install a newer docker-buildx package")
-    info = _docker(host, "info", "--format", "{{json .DriverStatus}}")
-    containerd_store = "io.containerd.snapshotter" in info.stdout
-    return Engine(host, version, bx, containerd_store, started)
+    return Engine(host, version, bx)
 
 
 # --- installing and starting the private engine -------------------------------------------------

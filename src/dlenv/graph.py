@@ -101,8 +101,3 @@ def definition(plan: Plan, output: Output = "push", secrets: tuple[Secret, ...] 
 
 def render(definition_: dict) -> str:
     return json.dumps(definition_, indent=2, sort_keys=True) + "\n"
-
-
-def dependents(plan: Plan, node: str) -> list[Variant]:
-    """The variants whose chain contains node: what a failure of node takes down."""
-    return [v for v in plan.variants if node in v.chain]

@@ -55,7 +55,6 @@ class Variant:
     immutable: str
     floating: tuple[str, ...]
     cuda_source: str
-    os_source: str
     # Inherited along the chain: global, then each CUDA flavor up to this one, then each recipe.
     checks: tuple[Check, ...] = ()
 
@@ -272,8 +271,7 @@ def expand(matrix: Matrix, build: BuildInfo, mirrors: Mirrors, selection: Select
             c for step in FLAVORS[: FLAVORS.index(flavor) + 1] for c in matrix.checks.get(step, ()))
         checks += tuple(c for r in recipes for c in r.checks)
         variants.append(Variant(vid, cuda, flavor, os_key, stack, tuple(chain), immutable,
-                                tuple(t for t in floating if t != immutable), cuda_spec.source, os_spec.source,
-                                checks))
+                                tuple(t for t in floating if t != immutable), cuda_spec.source, checks))
 
     known = {"cuda": list(model.cuda), "flavor": list(model.flavors), "os": list(model.os),
              "recipe": list(matrix.recipes)}

@@ -65,7 +65,7 @@ def _short(node) -> str:
     return node.base_image or "os"
 
 
-def plan_table(plan: Plan, show_unselected: bool = False) -> None:
+def plan_table(plan: Plan) -> None:
     table = Table(title=f"{plan.image}  build {plan.build.build}", title_justify="left")
     table.add_column("variant", style="bold")
     table.add_column("tags")
@@ -73,7 +73,7 @@ def plan_table(plan: Plan, show_unselected: bool = False) -> None:
     for v in plan.variants:
         table.add_row(v.id, "\n".join(v.tags), " > ".join(_short(plan.nodes[n]) for n in v.chain))
     console.print(table)
-    left = [x for x in plan.left_out if show_unselected or x.reason != "unselected"]
+    left = [x for x in plan.left_out if x.reason != "unselected"]
     if left:
         out = Table(title="left out", title_justify="left")
         out.add_column("combination")
