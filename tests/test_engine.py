@@ -30,14 +30,19 @@ pytestmark = pytest.mark.engine
 
 REGISTRY = engine.DEFAULT_REGISTRY
 BUILD_ID = "test-" + time.strftime("%Y%m%d")
+# Repositories of their own per test run: an immutable tag is never moved, and a rebuild with a
+# pruned cache (or changed recipes) under the same tag would have to move it.
+RUN = secrets.token_hex(3)
+FAMILY_REPO = f"dlenv-test/family-{RUN}"
+TINY_REPO = f"dlenv-test/tiny-{RUN}"
 
-FAMILY = (Path(__file__).parent / "family.yaml").read_text()
+FAMILY = (Path(__file__).parent / "family.yaml").read_text().replace(FAMILY_REPO, FAMILY_REPO)
 VARIANTS = ["13.0.2-runtime-debian12", "13.0.2-runtime-debian12-py-ssh",
             "13.0.2-devel-debian12", "13.0.2-devel-debian12-py-ssh"]
 
 TINY = """
 registry: {registry}
-repository: dlenv-test/tiny
+repository: {repository}
 os:
   debian12: {{source: bootstrap, suite: bookworm}}
 cuda:
@@ -112,7 +117,7 @@ def family(docker, tmp_path_factory):
 
 
 def ref(variant: str) -> str:
-    return f"{REGISTRY}/dlenv-test/family:{variant}-{BUILD_ID}"
+    return f"{REGISTRY}/{FAMILY_REPO}:{variant}-{BUILD_ID}"
 
 
 def sh(docker: DockerClient, image: str, script: str, **kwargs) -> str:
@@ -123,7 +128,7 @@ def sh(docker: DockerClient, image: str, script: str, **kwargs) -> str:
 def test_every_variant_built_and_pushed_with_all_its_tags(family):
     results = family["results"]
     assert sorted(results) == sorted(VARIANTS)
-    pushed = registry.tags(REGISTRY, "dlenv-test/family")
+    pushed = registry.tags(REGISTRY, FAMILY_REPO)
     for variant in VARIANTS:
         r = results[variant]
         assert r["status"] == "built"
@@ -133,16 +138,16 @@ def test_every_variant_built_and_pushed_with_all_its_tags(family):
         assert {t.rsplit(":", 1)[1] for t in r["tags"]} == expected
         for tag in expected:
             assert tag in pushed
-            _, digest = registry.manifest(REGISTRY, "dlenv-test/family", tag)
+            _, digest = registry.manifest(REGISTRY, FAMILY_REPO, tag)
             assert digest == r["digest"], tag
     # The summary table was printed for people.
     assert "13.0.2-devel-debian12-py-ssh" in family["stderr"] and "built" in family["stderr"]
 
 
 def test_labels_and_annotations(family):
-    manifest = registry.image_manifest(REGISTRY, "dlenv-test/family", f"13.0.2-devel-debian12-py-ssh-{BUILD_ID}")
+    manifest = registry.image_manifest(REGISTRY, FAMILY_REPO, f"13.0.2-devel-debian12-py-ssh-{BUILD_ID}")
     assert manifest["annotations"]["org.opencontainers.image.version"] == f"13.0.2-devel-debian12-py-ssh-{BUILD_ID}"
-    config = json.loads(registry.blob(REGISTRY, "dlenv-test/family", manifest["config"]["digest"]))
+    config = json.loads(registry.blob(REGISTRY, FAMILY_REPO, manifest["config"]["digest"]))
     labels = config["config"]["Labels"]
     assert labels["io.dlenv.cuda"] == "13.0.2"
     assert labels["io.dlenv.flavor"] == "devel"
@@ -273,7 +278,7 @@ def test_no_secret_key_cache_or_package_list_in_any_layer_config_or_history(fami
     marker = family["marker"].encode()
     bundle = family["bundle"].read_bytes()
     scanned = 0
-    for what, data in _layers_and_configs("dlenv-test/family", [f"{v}-{BUILD_ID}" for v in VARIANTS]):
+    for what, data in _layers_and_configs(FAMILY_REPO, [f"{v}-{BUILD_ID}" for v in VARIANTS]):
         scanned += 1
         assert marker not in data, f"the build's CA bundle leaked into {what}"
         assert bundle[-2000:] not in data, what
@@ -327,7 +332,8 @@ def auth_registry(docker, tmp_path_factory):
 
 
 def test_a_registry_password_used_to_push_is_in_no_image(auth_registry, tmp_path):
-    project = new_project(tmp_path / "project", TINY.format(registry="127.0.0.1:5001", stacks="  - [python]"))
+    matrix = TINY.format(registry="127.0.0.1:5001", repository=TINY_REPO, stacks="  - [python]")
+    project = new_project(tmp_path / "project", matrix)
     env = {"DOCKER_CONFIG": str(auth_registry["docker_config"])}
     out = dlenv(project, "build", "--build-id", BUILD_ID, "--workdir", str(tmp_path / "w"), env=env)
     assert out.returncode == 0, out.stderr[-3000:]
@@ -336,17 +342,18 @@ def test_a_registry_password_used_to_push_is_in_no_image(auth_registry, tmp_path
     user = ("127.0.0.1:5001", ("tester", auth_registry["password"]))
     tags = [f"13.0.2-base-debian12-py-{BUILD_ID}"]
     found = 0
-    for what, data in _layers_and_configs("dlenv-test/tiny", tags, user=user):
+    for what, data in _layers_and_configs(TINY_REPO, tags, user=user):
         found += 1
         assert password not in data and token not in data, f"the registry password leaked into {what}"
     assert found >= 3
     # And without the login, the registry refuses: the password really was needed.
     with pytest.raises(Exception):
-        registry.tags("127.0.0.1:5001", "dlenv-test/tiny", user=("tester", "wrong"))
+        registry.tags("127.0.0.1:5001", TINY_REPO, user=("tester", "wrong"))
 
 
 def test_a_failing_node_fails_its_variants_and_the_rest_still_build(docker, tmp_path):
-    matrix = TINY.format(registry=REGISTRY, stacks="  - []\n  - [python]\n  - [broken]\n  - [broken, python]")
+    stacks = "  - []\n  - [python]\n  - [broken]\n  - [broken, python]"
+    matrix = TINY.format(registry=REGISTRY, repository=TINY_REPO, stacks=stacks)
     project = new_project(tmp_path / "project", matrix,
                           images={"broken": "FROM base\nRUN echo 'about to fail: dlenv-broken-marker' && exit 3\n"},
                           recipes={"broken.toml": 'description = "fails on purpose"\ndockerfile = "images/broken"\n'
@@ -363,22 +370,22 @@ def test_a_failing_node_fails_its_variants_and_the_rest_still_build(docker, tmp_
     assert "dlenv-broken-marker" in results["13.0.2-base-debian12-broken"]["error"]
     assert results["13.0.2-base-debian12-broken-py"]["status"] == "not attempted"
     assert "13_0_2-base-debian12-broken" in results["13.0.2-base-debian12-broken-py"]["error"]
-    pushed = registry.tags(REGISTRY, "dlenv-test/tiny")
+    pushed = registry.tags(REGISTRY, TINY_REPO)
     assert f"13.0.2-base-debian12-py-{BUILD_ID}" in pushed
     assert not any("broken" in t for t in pushed)
 
 
 def test_unreachable_rows_are_skipped_with_the_fix_or_fail_with_strict(docker, tmp_path):
-    matrix = TINY.format(registry=REGISTRY, stacks="  - []").replace(
+    matrix = TINY.format(registry=REGISTRY, repository=TINY_REPO, stacks="  - []").replace(
         "  debian12: {source: bootstrap, suite: bookworm}\n",
         "  debian12: {source: bootstrap, suite: bookworm}\n  farawayos: {source: image, image: \"dlenv.invalid/os:1\"}\n")
     project = new_project(tmp_path / "project", matrix)
-    before = registry.tags(REGISTRY, "dlenv-test/tiny")
+    before = registry.tags(REGISTRY, TINY_REPO)
     strict = dlenv(project, "build", "--strict", "--build-id", "strict-check", "--workdir", str(tmp_path / "w1"))
     assert strict.returncode == 1
     assert "dlenv: error: 1 variants have unreachable sources, e.g. 13.0.2-base-farawayos" in strict.stderr
     assert "mirrors.registry" in strict.stderr and "Traceback" not in strict.stderr
-    assert registry.tags(REGISTRY, "dlenv-test/tiny") == before, "--strict built or pushed something"
+    assert registry.tags(REGISTRY, TINY_REPO) == before, "--strict built or pushed something"
     default = dlenv(project, "build", "--build-id", "strict-check", "--metadata", str(tmp_path / "m.json"),
                     "--workdir", str(tmp_path / "w2"))
     assert default.returncode == 0, default.stderr[-2000:]
