@@ -36,7 +36,8 @@ RUN = secrets.token_hex(3)
 FAMILY_REPO = f"dlenv-test/family-{RUN}"
 TINY_REPO = f"dlenv-test/tiny-{RUN}"
 
-FAMILY = (Path(__file__).parent / "family.yaml").read_text().replace(FAMILY_REPO, FAMILY_REPO)
+FAMILY = (Path(__file__).parent / "family.yaml").read_text().replace("repository: dlenv-test/family",
+                                                                    f"repository: {FAMILY_REPO}")
 VARIANTS = ["13.0.2-runtime-debian12", "13.0.2-runtime-debian12-py-ssh",
             "13.0.2-devel-debian12", "13.0.2-devel-debian12-py-ssh"]
 
