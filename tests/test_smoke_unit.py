@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import xml.etree.ElementTree as ET
 
 from dlenv.config import Check
-from dlenv.smoke import Verdict, judge, junit
+from dlenv.smoke import Verdict, junit
+from dlenv.smoke import judge as judge_dict
 from test_plan import expand
 
 
@@ -13,6 +15,10 @@ def check(**kw) -> Check:
     base = dict(name="c", run="true", expect_exit=0, expect_output=None, gpu=False, timeout=5, origin="x.toml")
     base.update(kw)
     return Check(**base)
+
+
+def judge(check: Check, code: int, output: str):
+    return judge_dict(dataclasses.asdict(check), code, output)
 
 
 def test_judge():

@@ -74,6 +74,7 @@ def release(root: str) -> bool:
 
 
 def judge(check: dict, code: int, output: str) -> tuple[str, str]:
+    """passed or failed, and why not: exit code first (124 is timeout's), then the output."""
     if code == 124 and check.get("expect_exit", 0) != 124:
         return "failed", f"timed out after {check['timeout']}s"
     if code != check.get("expect_exit", 0):

@@ -7,8 +7,8 @@ them; on a host without a GPU, GPU checks are skipped with that reason, never pa
 
 from __future__ import annotations
 
+import dataclasses
 import json
-import re
 import shutil
 import subprocess
 import tempfile
@@ -25,6 +25,7 @@ from dlenv.config import CHECKS_DIR, Check
 from dlenv.errors import DlenvError
 from dlenv.graph import LABEL
 from dlenv.plan import Plan, Variant
+from dlenv.rootfs_run import judge  # the one judge, shared with the standalone rootfs runner
 
 Status = Literal["passed", "failed", "skipped"]
 CHECKS_MOUNT = "/dlenv-checks"
@@ -43,17 +44,6 @@ class Verdict:
     def to_json(self) -> dict:
         return {"variant": self.variant, "check": self.check, "status": self.status,
                 "seconds": round(self.seconds, 2), "output": self.output, "gpu": self.gpu, "origin": self.origin}
-
-
-def judge(check: Check, exit_code: int, output: str) -> tuple[Status, str]:
-    """Whether a check's exit code and output are what it expects, and why not."""
-    if exit_code == 124 and check.expect_exit != 124:
-        return "failed", f"timed out after {check.timeout}s"
-    if exit_code != check.expect_exit:
-        return "failed", f"exit {exit_code}, expected {check.expect_exit}"
-    if check.expect_output and not re.search(check.expect_output, output):
-        return "failed", f"output does not match {check.expect_output!r}"
-    return "passed", ""
 
 
 def checks_folder() -> Path:
@@ -118,7 +108,7 @@ class DockerRunner:
             code = exc.return_code
             output = (exc.stdout or "") + (exc.stderr or "")
         seconds = time.monotonic() - started
-        status, why = judge(check, code, output or "")
+        status, why = judge(dataclasses.asdict(check), code, output or "")
         text = (output or "").strip()
         return Verdict(variant.id, check.name, status, seconds, f"{why}\n{text}".strip() if why else text,
                        check.gpu, check.origin)
