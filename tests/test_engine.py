@@ -136,7 +136,8 @@ def test_every_variant_built_and_pushed_with_all_its_tags(family):
         assert r["digest"].startswith("sha256:")
         assert r["size"] and r["size"] > 1_000_000
         expected = {f"{variant}-{BUILD_ID}", variant, variant.replace("13.0.2", "13.0", 1)}
-        assert {t.rsplit(":", 1)[1] for t in r["tags"]} == expected
+        # The build pushed the immutable tag; the floating ones were moved after smoke passed.
+        assert [t.rsplit(":", 1)[1] for t in r["tags"]] == [f"{variant}-{BUILD_ID}"]
         for tag in expected:
             assert tag in pushed
             _, digest = registry.manifest(REGISTRY, FAMILY_REPO, tag)
@@ -434,3 +435,33 @@ def test_a_failing_check_fails_smoke(family, tmp_path):
     failed = [v for v in json.loads((tmp_path / "s.json").read_text())["verdicts"] if v["status"] == "failed"]
     assert [v["check"] for v in failed] == ["fails on purpose"]
     assert "exit 4, expected 0" in failed[0]["output"] and "broken-on-purpose" in failed[0]["output"]
+
+
+def test_floating_tags_move_only_to_digests_that_passed_smoke(docker, tmp_path):
+    repo = f"{TINY_REPO}-promote"
+    project = new_project(tmp_path / "project", TINY.format(registry=REGISTRY, repository=repo, stacks="  - [python]"))
+    variant, floating = "13.0.2-base-debian12-py", ("13.0.2-base-debian12-py", "13.0-base-debian12-py")
+    first = dlenv(project, "build", "--build-id", "promote-1", "--workdir", str(tmp_path / "w1"))
+    assert first.returncode == 0, first.stderr[-3000:]
+    _, passed = registry.manifest(REGISTRY, repo, f"{variant}-promote-1")
+    for tag in floating:
+        assert registry.manifest(REGISTRY, repo, tag)[1] == passed
+    # A new build (its own digest: the version label names the build) whose checks fail.
+    recipe = project / "recipes/python.toml"
+    recipe.write_text(recipe.read_text() + '\n[[checks]]\nname = "fails on purpose"\nrun = "exit 7"\n')
+    second = dlenv(project, "build", "--build-id", "promote-2", "--workdir", str(tmp_path / "w2"),
+                   "--metadata", str(tmp_path / "m2.json"))
+    assert second.returncode == 1
+    assert "not promoted" in second.stderr and "failed its smoke checks" in second.stderr
+    _, failed = registry.manifest(REGISTRY, repo, f"{variant}-promote-2")
+    assert failed and failed != passed
+    for tag in floating:
+        assert registry.manifest(REGISTRY, repo, tag)[1] == passed, f"{tag} moved to a build that failed"
+    promotions = json.loads((tmp_path / "m2.json").read_text())["promotions"]
+    assert [(p["variant"], p["promoted"]) for p in promotions] == [(variant, False)]
+    # --no-promote pushes the immutable tag only.
+    recipe.write_text(recipe.read_text().replace("exit 7", "exit 0"))
+    third = dlenv(project, "build", "--build-id", "promote-3", "--no-promote", "--workdir", str(tmp_path / "w3"))
+    assert third.returncode == 0, third.stderr[-3000:]
+    assert f"{variant}-promote-3" in registry.tags(REGISTRY, repo)
+    assert registry.manifest(REGISTRY, repo, floating[0])[1] == passed

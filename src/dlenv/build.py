@@ -257,13 +257,13 @@ class Builder:
         return None
 
     def _push(self, variant: Variant) -> str | None:
-        """Push a variant's tags, one after another; the error's last line if that fails."""
-        for tag in variant.tags:
-            try:
-                self.client.image.push(self.plan.ref(tag), quiet=True)
-            except DockerException as exc:
-                stderr = exc.stderr.decode(errors="replace") if isinstance(exc.stderr, bytes) else (exc.stderr or "")
-                return f"pushing {self.plan.ref(tag)} failed: " + (stderr.strip().splitlines() or ["?"])[-1]
+        """Push a variant's immutable tag (floating tags move only after its smoke checks pass)."""
+        ref = self.plan.ref(variant.immutable)
+        try:
+            self.client.image.push(ref, quiet=True)
+        except DockerException as exc:
+            stderr = exc.stderr.decode(errors="replace") if isinstance(exc.stderr, bytes) else (exc.stderr or "")
+            return f"pushing {ref} failed: " + (stderr.strip().splitlines() or ["?"])[-1]
         return None
 
     def _finish(self, variant: Variant, meta: dict, seconds: float) -> Result:
@@ -284,5 +284,5 @@ class Builder:
                 size = self.client.image.inspect(self.plan.ref(variant.immutable)).size
         except Exception:  # noqa: BLE001 - a size we cannot read is reported as unknown
             size = None
-        tags = tuple(self.plan.ref(t) for t in variant.tags) if self.output != "cache" else ()
+        tags = (self.plan.ref(variant.immutable),) if self.output == "push" else tuple(self.plan.ref(t) for t in variant.tags)
         return Result(variant.id, "built", tags, digest, size, seconds, node=variant.node)

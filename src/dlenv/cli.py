@@ -51,6 +51,9 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--metadata", type=Path, default=None, help="write per-variant results as JSON")
     p.add_argument("--builder", default=None, help="the buildx builder to use (default: the engine's)")
     p.add_argument("--workdir", type=Path, default=Path("out"), help="bake file, logs and metadata")
+    p.add_argument("--no-promote", action="store_true",
+                   help="push immutable tags only; skip the smoke checks that would move the floating tags")
+    p.add_argument("--require-gpu", action="store_true", help="smoke: a missing GPU fails instead of skipping")
 
     p = sub.add_parser("smoke", help="run each variant's checks in its image (GPU checks where there is a GPU)")
     _common(p)
@@ -148,9 +151,27 @@ def cmd_build(args: argparse.Namespace) -> int:
 
     results += [Result(left.id, "skipped", error=f"unreachable: {left.detail}") for left in skipped]
     report.summary_table(plan, results)
+    data = report.results_json(plan, results)
+    built = {r.variant for r in results if r.status == "built"}
+    if built and not args.load and not args.no_promote:
+        from dlenv import release, smoke
+
+        runner = smoke.DockerRunner(plan, args.require_gpu)
+        verdicts = [v for variant in plan.variants if variant.id in built for v in runner.variant(variant)]
+        report.smoke_table(verdicts)
+        statuses: dict[str, list[str]] = {}
+        for v in verdicts:
+            statuses.setdefault(v.variant, []).append(v.status)
+        promotions = release.promote(plan, [v for v in plan.variants if v.id in built], statuses)
+        report.promotions(promotions)
+        data["smoke"] = [v.to_json() for v in verdicts]
+        data["promotions"] = [p.to_json() for p in promotions]
+        if any(not p.promoted for p in promotions):
+            say("some floating tags were not moved (see above)")
     if args.metadata:
-        report.write_json(args.metadata, report.results_json(plan, results))
+        report.write_json(args.metadata, data)
     failed = [r for r in results if r.status in ("failed", "not attempted")]
+    failed += [p for p in data.get("promotions", []) if not p["promoted"]]
     if failed:
         report.console.print(f"[bold red]{len(failed)} of {len(results)} variants did not build[/]")
         return 1

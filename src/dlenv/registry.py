@@ -36,16 +36,22 @@ def _auth(registry: str) -> str | None:
     return None
 
 
-def _get(registry: str, path: str, accept: str = ACCEPT, method: str = "GET",
-         user: tuple[str, str] | None = None) -> tuple[dict, dict]:
-    request = urllib.request.Request(f"{registry_url(registry)}/v2/{path}", method=method,
-                                     headers={"Accept": accept})
+def _request(registry: str, path: str, accept: str = ACCEPT, method: str = "GET", data: bytes | None = None,
+             content_type: str | None = None, user: tuple[str, str] | None = None) -> tuple[bytes, dict]:
+    headers = {"Accept": accept}
+    if content_type:
+        headers["Content-Type"] = content_type
+    request = urllib.request.Request(f"{registry_url(registry)}/v2/{path}", method=method, data=data, headers=headers)
     auth = f"Basic {base64.b64encode(':'.join(user).encode()).decode()}" if user else _auth(registry)
     if auth:
         request.add_header("Authorization", auth)
     with urllib.request.urlopen(request, timeout=30) as response:
-        body = response.read()
-        return (json.loads(body) if body else {}), dict(response.headers)
+        return response.read(), dict(response.headers)
+
+
+def _get(registry: str, path: str, accept: str = ACCEPT, user: tuple[str, str] | None = None) -> tuple[dict, dict]:
+    body, headers = _request(registry, path, accept, user=user)
+    return (json.loads(body) if body else {}), headers
 
 
 def tags(registry: str, repository: str, user: tuple[str, str] | None = None) -> list[str]:
@@ -76,6 +82,13 @@ def image_manifest(registry: str, repository: str, reference: str,
                     and entry.get("annotations", {}).get("vnd.docker.reference.type") != "attestation-manifest":
                 return image_manifest(registry, repository, entry["digest"], user)
     return data
+
+
+def retag(registry: str, repository: str, digest: str, tag: str, user: tuple[str, str] | None = None) -> None:
+    """Point tag at the manifest digest, in the registry itself: the same bytes, no rebuild, no pull."""
+    body, headers = _request(registry, f"{repository}/manifests/{digest}", user=user)
+    _request(registry, f"{repository}/manifests/{tag}", method="PUT", data=body,
+             content_type=headers.get("Content-Type", "application/vnd.oci.image.manifest.v1+json"), user=user)
 
 
 def compressed_size(registry: str, repository: str, reference: str) -> int:

@@ -195,3 +195,11 @@ def smoke_table(verdicts) -> None:
         if v.status == "failed":
             console.print(f"[bold red]{escape(v.variant)}[/]: {escape(v.check)} ({escape(v.origin)}):")
             console.print(Text(v.output.rstrip()[-2000:], style="red"))
+
+
+def promotions(items) -> None:
+    for p in items:
+        if p.promoted:
+            say(f"promoted {p.variant}: {', '.join(p.tags)} -> {p.digest[:19]}")
+        else:
+            console.print(f"[yellow]not promoted[/] {escape(p.variant)}: {escape(p.reason)}")
