@@ -166,16 +166,16 @@ def cmd_build(args: argparse.Namespace) -> int:
         report.promotions(promotions)
         data["smoke"] = [v.to_json() for v in verdicts]
         data["promotions"] = [p.to_json() for p in promotions]
-        if any(not p.promoted for p in promotions):
-            say("some floating tags were not moved (see above)")
     if args.metadata:
         report.write_json(args.metadata, data)
     failed = [r for r in results if r.status in ("failed", "not attempted")]
-    failed += [p for p in data.get("promotions", []) if not p["promoted"]]
+    held = [p for p in data.get("promotions", []) if not p["promoted"]]
     if failed:
         report.console.print(f"[bold red]{len(failed)} of {len(results)} variants did not build[/]")
-        return 1
-    return 0
+    if held:
+        report.console.print(f"[bold red]{len(held)} built variants were not promoted[/] (their floating tags "
+                             "stay where they were)")
+    return 1 if failed or held else 0
 
 
 def cmd_smoke(args: argparse.Namespace) -> int:

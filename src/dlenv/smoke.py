@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import tempfile
 import time
+import weakref
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
@@ -91,6 +92,7 @@ class DockerRunner:
             raise DlenvError(f"--require-gpu: {self.no_gpu}",
                              "run on a GPU host with the NVIDIA container toolkit, or drop --require-gpu")
         self.folder = checks_folder()
+        weakref.finalize(self, shutil.rmtree, self.folder, True)  # the probe and kernel source, once done
 
     def _run(self, ref: str, variant: Variant, check: Check) -> Verdict:
         if check.gpu and self.no_gpu:
