@@ -67,3 +67,10 @@ def smoke(session):
     """Run every selected variant's checks in its image; GPU checks run where there is a GPU."""
     _install(session)
     session.run("python", "-m", "dlenv", "smoke", *session.posargs)
+
+
+@nox.session
+def promote(session):
+    """Move floating tags to the tested digests of variants whose smoke results (JSON) passed."""
+    _install(session)
+    session.run("python", "-m", "dlenv", "promote", *session.posargs)

@@ -110,6 +110,18 @@ CASES = [
     ("recipe-bad-constraint", None, {"extra.toml": 'description = "x"\ndockerfile = "images/python"\ntag = "x"\n'
                                                    '[constraints]\nflavors = ["gpu"]\n'}, [],
      "recipes/extra.toml", 5, "constraints.flavors.0", "'base', 'runtime' or 'devel'"),
+    ("compat-missing-args", None, {"extra.toml": 'description = "x"\ndockerfile = "images/python"\ntag = "x"\n'
+                                                 '[[compat]]\ncuda = "13.0.*"\nindex = "cu130"\n'}, [],
+     "recipes/extra.toml", 4, "compat.0.args", "Field required"),
+    ("compat-bad-index", None, {"extra.toml": 'description = "x"\ndockerfile = "images/python"\ntag = "x"\n'
+                                              '[[compat]]\ncuda = "13.0.*"\nindex = "../cu130"\nargs = {}\n'}, [],
+     "recipes/extra.toml", 6, "compat.0.index", "folder name"),
+    ("compat-lowercase-arg", None, {"extra.toml": 'description = "x"\ndockerfile = "images/python"\ntag = "x"\n'
+                                                  '[[compat]]\ncuda = "13.0.*"\nindex = "cu130"\n'
+                                                  'args = { torch = "2.11.0" }\n'}, [],
+     "recipes/extra.toml", 7, "compat.0.args", "UPPER_CASE"),
+    ("pytorch-mirror-not-url", GOOD + "mirrors: {pytorch: torch.example/whl}\n", {}, [], "matrix.yaml", 16,
+     "mirrors.pytorch", "URL"),
     ("stack-misses-requirement", GOOD.replace("- [python]\n", "- [needy]\n"),
      {"needy.toml": 'description = "x"\ndockerfile = "images/python"\ntag = "n"\nrequires = ["python"]\n'}, [],
      "matrix.yaml", 12, "stacks.1.0", "requires 'python' earlier"),

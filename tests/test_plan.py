@@ -185,7 +185,7 @@ def test_cuda_pip_components_come_from_data(project):
     runtime = dict(p.nodes["13_0_2-runtime-debian12"].args)
     assert base["COMPONENTS"] == "cudart" and base["FLAVOR"] == "base"
     assert "cublas" in runtime["COMPONENTS"].split() and "cudart" not in runtime["COMPONENTS"].split()
-    assert runtime["EXTRA_PACKAGES"] == "nvidia-nccl-cu13"
+    assert runtime["EXTRA_PACKAGES"] == "nvidia-nccl-cu13==2.28.9"
 
 
 def test_without_moves_variants_to_left_out_and_drops_unused_nodes(project):
@@ -195,3 +195,43 @@ def test_without_moves_variants_to_left_out_and_drops_unused_nodes(project):
     assert all(v.os == "debian12" for v in q.variants)
     assert not any("ubuntu" in n for n in q.nodes)
     assert sum(1 for x in q.left_out if x.reason == "unreachable") == len(gone)
+
+
+TORCH = SMALL.replace("  - [python]\n", "  - [python]\n  - [python, pytorch]\n")
+
+
+def test_pytorch_versions_and_index_come_from_its_compatibility_table(project):
+    p = expand(project, TORCH)
+    args = dict(p.nodes["13_0_2-runtime-debian12-py-torch"].args)
+    assert (args["TORCH_VERSION"], args["TORCHVISION_VERSION"]) == ("2.11.0", "0.26.0")
+    assert args["WHEEL_INDEX_URL"] == ""          # PyPI (pip's default), whose torch 2.11.0 is CUDA 13.0
+    assert dict(p.nodes["12_8_1-runtime-debian12-py-torch"].args)["TORCH_VERSION"] == "2.10.0"
+
+
+def test_a_pytorch_index_mirror_is_used_with_the_cuda_folder(project):
+    mirrors = plan.Mirrors(bootstrap_apt="http://a.invalid/debian", pypi="https://pypi.invalid/simple",
+                           pytorch="https://torch.invalid/whl")
+    p = expand(project, TORCH, mirrors=mirrors)
+    assert dict(p.nodes["13_0_2-runtime-debian12-py-torch"].args)["WHEEL_INDEX_URL"] == "https://torch.invalid/whl/cu130"
+    assert dict(p.nodes["12_6_3-runtime-ubuntu24_04-py-torch"].args)["WHEEL_INDEX_URL"] == "https://torch.invalid/whl/cu126"
+    # Without that mirror, PyPI: the host's index.
+    p = expand(project, TORCH, mirrors=plan.Mirrors(pypi="https://pypi.invalid/simple"))
+    assert dict(p.nodes["13_0_2-runtime-debian12-py-torch"].args)["WHEEL_INDEX_URL"] == "https://pypi.invalid/simple"
+
+
+def test_pytorch_for_a_cuda_pypi_has_no_wheels_of_needs_the_index_mirror(project):
+    p = expand(project, TORCH)
+    left = {x.id: x for x in p.left_out}
+    x = left["12.6.3-runtime-ubuntu24.04-py-torch"]
+    assert x.reason == "unsupported"
+    assert "cu126 wheel index" in x.detail and "mirrors.pytorch" in x.fix
+    assert "12.6.3-runtime-ubuntu24.04-py" in ids(p)   # the same CUDA without torch is fine
+
+
+def test_pytorch_for_a_cuda_outside_its_table_is_left_out_saying_so(project):
+    text = TORCH.replace('"12.6.3": {source: image}', '"12.4.1": {source: image}').replace("12.6.*", "12.4.*")
+    p = expand(project, text)
+    x = next(x for x in p.left_out if x.id == "12.4.1-runtime-ubuntu24.04-py-torch")
+    assert x.reason == "unsupported"
+    assert "no wheels for CUDA 12.4.1" in x.detail and "recipes/pytorch.toml" in x.detail
+    assert "12.4.1-runtime-ubuntu24.04-py" in ids(p)

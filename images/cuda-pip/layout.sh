@@ -46,6 +46,28 @@ done
 [ "$found" = 1 ] || { echo "layout.sh: no nvidia/*/ folder in $src" >&2; exit 1; }
 find "$T" \( -name __init__.py -o -name __pycache__ \) -exec rm -rf {} +
 
+# The wheels stay visible to Python: their metadata and their nvidia/<root>/<dir> folders
+# (links into this tree) in $cuda/python. An environment with that folder on its path (the
+# python recipe's venv) sees them as installed, so e.g. torch reuses them instead of pulling
+# a second copy of CUDA.
+py=$T/python
+mkdir -p "$py"
+cp -a "$src"/*.dist-info "$py"/
+for root in "$src"/nvidia/*/; do
+    name=${root%/}; name=${name##*/}
+    for d in "$root"*; do
+        [ -d "$d" ] || continue
+        case ${d##*/} in
+            include) to=targets/$arch/include ;;
+            lib|lib64) to=targets/$arch/lib ;;
+            __pycache__) continue ;;
+            *) to=${d##*/} ;;
+        esac
+        mkdir -p "$py/nvidia/$name"
+        ln -sfn "../../../$to" "$py/nvidia/$name/${d##*/}"
+    done
+done
+
 # Keep only what the base image lacks (dependencies of this flavor's components may be
 # components of an earlier flavor).
 if [ -d "$cuda" ]; then

@@ -62,6 +62,15 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", type=Path, default=None, help="write the verdicts as JSON")
     p.add_argument("--export", type=Path, default=None, metavar="DIR",
                    help="instead of running: write a bundle per variant for a GPU host without an engine")
+    p.add_argument("--have", type=Path, default=None, metavar="INVENTORY",
+                   help="with --export: leave out the large files the GPU host has (rootfs_run.py --inventory)")
+
+    p = sub.add_parser("promote", help="move floating tags to the tested digests of variants whose checks passed")
+    _common(p)
+    p.add_argument("verdicts", nargs="+", type=Path, metavar="RESULT",
+                   help="smoke results: files written by `dlenv smoke --json` or rootfs_run.py --json")
+    p.add_argument("--require-gpu", action="store_true", help="a variant whose GPU checks were skipped is not promoted")
+    p.add_argument("--json", type=Path, default=None, help="write the promotions as JSON")
 
     p = sub.add_parser("engine", help="start, stop or show the engine and registry dlenv uses")
     p.add_argument("action", choices=["up", "down", "status"])
@@ -75,6 +84,7 @@ def mirrors_for(model: config.MatrixModel) -> planmod.Mirrors:
         bootstrap_apt=m.apt or hostconf.debian_mirror() or "",
         bootstrap_security="" if m.apt else hostconf.debian_security_mirror() or "",
         pypi=m.pypi or hostconf.pip_index() or "",
+        pytorch=m.pytorch or "",
         registry=m.registry or "",
     )
 
@@ -162,7 +172,7 @@ def cmd_build(args: argparse.Namespace) -> int:
         statuses: dict[str, list[str]] = {}
         for v in verdicts:
             statuses.setdefault(v.variant, []).append(v.status)
-        promotions = release.promote(plan, [v for v in plan.variants if v.id in built], statuses)
+        promotions = release.promote(plan, [v for v in plan.variants if v.id in built], statuses, runner.digests)
         report.promotions(promotions)
         data["smoke"] = [v.to_json() for v in verdicts]
         data["promotions"] = [p.to_json() for p in promotions]
@@ -184,13 +194,16 @@ def cmd_smoke(args: argparse.Namespace) -> int:
     plan = load_plan(args)
     engine.ensure(say=report.say)
     if args.export:
+        have = smoke.read_inventory(args.have) if args.have else None
         folder = smoke.checks_folder()
         for devel in (v for v in plan.variants if v.flavor == "devel" and not v.stack):
             report.say(f"compiled {smoke.build_kernel(plan, devel, folder).name} with {devel.id}'s nvcc")
         for variant in plan.variants:
-            bundle = smoke.export_bundle(plan, variant, args.export, folder)
+            bundle = smoke.export_bundle(plan, variant, args.export, folder, have)
             size = sum(f.stat().st_size for f in bundle.rglob("*") if f.is_file())
-            report.say(f"{bundle}: {report.human_size(size)} (run: python3 {bundle.name}/rootfs_run.py {bundle.name})")
+            donor = " --donor DIR" if (bundle / "donated.json").exists() else ""
+            report.say(f"{bundle}: {report.human_size(size)} "
+                       f"(run: python3 {bundle.name}/rootfs_run.py {bundle.name}{donor})")
         return 0
     runner = smoke.DockerRunner(plan, args.require_gpu)
     verdicts = []
@@ -204,8 +217,31 @@ def cmd_smoke(args: argparse.Namespace) -> int:
         args.junit.parent.mkdir(parents=True, exist_ok=True)
         args.junit.write_text(smoke.junit(verdicts))
     if args.json:
-        report.write_json(args.json, {"image": plan.image, "verdicts": [v.to_json() for v in verdicts]})
+        report.write_json(args.json, {"image": plan.image, "digests": runner.digests,
+                                      "verdicts": [v.to_json() for v in verdicts]})
     return 1 if any(v.status == "failed" for v in verdicts) else 0
+
+
+def cmd_promote(args: argparse.Namespace) -> int:
+    from dlenv import release
+
+    plan = load_plan(args)
+    statuses, digests, gpu = release.read_verdicts(args.verdicts)
+    if not engine.registry_answers(plan.matrix.model.registry):
+        raise DlenvError(f"registry {plan.matrix.model.registry} is unreachable",
+                         "promote against the registry the variants were pushed to (--registry)")
+    held = {vid: "its GPU checks were skipped (--require-gpu): floating tags left where they were"
+            for vid, states in gpu.items() if args.require_gpu and "skipped" in states}
+    promotions = release.promote(plan, [v for v in plan.variants if v.id not in held], statuses, digests)
+    promotions += [release.Promotion(vid, False, "", (), why) for vid, why in held.items()
+                   if any(v.id == vid for v in plan.variants)]
+    report.promotions(promotions)
+    if args.json:
+        report.write_json(args.json, {"image": plan.image, "promotions": [p.to_json() for p in promotions]})
+    held_back = [p for p in promotions if not p.promoted]
+    if held_back:
+        report.console.print(f"[bold red]{len(held_back)} of {len(promotions)} variants were not promoted[/]")
+    return 1 if held_back else 0
 
 
 def cmd_engine(args: argparse.Namespace) -> int:
@@ -223,7 +259,8 @@ def cmd_engine(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"list": cmd_list, "bake": cmd_bake, "build": cmd_build, "smoke": cmd_smoke, "engine": cmd_engine}
+COMMANDS = {"list": cmd_list, "bake": cmd_bake, "build": cmd_build, "smoke": cmd_smoke, "promote": cmd_promote,
+            "engine": cmd_engine}
 
 
 def main(argv: list[str] | None = None) -> int:

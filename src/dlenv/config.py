@@ -11,6 +11,7 @@ import re
 import string
 import typing
 from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any, Literal
 
@@ -47,6 +48,7 @@ def _url(value: str | None, what: str) -> str | None:
 class Mirrors(_Strict):
     apt: str | None = None
     pypi: str | None = None
+    pytorch: str | None = None
     registry: str | None = None
 
     @field_validator("apt")
@@ -58,6 +60,11 @@ class Mirrors(_Strict):
     @classmethod
     def _pypi(cls, v):
         return _url(v, "a PyPI index")
+
+    @field_validator("pytorch")
+    @classmethod
+    def _pytorch(cls, v):
+        return _url(v, "a PyTorch wheel index root")
 
     @field_validator("registry")
     @classmethod
@@ -307,6 +314,35 @@ class CheckModel(_Strict):
         return v
 
 
+def _build_args(v: dict[str, str]) -> dict[str, str]:
+    for key in v:
+        if not re.match(r"^[A-Z_][A-Z0-9_]*$", key):
+            raise ValueError(f"build arg {key!r} must be UPPER_CASE")
+    return v
+
+
+class CompatModel(_Strict):
+    """One row of a recipe's compatibility table: which wheels to install for which CUDA."""
+
+    cuda: str                       # a pattern of CUDA versions, e.g. "13.0.*"
+    index: str                      # the sub-index under mirrors.pytorch, e.g. "cu130"
+    pypi: bool = False              # PyPI's wheels of these versions are this CUDA build
+    args: dict[str, str]            # build args, e.g. TORCH_VERSION
+    note: str = ""
+
+    @field_validator("index")
+    @classmethod
+    def _index(cls, v):
+        if not re.fullmatch(r"[a-z0-9._-]+", v):
+            raise ValueError(f"an index name is a folder name such as cu130 (got {v!r})")
+        return v
+
+    @field_validator("args")
+    @classmethod
+    def _args(cls, v):
+        return _build_args(v)
+
+
 class RecipeModel(_Strict):
     description: str
     dockerfile: str
@@ -314,6 +350,8 @@ class RecipeModel(_Strict):
     requires: list[str] = []
     args: dict[str, str] = {}
     constraints: Constraints = Constraints()
+    # Wheels built per CUDA release: a variant whose CUDA matches no row is left out.
+    compat: list[CompatModel] = []
     checks: list[CheckModel] = []
 
     @field_validator("tag")
@@ -326,10 +364,7 @@ class RecipeModel(_Strict):
     @field_validator("args")
     @classmethod
     def _args(cls, v):
-        for key in v:
-            if not re.match(r"^[A-Z_][A-Z0-9_]*$", key):
-                raise ValueError(f"build arg {key!r} must be UPPER_CASE")
-        return v
+        return _build_args(v)
 
 
 class Components(_Strict):
@@ -385,6 +420,16 @@ def builtin_checks() -> dict[str, tuple[Check, ...]]:
 
 
 @dataclass(frozen=True)
+class Compat:
+    cuda: str
+    index: str
+    pypi: bool
+    args: tuple[tuple[str, str], ...]
+    note: str
+    line: int
+
+
+@dataclass(frozen=True)
 class Recipe:
     name: str
     file: str
@@ -395,6 +440,11 @@ class Recipe:
     args: tuple[tuple[str, str], ...]
     constraints: Constraints
     checks: tuple[Check, ...] = ()
+    compat: tuple[Compat, ...] = ()
+
+    def compat_for(self, cuda: str) -> Compat | None:
+        """The first row of the compatibility table for this CUDA version."""
+        return next((row for row in self.compat if fnmatchcase(cuda, row.cuda)), None)
 
 
 @dataclass(frozen=True)
@@ -502,9 +552,11 @@ def load_recipe(path: Path, root: Path) -> Recipe:
     if not (folder / "Dockerfile").is_file():
         raise ConfigError(label, doc.line_of(("dockerfile",)), "dockerfile",
                           f"no Dockerfile in {model.dockerfile!r} (a folder under the repository, e.g. images/python)")
+    compat = tuple(Compat(row.cuda, row.index, row.pypi, tuple(sorted(row.args.items())), row.note,
+                          doc.line_of(("compat", i))) for i, row in enumerate(model.compat))
     return Recipe(name, label, model.description, model.dockerfile, model.tag, tuple(model.requires),
                   tuple(sorted(model.args.items())), model.constraints,
-                  tuple(Check.of(c, label) for c in model.checks))
+                  tuple(Check.of(c, label) for c in model.checks), compat)
 
 
 def load_components(root: Path) -> dict[str, Components]:

@@ -29,6 +29,7 @@ class Mirrors:
     bootstrap_apt: str = ""  # where mmdebstrap fetches from
     bootstrap_security: str = ""  # and the security archive it adds ("" for none)
     pypi: str = ""        # "" is pip's built-in default
+    pytorch: str = ""     # a PyTorch wheel index root (<root>/cu130, ...); "" uses PyPI where it can
     registry: str = ""    # prefix for base images pulled from a registry
 
 
@@ -174,6 +175,10 @@ class _Builder:
     def recipe_node(self, parent: str, recipe: Recipe, cuda: str, prefix: str) -> str:
         args = dict(recipe.args)
         args.update(CUDA_VERSION=cuda, PIP_INDEX_URL=self.mirrors.pypi)
+        row = recipe.compat_for(cuda)
+        if row:
+            args.update(row.args)
+            args["WHEEL_INDEX_URL"] = f"{self.mirrors.pytorch}/{row.index}" if self.mirrors.pytorch else self.mirrors.pypi
         return self.add(Node(target_name(prefix), "recipe", recipe.dockerfile, parent,
                              args=tuple(sorted(args.items())), summary=recipe.name))
 
@@ -196,6 +201,22 @@ def _constraint_problem(recipe: Recipe, cuda: str, flavor: str, os_key: str, fam
         return f"recipe {recipe.name} supports flavors {', '.join(c.flavors)} only"
     if not any(fnmatchcase(os_key, p) for p in c.os) or family not in c.os_family:
         return f"recipe {recipe.name} supports OS {', '.join(c.os)} ({', '.join(c.os_family)}) only"
+    return None
+
+
+def _compat_problem(recipe: Recipe, cuda: str, mirrors: Mirrors) -> LeftOut | None:
+    """Why a recipe with a compatibility table cannot be built for this CUDA, if it cannot."""
+    if not recipe.compat:
+        return None
+    row = recipe.compat_for(cuda)
+    if row is None:
+        known = ", ".join(r.cuda for r in recipe.compat)
+        return LeftOut("", "unsupported", f"recipe {recipe.name} has no wheels for CUDA {cuda} "
+                       f"(its table in {recipe.file} covers {known})", f"add a row to {recipe.file}")
+    if not row.pypi and not mirrors.pytorch:
+        return LeftOut("", "unsupported", f"recipe {recipe.name} for CUDA {cuda} needs the {row.index} wheel index"
+                       + (f" ({row.note})" if row.note else ""),
+                       f"set mirrors.pytorch to a PyTorch wheel index root (one with a {row.index}/ folder)")
     return None
 
 
@@ -245,6 +266,10 @@ def expand(matrix: Matrix, build: BuildInfo, mirrors: Mirrors, selection: Select
         problem = next((p for r in recipes if (p := _constraint_problem(r, cuda, flavor, os_key, os_spec.os_family))), None)
         if problem:
             left.append(LeftOut(vid, "constraint", problem))
+            continue
+        wheels = next((p for r in recipes if (p := _compat_problem(r, cuda, mirrors))), None)
+        if wheels:
+            left.append(LeftOut(vid, wheels.reason, wheels.detail, wheels.fix))
             continue
         all_axes.append(axes)
         if not selection.wants(axes):

@@ -4,13 +4,20 @@ Builds push immutable tags only. For each variant whose checks all passed (skipp
 allowed unless the smoke run required a GPU), each floating tag is pointed at the immutable
 tag's digest by a registry-side retag: the same manifest bytes under another name, no rebuild.
 A variant that failed, or was not tested, keeps its floating tags where they were.
+
+`promote` also runs on its own, in a later job than the build and the smoke checks (the release
+pipeline's split): it reads the smoke verdicts from JSON, with the digest each variant was
+tested at, and refuses a variant whose immutable tag no longer points at that digest.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 
 from dlenv import registry
+from dlenv.errors import DlenvError
 from dlenv.plan import Plan, Variant
 
 
@@ -35,13 +42,19 @@ def verdict_of(statuses: list[str]) -> str:
     return ""
 
 
-def promote(plan: Plan, variants: list[Variant], statuses: dict[str, list[str]]) -> list[Promotion]:
-    """Retag the floating tags of every variant whose checks passed; say why for the others."""
+def promote(plan: Plan, variants: list[Variant], statuses: dict[str, list[str]],
+            tested: dict[str, str] | None = None) -> list[Promotion]:
+    """Retag the floating tags of every variant whose checks passed; say why for the others.
+
+    tested: the digest each variant's checks ran on; when given, a variant is promoted only if
+    its immutable tag still points there.
+    """
     model = plan.matrix.model
-    return [_one(plan, model.registry, model.repository, v, statuses.get(v.id, [])) for v in variants]
+    return [_one(plan, model.registry, model.repository, v, statuses.get(v.id, []),
+                 None if tested is None else tested.get(v.id, "")) for v in variants]
 
 
-def _one(plan: Plan, reg: str, repo: str, variant: Variant, statuses: list[str]) -> Promotion:
+def _one(plan: Plan, reg: str, repo: str, variant: Variant, statuses: list[str], tested: str | None) -> Promotion:
     why = verdict_of(statuses)
     if why:
         return Promotion(variant.id, False, "", (), f"{why}: floating tags left where they were")
@@ -49,9 +62,44 @@ def _one(plan: Plan, reg: str, repo: str, variant: Variant, statuses: list[str])
         _, digest = registry.manifest(reg, repo, variant.immutable)
     except Exception as exc:  # noqa: BLE001 - reported per variant, the others still promote
         return Promotion(variant.id, False, "", (), f"cannot read {plan.ref(variant.immutable)}: {exc}")
+    if tested is not None and tested != digest:
+        return Promotion(variant.id, False, digest, (),
+                         f"checks ran on {tested or 'an unknown digest'}, but {variant.immutable} is now {digest}: "
+                         "floating tags left where they were")
     try:
         for tag in variant.floating:
             registry.retag(reg, repo, digest, tag)
     except Exception as exc:  # noqa: BLE001
         return Promotion(variant.id, False, digest, (), f"retag failed: {exc}")
     return Promotion(variant.id, True, digest, variant.floating, "")
+
+
+def read_verdicts(paths: list[Path]) -> tuple[dict[str, list[str]], dict[str, str], dict[str, list[str]]]:
+    """Statuses, tested digests and GPU-check statuses per variant, from smoke JSON files.
+
+    Takes what `dlenv smoke --json` and the rootfs runner's `--json` write; several files (one
+    per shard or GPU runner) add up. Two files that tested one variant at different digests
+    leave it untested.
+    """
+    statuses: dict[str, list[str]] = {}
+    gpu: dict[str, list[str]] = {}
+    digests: dict[str, str] = {}
+    conflicts = set()
+    for path in paths:
+        try:
+            data = json.loads(path.read_text())
+            verdicts = data["verdicts"]
+            tested = data.get("digests") or {data["variant"]: data.get("digest", "")}
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise DlenvError(f"{path}: not a smoke result ({exc.__class__.__name__}: {exc})",
+                             "pass files written by `dlenv smoke --json` or rootfs_run.py --json") from None
+        for variant, digest in tested.items():
+            if digests.setdefault(variant, digest) != digest:
+                conflicts.add(variant)
+        for v in verdicts:
+            statuses.setdefault(v["variant"], []).append(v["status"])
+            if v.get("gpu"):
+                gpu.setdefault(v["variant"], []).append(v["status"])
+    for variant in conflicts:
+        digests[variant] = ""
+    return statuses, digests, gpu

@@ -7,13 +7,24 @@ the rootfs is unpacked and each check runs in it through chroot, in a private mo
 with the driver injected the way the NVIDIA container toolkit does it: device nodes, and the
 driver's libraries (libcuda, libnvidia-*) bind-mounted into /usr/local/nvidia/lib64.
 
-    python3 rootfs_run.py BUNDLE [--json OUT] [--extra 'NAME=COMMAND' ...]
+    python3 rootfs_run.py BUNDLE [--json OUT] [--donor DIR ...] [--extra 'NAME=COMMAND' ...]
+
+Only 64 MiB may reach some GPU hosts per transfer, and a CUDA runtime image is gigabytes, most
+of it libraries such hosts often already have (pip's nvidia-* wheels, a CUDA install). So a
+bundle may leave out large files the GPU host has, byte for byte: first list them there,
+
+    python3 rootfs_run.py --inventory /opt/venv/lib/python3.12/site-packages --json have.json
+
+then `dlenv smoke --export DIR --have have.json` leaves those files out of the rootfs (named by
+SHA-256 in donated.json), and `--donor DIR` here copies them back in before any check runs.
+The rootfs that runs is the image's, file for file: every copied file's hash is checked.
 """
 
 from __future__ import annotations
 
 import argparse
 import glob
+import hashlib
 import json
 import os
 import re
@@ -22,6 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 DRIVER_LIBS = ("libcuda.so*", "libnvidia-ptxjitcompiler.so*", "libnvidia-nvvm.so*", "libnvidia-ml.so*",
                "libcudadebugger.so*", "libnvidia-gpucomp.so*")
@@ -40,14 +52,70 @@ def driver_libraries() -> list[str]:
     return sorted(found.items())
 
 
+# Smaller files always travel in the bundle: hashing them would cost more than sending them.
+MIN_DONATION = 1 << 20
+
+
+def sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def large_files(folders: list[str], sizes: set[int] | None = None) -> dict[str, str]:
+    """sha256 -> path of the regular files of at least MIN_DONATION bytes under folders
+    (only those of the given sizes, if any), hashed in parallel."""
+    paths = {}
+    for folder in folders:
+        for dirpath, _, names in os.walk(folder):
+            for name in names:
+                path = os.path.realpath(os.path.join(dirpath, name))
+                if os.path.isfile(path):
+                    size = os.path.getsize(path)
+                    if size >= MIN_DONATION and (sizes is None or size in sizes):
+                        paths[path] = size
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 4) as pool:
+        return {digest: path for path, digest in zip(paths, pool.map(sha256, paths), strict=True)}
+
+
+def inventory(folders: list[str]) -> dict:
+    found = large_files(folders)
+    return {"folders": folders, "files": {digest: os.path.getsize(path) for digest, path in found.items()}}
+
+
+def fill_donated(bundle: str, root: str, donors: list[str]) -> int:
+    """Copy the files the bundle left out from the donor folders, by hash; the count copied."""
+    listing = os.path.join(bundle, "donated.json")
+    if not os.path.exists(listing):
+        return 0
+    with open(listing) as f:
+        donated = json.load(f)
+    found = large_files(donors, {d["size"] for d in donated}) if donors else {}
+    missing = [d["path"] for d in donated if d["sha256"] not in found]
+    if missing:
+        raise SystemExit(f"rootfs_run: {len(missing)} files of this image are neither in the bundle nor in the "
+                         f"donor folders ({' '.join(donors) or 'none given: --donor DIR'}), e.g. {missing[0]}")
+    for d in donated:
+        dest = os.path.join(root, d["path"].lstrip("/"))
+        os.makedirs(os.path.dirname(dest), exist_ok=True)
+        shutil.copyfile(found[d["sha256"]], dest)
+        os.chmod(dest, d["mode"])
+        if os.geteuid() == 0:
+            os.chown(dest, d["uid"], d["gid"])
+    return len(donated)
+
+
 def run(cmd: list[str], **kw) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, check=True, **kw)
 
 
-def prepare(bundle: str, root: str) -> None:
+def prepare(bundle: str, root: str, donors: list[str]) -> int:
     archive = next(p for p in (os.path.join(bundle, n) for n in ("rootfs.tar.xz", "rootfs.tar.gz", "rootfs.tar"))
                    if os.path.exists(p))
     run(["tar", "-xf", archive, "-C", root, "--no-same-owner"] if os.geteuid() else ["tar", "-xf", archive, "-C", root])
+    filled = fill_donated(bundle, root, donors)
     for sub in ("dev", "proc", "sys", "dlenv-checks", "usr/local/nvidia/lib64"):
         os.makedirs(os.path.join(root, sub), exist_ok=True)
     run(["mount", "--make-rprivate", "/"])
@@ -63,6 +131,7 @@ def prepare(bundle: str, root: str) -> None:
     with open(os.path.join(root, "etc/ld.so.conf.d/00-nvidia-driver.conf"), "w") as f:
         f.write("/usr/local/nvidia/lib64\n")
     run(["chroot", root, "ldconfig"])
+    return filled
 
 
 def release(root: str) -> bool:
@@ -86,10 +155,24 @@ def judge(check: dict, code: int, output: str) -> tuple[str, str]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description="Run a dlenv bundle's checks in its rootfs, on this GPU host.")
-    parser.add_argument("bundle")
+    parser.add_argument("bundle", nargs="?")
     parser.add_argument("--json", default=None)
     parser.add_argument("--extra", action="append", default=[], help="another check, NAME=COMMAND (needs a GPU)")
+    parser.add_argument("--donor", action="append", default=[], metavar="DIR",
+                        help="where to find the files the bundle left out (donated.json), by hash")
+    parser.add_argument("--inventory", action="append", default=[], metavar="DIR",
+                        help="instead of running: list this host's large files (for `dlenv smoke --have`)")
     args = parser.parse_args()
+    if args.inventory:
+        text = json.dumps(inventory(args.inventory), indent=1) + "\n"
+        if args.json:
+            with open(args.json, "w") as f:
+                f.write(text)
+        else:
+            sys.stdout.write(text)
+        return 0
+    if not args.bundle:
+        parser.error("a bundle folder is needed (or --inventory DIR)")
     if os.environ.get("DLENV_IN_NAMESPACE") != "1":
         # Everything mounted below vanishes with this private mount namespace.
         env = dict(os.environ, DLENV_IN_NAMESPACE="1")
@@ -103,8 +186,10 @@ def main() -> int:
         checks.append({"name": name, "run": command, "gpu": True, "timeout": 300, "origin": "--extra"})
     root = tempfile.mkdtemp(prefix="dlenv-rootfs-")
     started = time.monotonic()
-    prepare(bundle, root)
+    filled = prepare(bundle, root, args.donor)
     prepared = time.monotonic() - started
+    if filled:
+        print(f"filled {filled} files from the donor folders, each checked by SHA-256")
     env = dict(item.split("=", 1) for item in manifest["env"])
     env.update(DLENV_CUDA=manifest["cuda"], DLENV_FLAVOR=manifest["flavor"])
     verdicts = []
@@ -119,7 +204,8 @@ def main() -> int:
                          "origin": check.get("origin", "")})
         last = proc.stdout.strip().splitlines()[-1][:100] if proc.stdout.strip() else ""
         print(f"{status:7} {check['name']}" + (f"  [{last}]" if last else ""))
-    result = {"variant": manifest["variant"], "prepare_seconds": round(prepared, 1), "verdicts": verdicts,
+    result = {"variant": manifest["variant"], "digest": manifest.get("digest", ""),
+              "prepare_seconds": round(prepared, 1), "donated_files": filled, "verdicts": verdicts,
               "driver_libraries": [name for name, _ in driver_libraries()]}
     if args.json:
         with open(args.json, "w") as f:

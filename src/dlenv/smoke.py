@@ -8,9 +8,11 @@ them; on a host without a GPU, GPU checks are skipped with that reason, never pa
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import shutil
 import subprocess
+import tarfile
 import tempfile
 import time
 import weakref
@@ -22,6 +24,7 @@ from typing import Literal
 from python_on_whales import DockerClient
 from python_on_whales.exceptions import DockerException
 
+from dlenv import registry, rootfs_run
 from dlenv.config import CHECKS_DIR, Check
 from dlenv.errors import DlenvError
 from dlenv.graph import LABEL
@@ -93,6 +96,7 @@ class DockerRunner:
                              "run on a GPU host with the NVIDIA container toolkit, or drop --require-gpu")
         self.folder = checks_folder()
         weakref.finalize(self, shutil.rmtree, self.folder, True)  # the probe and kernel source, once done
+        self.digests: dict[str, str] = {}   # variant -> the digest its checks ran on, for promote
 
     def _run(self, ref: str, variant: Variant, check: Check) -> Verdict:
         if check.gpu and self.no_gpu:
@@ -125,6 +129,7 @@ class DockerRunner:
             except DockerException:
                 return [Verdict(variant.id, "image is available", "failed", 0.0,
                                 f"{ref} is neither in the engine nor in the registry (build it first)", False, "dlenv")]
+        self.digests[variant.id] = pushed_digest(self.plan, variant)
         verdicts = [self._run(ref, variant, check) for check in variant.checks]
         problems = label_problems(self.client, ref, variant)
         verdicts.append(Verdict(variant.id, "labels are present and match the variant",
@@ -132,8 +137,54 @@ class DockerRunner:
         return verdicts
 
 
-def export_bundle(plan: Plan, variant: Variant, dest: Path, folder: Path) -> Path:
-    """A folder the rootfs runner takes to a GPU host: rootfs.tar.xz, manifest.json, checks/."""
+def pushed_digest(plan: Plan, variant: Variant) -> str:
+    """The registry's digest of a variant's immutable tag ("" if it was not pushed)."""
+    model = plan.matrix.model
+    try:
+        return registry.manifest(model.registry, model.repository, variant.immutable)[1]
+    except Exception:  # noqa: BLE001 - loaded, not pushed: nothing a promotion could use
+        return ""
+
+
+def read_inventory(path: Path) -> set[str]:
+    """The hashes in a GPU host's inventory (rootfs_run.py --inventory DIR --json FILE)."""
+    try:
+        return set(json.loads(path.read_text())["files"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise DlenvError(f"{path}: not an inventory ({exc.__class__.__name__}: {exc})",
+                         "write one on the GPU host: python3 rootfs_run.py --inventory DIR --json FILE") from None
+
+
+def leave_out(archive: Path, have: set[str]) -> list[dict]:
+    """Drop from a rootfs tar the large files whose SHA-256 is in `have` (the GPU host has them);
+    return what was dropped, for donated.json (the rootfs runner copies them back by hash)."""
+    donated: list[dict] = []
+    by_name: dict[str, dict] = {}
+    slim = archive.with_suffix(".slim")
+    with tarfile.open(archive) as src, tarfile.open(slim, "w", format=tarfile.PAX_FORMAT) as out:
+        for member in src:
+            if member.islnk() and member.linkname in by_name:   # a hard link to a dropped file
+                donated.append(dict(by_name[member.linkname], path="/" + member.name.removeprefix("./")))
+                continue
+            if member.isfile() and member.size >= rootfs_run.MIN_DONATION:
+                digest = hashlib.sha256()
+                with src.extractfile(member) as f:
+                    while chunk := f.read(1 << 20):
+                        digest.update(chunk)
+                if digest.hexdigest() in have:
+                    entry = {"path": "/" + member.name.removeprefix("./"), "sha256": digest.hexdigest(), "size": member.size,
+                             "mode": member.mode, "uid": member.uid, "gid": member.gid}
+                    by_name[member.name] = entry
+                    donated.append(entry)
+                    continue
+            out.addfile(member, src.extractfile(member) if member.isfile() else None)
+    slim.replace(archive)
+    return donated
+
+
+def export_bundle(plan: Plan, variant: Variant, dest: Path, folder: Path, have: set[str] | None = None) -> Path:
+    """A folder the rootfs runner takes to a GPU host: rootfs.tar.xz, manifest.json, checks/,
+    and donated.json when `have` (hashes of the GPU host's large files) let files stay behind."""
     client = DockerClient()
     ref = plan.ref(variant.immutable)
     bundle = dest / variant.id
@@ -145,9 +196,15 @@ def export_bundle(plan: Plan, variant: Variant, dest: Path, folder: Path) -> Pat
         client.container.export(container, bundle / "rootfs.tar")
     finally:
         client.container.remove(container)
+    (bundle / "donated.json").unlink(missing_ok=True)
+    if have:
+        donated = leave_out(bundle / "rootfs.tar", have)
+        if donated:
+            (bundle / "donated.json").write_text(json.dumps(donated, indent=1) + "\n")
     subprocess.run(["xz", "-T0", "-6", "-f", str(bundle / "rootfs.tar")], check=True)
     config = client.image.inspect(ref).config
-    manifest = {"variant": variant.id, "image": ref, "cuda": variant.cuda, "flavor": variant.flavor,
+    manifest = {"variant": variant.id, "image": ref, "digest": pushed_digest(plan, variant),
+                "cuda": variant.cuda, "flavor": variant.flavor,
                 "env": list(config.env or []),
                 "checks": [{"name": c.name, "run": c.run, "expect_exit": c.expect_exit, "expect_output": c.expect_output,
                             "gpu": c.gpu, "timeout": c.timeout, "origin": c.origin} for c in variant.checks]}

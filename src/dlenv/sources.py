@@ -99,30 +99,37 @@ class TomlDoc(dict):
     text: str
 
     def line_of(self, path: tuple) -> int:
-        """Best-effort line of a key path like ('constraints', 'cuda'); 1 for a missing key."""
-        names = [str(p) for p in path if not isinstance(p, int)]
-        if not names:
+        """Best-effort line of a key path like ('constraints', 'cuda') or ('checks', 2, 'run').
+
+        The deepest key or table header on the path wins: a missing field points at its table.
+        Integers count [[array]] tables (or index an inline array, whose key line is taken).
+        1 when nothing matches.
+        """
+        want = list(path)
+        if not want:
             return 1
-        table: list[str] = []
-        best = None
+        table: list = []
+        counts: dict[tuple, int] = {}
+        best, depth, loose = None, 0, None
         for number, raw in enumerate(self.text.splitlines(), start=1):
             line = raw.strip()
-            header = re.match(r"^\[+\s*([^\]]+?)\s*\]+", line)
+            header = re.match(r"^(\[\[?)\s*([^\]]+?)\s*\]", line)
             if header:
-                table = [part.strip().strip('"') for part in header.group(1).split(".")]
-                if table == names:
-                    best = best or number
-                continue
-            key = re.match(r'^"?([A-Za-z0-9_.-]+)"?\s*=', line)
-            if key:
-                full = table + [part.strip('"') for part in key.group(1).split(".")]
-                if full == names:
-                    return number
-                if best is None and full[: len(names)] == names:
-                    best = number
-                if best is None and names[: len(full)] == full:
-                    best = number  # an inline table or array holding the field
-        return best or 1
+                table = [part.strip().strip('"') for part in header.group(2).split(".")]
+                if header.group(1) == "[[":
+                    counts[tuple(table)] = counts.get(tuple(table), -1) + 1
+                    table = table + [counts[tuple(table)]]
+                found = table
+            else:
+                key = re.match(r'^"?([A-Za-z0-9_.-]+)"?\s*=', line)
+                if not key:
+                    continue
+                found = table + [part.strip('"') for part in key.group(1).split(".")]
+                if loose is None and found[: len(want)] == want:
+                    loose = number   # a dotted key inside the table asked for
+            if len(found) > depth and found == want[: len(found)]:
+                best, depth = number, len(found)
+        return best or loose or 1
 
 
 def load_toml(path: Path, label: str) -> TomlDoc:

@@ -1,0 +1,48 @@
+"""Reading smoke results for a promotion in a later job: statuses, tested digests, GPU checks."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from dlenv import release
+from dlenv.errors import DlenvError
+
+
+def write(path, data):
+    path.write_text(json.dumps(data))
+    return path
+
+
+def test_results_of_several_shards_and_the_rootfs_runner_add_up(tmp_path):
+    shard1 = write(tmp_path / "a.json", {"image": "r/x", "digests": {"v1": "sha256:1"},
+                                         "verdicts": [{"variant": "v1", "status": "passed", "gpu": False},
+                                                      {"variant": "v1", "status": "skipped", "gpu": True}]})
+    gpu = write(tmp_path / "b.json", {"variant": "v2", "digest": "sha256:2",
+                                      "verdicts": [{"variant": "v2", "status": "passed", "gpu": True}]})
+    statuses, digests, gpu_statuses = release.read_verdicts([shard1, gpu])
+    assert statuses == {"v1": ["passed", "skipped"], "v2": ["passed"]}
+    assert digests == {"v1": "sha256:1", "v2": "sha256:2"}
+    assert gpu_statuses == {"v1": ["skipped"], "v2": ["passed"]}
+
+
+def test_one_variant_tested_at_two_digests_counts_as_untested_digest(tmp_path):
+    a = write(tmp_path / "a.json", {"digests": {"v": "sha256:1"}, "verdicts": []})
+    b = write(tmp_path / "b.json", {"digests": {"v": "sha256:2"}, "verdicts": []})
+    assert release.read_verdicts([a, b])[1] == {"v": ""}
+
+
+def test_a_file_that_is_not_a_smoke_result_is_one_clear_error(tmp_path):
+    with pytest.raises(DlenvError, match="not a smoke result"):
+        release.read_verdicts([write(tmp_path / "x.json", {"promotions": []})])
+    (tmp_path / "y.json").write_text("{not json")
+    with pytest.raises(DlenvError, match="y.json: not a smoke result"):
+        release.read_verdicts([tmp_path / "y.json"])
+
+
+@pytest.mark.parametrize("statuses, why", [([], "not smoke-tested"), (["passed", "failed"], "failed"),
+                                           (["passed", "skipped"], "")])
+def test_what_blocks_a_promotion(statuses, why):
+    got = release.verdict_of(statuses)
+    assert (why in got) if why else got == ""
