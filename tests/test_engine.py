@@ -1,7 +1,7 @@
 """Against the real engine and registry: build a small family, push it, read it back, run it.
 
 The family: Debian 12 bootstrapped with mmdebstrap; CUDA 13 from PyPI in runtime and devel; bare
-and with python + ssh. A second, tiny family (CUDA base) exercises failures and a registry login.
+and with python + ssh; runtime with python + pytorch. A second, tiny family (CUDA base) exercises failures and a registry login.
 The engine and the registry are the ones dlenv starts itself where none is given.
 """
 
@@ -39,7 +39,7 @@ TINY_REPO = f"dlenv-test/tiny-{RUN}"
 FAMILY = (Path(__file__).parent / "family.yaml").read_text().replace("repository: dlenv-test/family",
                                                                     f"repository: {FAMILY_REPO}")
 VARIANTS = ["13.0.2-runtime-debian12", "13.0.2-runtime-debian12-py-ssh",
-            "13.0.2-devel-debian12", "13.0.2-devel-debian12-py-ssh"]
+            "13.0.2-devel-debian12", "13.0.2-devel-debian12-py-ssh", "13.0.2-runtime-debian12-py-torch"]
 
 TINY = """
 registry: {registry}
@@ -276,6 +276,19 @@ def _layers_and_configs(repository: str, tags: list[str], user=None):
             yield f"layer {layer['digest'][:19]} of {tag}", gzip.decompress(data)
 
 
+def test_torch_reuses_the_cuda_wheels_of_the_image(docker, family):
+    out = sh(docker, ref("13.0.2-runtime-debian12-py-torch"),
+             "pip show nvidia-cublas nvidia-nccl-cu13 torch | grep -E '^(Name|Version|Location):'")
+    found = {}
+    for block in out.split("Name: ")[1:]:
+        fields = dict(line.split(": ", 1) for line in ("Name: " + block).strip().splitlines())
+        found[fields["Name"]] = fields
+    # The CUDA wheels torch pins are the image's own (no second copy in the venv).
+    assert found["nvidia-cublas"]["Location"] == "/usr/local/cuda/python"
+    assert found["nvidia-nccl-cu13"]["Location"] == "/usr/local/cuda/python"
+    assert found["torch"]["Location"].startswith("/opt/venv/") and found["torch"]["Version"] == "2.11.0"
+
+
 def test_no_secret_key_cache_or_package_list_in_any_layer_config_or_history(family):
     marker = family["marker"].encode()
     bundle = family["bundle"].read_bytes()
@@ -465,3 +478,24 @@ def test_floating_tags_move_only_to_digests_that_passed_smoke(docker, tmp_path):
     assert third.returncode == 0, third.stderr[-3000:]
     assert f"{variant}-promote-3" in registry.tags(REGISTRY, repo)
     assert registry.manifest(REGISTRY, repo, floating[0])[1] == passed
+    # The release pipeline's split: smoke in one job writes JSON, promote in a later one reads it.
+    results = tmp_path / "s3.json"
+    smoke = dlenv(project, "smoke", "--build-id", "promote-3", "--json", str(results))
+    assert smoke.returncode == 0, smoke.stderr[-3000:]
+    _, third_digest = registry.manifest(REGISTRY, repo, f"{variant}-promote-3")
+    assert json.loads(results.read_text())["digests"] == {variant: third_digest}
+    # Results for another digest than the one the immutable tag names now are refused.
+    stale = json.loads(results.read_text())
+    stale["digests"][variant] = passed
+    write(tmp_path / "stale.json", json.dumps(stale))
+    refused = dlenv(project, "promote", "--build-id", "promote-3", str(tmp_path / "stale.json"))
+    assert refused.returncode == 1 and "checks ran on" in refused.stdout + refused.stderr
+    # A release that requires GPU results does not promote what was only tested on a CPU.
+    cpu_only = dlenv(project, "promote", "--build-id", "promote-3", "--require-gpu", str(results))
+    assert cpu_only.returncode == 1 and "GPU checks were skipped" in cpu_only.stdout + cpu_only.stderr
+    assert registry.manifest(REGISTRY, repo, floating[0])[1] == passed
+    promoted = dlenv(project, "promote", "--build-id", "promote-3", str(results), "--json", str(tmp_path / "p.json"))
+    assert promoted.returncode == 0, promoted.stderr[-3000:]
+    for tag in floating:
+        assert registry.manifest(REGISTRY, repo, tag)[1] == third_digest
+    assert json.loads((tmp_path / "p.json").read_text())["promotions"][0]["promoted"] is True

@@ -86,6 +86,22 @@ def label_problems(client: DockerClient, ref: str, variant: Variant) -> str:
     return "; ".join(problems)
 
 
+def available(client: DockerClient, ref: str) -> bool:
+    """Whether the image is in the engine, pulling it from the registry if need be."""
+    try:
+        client.image.inspect(ref)
+    except DockerException:
+        try:
+            client.image.pull(ref, quiet=True)
+        except DockerException:
+            return False
+    return True
+
+
+def missing(ref: str) -> str:
+    return f"{ref} is neither in the engine nor in the registry (build it first, or pass its --build-id)"
+
+
 class DockerRunner:
     def __init__(self, plan: Plan, require_gpu: bool = False):
         self.plan = plan
@@ -121,14 +137,8 @@ class DockerRunner:
 
     def variant(self, variant: Variant) -> list[Verdict]:
         ref = self.plan.ref(variant.immutable)
-        try:
-            self.client.image.inspect(ref)
-        except DockerException:
-            try:
-                self.client.image.pull(ref, quiet=True)
-            except DockerException:
-                return [Verdict(variant.id, "image is available", "failed", 0.0,
-                                f"{ref} is neither in the engine nor in the registry (build it first)", False, "dlenv")]
+        if not available(self.client, ref):
+            return [Verdict(variant.id, "image is available", "failed", 0.0, missing(ref), False, "dlenv")]
         self.digests[variant.id] = pushed_digest(self.plan, variant)
         verdicts = [self._run(ref, variant, check) for check in variant.checks]
         problems = label_problems(self.client, ref, variant)
@@ -187,6 +197,8 @@ def export_bundle(plan: Plan, variant: Variant, dest: Path, folder: Path, have: 
     and donated.json when `have` (hashes of the GPU host's large files) let files stay behind."""
     client = DockerClient()
     ref = plan.ref(variant.immutable)
+    if not available(client, ref):
+        raise DlenvError(missing(ref))
     bundle = dest / variant.id
     bundle.mkdir(parents=True, exist_ok=True)
     shutil.copytree(folder, bundle / "checks", dirs_exist_ok=True)
@@ -215,6 +227,8 @@ def export_bundle(plan: Plan, variant: Variant, dest: Path, folder: Path, have: 
 def build_kernel(plan: Plan, devel: Variant, folder: Path) -> Path:
     """Compile kernel.cu with a devel variant's own nvcc, for a GPU host that cannot take the devel rootfs."""
     client = DockerClient()
+    if not available(client, plan.ref(devel.immutable)):
+        raise DlenvError(missing(plan.ref(devel.immutable)))
     out = f"kernel-{devel.cuda}"
     client.run(plan.ref(devel.immutable), ["-c", f"nvcc -o {CHECKS_MOUNT}/{out} {CHECKS_MOUNT}/kernel.cu"],
                entrypoint="/bin/sh", remove=True, volumes=[(str(folder), CHECKS_MOUNT, "rw")])
