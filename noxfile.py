@@ -35,6 +35,13 @@ def bake(session):
 
 
 @nox.session
+def doctor(session):
+    """Check this host (and an image: `-- TAG`) for running the family on its GPUs; each problem with its fix."""
+    _install(session)
+    session.run("python", "-m", "dlenv", "doctor", *session.posargs)
+
+
+@nox.session
 def engine(session):
     """Start (`-- up`), stop (`-- down`) or show (`-- status`) the engine and registry dlenv runs."""
     _install(session)

@@ -72,6 +72,12 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--require-gpu", action="store_true", help="a variant whose GPU checks were skipped is not promoted")
     p.add_argument("--json", type=Path, default=None, help="write the promotions as JSON")
 
+    p = sub.add_parser("doctor", help="check this host for running the family's images on its GPUs, with fixes")
+    p.add_argument("image", nargs="?", default=None,
+                   help="a tag of the family in --matrix (e.g. 13.0-runtime-debian12-py-torch) or a full image reference")
+    p.add_argument("--matrix", type=Path, default=Path("matrix.yaml"), help="the family a bare tag belongs to")
+    p.add_argument("--json", default=None, metavar="FILE", help="also write the findings as JSON ('-': stdout)")
+
     p = sub.add_parser("engine", help="start, stop or show the engine and registry dlenv uses")
     p.add_argument("action", choices=["up", "down", "status"])
     return parser
@@ -244,6 +250,16 @@ def cmd_promote(args: argparse.Namespace) -> int:
     return 1 if held_back else 0
 
 
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from dlenv import doctor
+
+    ref = args.image
+    if ref and "/" not in ref and ":" not in ref:
+        model = config.load(args.matrix).model
+        ref = f"{model.registry}/{model.repository}:{ref}"
+    return doctor.run(ref, args.json)
+
+
 def cmd_engine(args: argparse.Namespace) -> int:
     say = report.say
     if args.action == "up":
@@ -260,7 +276,7 @@ def cmd_engine(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"list": cmd_list, "bake": cmd_bake, "build": cmd_build, "smoke": cmd_smoke, "promote": cmd_promote,
-            "engine": cmd_engine}
+            "doctor": cmd_doctor, "engine": cmd_engine}
 
 
 def main(argv: list[str] | None = None) -> int:

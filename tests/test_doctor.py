@@ -1,0 +1,124 @@
+"""doctor's verdicts, from gathered facts: each host or image problem is found and comes with its fix."""
+
+from __future__ import annotations
+
+import pytest
+
+from dlenv import doctor
+from dlenv.doctor import Gpu, Host, Image
+
+H200 = Gpu("NVIDIA H200", "580.159.04", "9.0")
+READY = Host(docker_version="26.1.5", runtimes=("nvidia", "runc"), cgroup_driver="systemd", gpus=(H200,),
+             driver_cuda="13.0", cgroup_v2=True, systemd=252, cdi_specs=("/etc/cdi/nvidia.yaml",))
+TABLE = doctor.releases()
+
+
+def by_check(findings):
+    return {f.check: f for f in findings}
+
+
+def test_a_ready_host_has_nothing_blocking():
+    findings = doctor.judge_host(READY)
+    assert [f.status for f in findings] == ["ok", "ok", "ok", "ok"]
+
+
+def test_no_engine_is_blocking_and_says_how_else_to_run():
+    f = by_check(doctor.judge_host(Host(docker_error="no docker command on this host", gpus=(H200,))))
+    assert f["Docker engine"].status == "fail" and "rootfs_run.py" in f["Docker engine"].fix
+    assert "NVIDIA container toolkit" not in f   # nothing to say about a toolkit without an engine
+
+
+def test_no_gpu_is_blocking():
+    f = by_check(doctor.judge_host(Host(docker_version="26", smi_error="nvidia-smi not found")))
+    assert f["NVIDIA driver and GPU"].status == "fail"
+
+
+def test_the_articles_error_toolkit_missing_or_not_configured():
+    missing = by_check(doctor.judge_host(Host(docker_version="26", runtimes=("runc",), gpus=(H200,))))
+    assert missing["NVIDIA container toolkit"].status == "fail"
+    assert 'could not select device driver "nvidia"' in missing["NVIDIA container toolkit"].detail
+    assert "install nvidia-container-toolkit" in missing["NVIDIA container toolkit"].fix
+    idle = by_check(doctor.judge_host(Host(docker_version="26", runtimes=("runc",), gpus=(H200,),
+                                           toolkit="/usr/bin/nvidia-ctk")))
+    assert idle["NVIDIA container toolkit"].status == "fail"
+    assert "nvidia-ctk runtime configure --runtime=docker" in idle["NVIDIA container toolkit"].fix
+
+
+def test_the_articles_nvml_error_risk_on_cgroup_v2_with_systemd():
+    host = Host(docker_version="26", runtimes=("nvidia",), cgroup_driver="systemd", gpus=(H200,), cgroup_v2=True,
+                systemd=255)
+    f = by_check(doctor.judge_host(host))["cgroup v2 and NVML in containers"]
+    assert f.status == "warn" and "Failed to initialize NVML: Unknown Error" in f.detail
+    assert "nvidia-ctk cdi generate" in f.fix and "native.cgroupdriver=cgroupfs" in f.fix
+    assert "systemd.unified_cgroup_hierarchy=false" in f.fix   # the article's fix, for old libnvidia-container
+
+
+@pytest.mark.parametrize("host", [
+    Host(docker_version="26", runtimes=("nvidia",), cgroup_driver="cgroupfs", gpus=(H200,), cgroup_v2=True, systemd=255),
+    Host(docker_version="26", runtimes=("nvidia",), cgroup_driver="systemd", gpus=(H200,), cgroup_v2=False, systemd=255),
+])
+def test_no_nvml_risk_with_cgroupfs_or_cgroup_v1(host):
+    assert by_check(doctor.judge_host(host))["cgroup v2 and NVML in containers"].status == "ok"
+
+
+def test_no_cgroups_true_on_cgroup_v1_is_flagged():
+    host = Host(docker_version="26", runtimes=("nvidia",), gpus=(H200,), cgroup_v2=False, no_cgroups=True)
+    f = by_check(doctor.judge_host(host))["cgroup v2 and NVML in containers"]
+    assert f.status == "warn" and "no-cgroups = false" in f.fix
+
+
+def image(cuda="13.0.2", torch="", archs=()):
+    return Image("r/x:t", cuda=cuda, require_cuda=f"cuda>={cuda.rsplit('.', 1)[0]}", torch=torch, torch_archs=archs)
+
+
+def test_driver_new_enough_for_the_image():
+    f = by_check(doctor.judge_image(READY, image(), TABLE))
+    assert f["driver vs the image's CUDA"].status == "ok"
+    assert f["NVIDIA H200 vs CUDA 13.0"].status == "ok"
+
+
+def test_driver_too_old_for_the_image_is_blocking_with_the_minimum():
+    old = Host(gpus=(Gpu("NVIDIA A100", "570.124.06", "8.0"),), driver_cuda="12.8")
+    f = by_check(doctor.judge_image(old, image(), TABLE))["driver vs the image's CUDA"]
+    assert f.status == "fail" and "580.65.06" in f.fix and "cuda>=13.0" in f.detail
+
+
+def test_an_older_driver_of_the_same_major_warns_minor_version_compatibility():
+    host = Host(gpus=(Gpu("NVIDIA A100", "570.124.06", "8.0"),), driver_cuda="12.8")
+    f = by_check(doctor.judge_image(host, Image("r/x:t", cuda="12.9.1"), TABLE))["driver vs the image's CUDA"]
+    assert f.status == "warn" and "minor-version compatibility" in f.detail
+
+
+def test_a_gpu_cuda_13_dropped_is_blocking():
+    pascal = Host(gpus=(Gpu("GeForce GTX 1080", "580.65.06", "6.1"),), driver_cuda="13.0")
+    f = by_check(doctor.judge_image(pascal, image(), TABLE))
+    assert f["GeForce GTX 1080 vs CUDA 13.0"].status == "fail"
+    assert by_check(doctor.judge_image(pascal, image("12.8.1"), TABLE))["GeForce GTX 1080 vs CUDA 12.8"].status == "ok"
+
+
+def test_a_gpu_newer_than_the_cuda_warns():
+    blackwell = Host(gpus=(Gpu("RTX 5090", "575.51.03", "12.0"),), driver_cuda="12.9")
+    assert by_check(doctor.judge_image(blackwell, image("12.6.3"), TABLE))["RTX 5090 vs CUDA 12.6"].status == "warn"
+
+
+def test_torch_architectures_against_the_gpu():
+    archs = ("sm_75", "sm_80", "sm_86", "sm_90", "sm_100", "sm_120")
+    assert by_check(doctor.judge_image(READY, image(torch="2.11.0", archs=archs), TABLE))[
+        "NVIDIA H200 vs torch 2.11.0"].status == "ok"
+    turing = Host(gpus=(Gpu("T4", "580.65.06", "7.0"),), driver_cuda="13.0")
+    f = by_check(doctor.judge_image(turing, image(torch="2.11.0", archs=archs), TABLE))["T4 vs torch 2.11.0"]
+    assert f.status == "fail" and "no kernel image is available" in f.detail
+    jit = by_check(doctor.judge_image(READY, image(torch="2.11.0", archs=("sm_80", "compute_80")), TABLE))
+    assert jit["NVIDIA H200 vs torch 2.11.0"].status == "warn"
+
+
+def test_an_image_that_cannot_be_inspected_or_is_no_cuda_image_is_skipped():
+    assert doctor.judge_image(READY, Image("r/x:t", error="no engine"), TABLE)[0].status == "skip"
+    assert doctor.judge_image(READY, Image("r/x:t"), TABLE)[0].status == "skip"
+
+
+def test_every_table_row_is_complete():
+    for mm, row in TABLE["release"].items():
+        assert set(row) == {"min_driver", "min_compute", "max_compute"}, mm
+        assert doctor.version(row["min_compute"]) <= doctor.version(row["max_compute"])
+        assert mm.split(".")[0] in TABLE["major"], mm
