@@ -35,6 +35,13 @@ def bake(session):
 
 
 @nox.session
+def compose(session):
+    """Write a docker-compose.yaml for one image of the family: `-- TAG [--gpus 0,1] [--user] ...`."""
+    _install(session)
+    session.run("python", "-m", "dlenv", "compose", *session.posargs)
+
+
+@nox.session
 def doctor(session):
     """Check this host (and an image: `-- TAG`) for running the family on its GPUs; each problem with its fix."""
     _install(session)

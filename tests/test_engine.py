@@ -14,6 +14,7 @@ import json
 import os
 import secrets
 import shutil
+import socket
 import subprocess
 import sys
 import tarfile
@@ -499,3 +500,60 @@ def test_floating_tags_move_only_to_digests_that_passed_smoke(docker, tmp_path):
     for tag in floating:
         assert registry.manifest(REGISTRY, repo, tag)[1] == third_digest
     assert json.loads((tmp_path / "p.json").read_text())["promotions"][0]["promoted"] is True
+
+
+def test_compose_up_ssh_in_as_the_host_user_see_the_volumes_and_down(docker, family, tmp_path):
+    key = tmp_path / "id"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    (tmp_path / "code").mkdir()
+    (tmp_path / "code/train.py").write_text("print('hello')\n")
+    with socket.socket() as a, socket.socket() as b:
+        a.bind(("127.0.0.1", 0))
+        b.bind(("127.0.0.1", 0))
+        ssh_port, web_port = a.getsockname()[1], b.getsockname()[1]
+    name = f"dlenv-test-{RUN}"
+    compose_file = tmp_path / "docker-compose.yaml"
+    out = dlenv(family["project"], "compose", ref("13.0.2-runtime-debian12-py-ssh"), "--output", str(compose_file),
+                "--name", name, "--host-ip", "127.0.0.1", "--ssh-port", str(ssh_port), "--web-port", str(web_port),
+                "--models", str(tmp_path / "models"), "--code", str(tmp_path / "code"), "--cache", str(tmp_path / "cache"),
+                "--ssh-key", str(key) + ".pub", "--uid", "4242", "--gid", "4243", "--gpus", "0",
+                env={"HTTPS_PROXY": "http://proxy.invalid:3128"})
+    assert out.returncode == 0, out.stderr  # dlenv ran `docker compose config` on it
+    host = engine.find()[0]
+    env = dict(os.environ, DOCKER_HOST=host)
+    config = json.loads(subprocess.run(["docker", "compose", "-f", str(compose_file), "config", "--format", "json"],
+                                       capture_output=True, text=True, env=env, check=True).stdout)
+    gpu = config["services"][name]["deploy"]["resources"]["reservations"]["devices"][0]
+    assert gpu["device_ids"] == ["0"] and gpu["capabilities"] == ["gpu"]
+    compose = ["docker", "compose", "-f", str(compose_file)]
+    up = subprocess.run([*compose, "up", "-d", f"{name}-cpu"], capture_output=True, text=True, env=env)
+    assert up.returncode == 0, up.stderr
+    try:
+        script = ("id -u; id -g; ls /models; cat /workspace/train.py; touch /workspace/made-in-container; "
+                  "echo $HTTPS_PROXY; touch /opt/venv/lib/python3*/site-packages/.dlenv-w && echo venv-writable")
+        deadline = time.monotonic() + 60
+        while True:
+            login = subprocess.run(["ssh", "-i", str(key), "-p", str(ssh_port), "-o", "StrictHostKeyChecking=no",
+                                    "-o", "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes", "dev@127.0.0.1",
+                                    script], capture_output=True, text=True, timeout=30)
+            if login.returncode == 0 or time.monotonic() > deadline:
+                break
+            time.sleep(1)
+        assert login.returncode == 0, login.stderr
+        lines = login.stdout.split()
+        assert lines[:2] == ["4242", "4243"]                      # the host user's ids, not root
+        assert "print('hello')" in login.stdout                   # the project's code is mounted
+        assert "http://proxy.invalid:3128" in login.stdout        # run-time proxy, not baked in
+        assert "venv-writable" in login.stdout                    # pip works without root
+        made = tmp_path / "code/made-in-container"
+        assert (made.stat().st_uid, made.stat().st_gid) == (4242, 4243)   # files keep the host user's owner
+        assert (tmp_path / "models").is_dir() and (tmp_path / "cache").is_dir()
+        # Root has no keys: only the user logs in.
+        as_root = subprocess.run(["ssh", "-i", str(key), "-p", str(ssh_port), "-o", "StrictHostKeyChecking=no",
+                                  "-o", "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes", "root@127.0.0.1", "true"],
+                                 capture_output=True, text=True, timeout=30)
+        assert as_root.returncode != 0
+    finally:
+        down = subprocess.run([*compose, "--profile", "cpu", "down"], capture_output=True, text=True, env=env)
+    assert down.returncode == 0, down.stderr
+    assert not docker.container.list(filters={"label": f"com.docker.compose.project={name}"})

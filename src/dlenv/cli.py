@@ -6,6 +6,7 @@ Exit codes: 0 success, 1 a build failed or something needed is missing, 2 bad in
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -71,6 +72,27 @@ def make_parser() -> argparse.ArgumentParser:
                    help="smoke results: files written by `dlenv smoke --json` or rootfs_run.py --json")
     p.add_argument("--require-gpu", action="store_true", help="a variant whose GPU checks were skipped is not promoted")
     p.add_argument("--json", type=Path, default=None, help="write the promotions as JSON")
+
+    p = sub.add_parser("compose", help="write a docker-compose.yaml to work in one of the family's images")
+    p.add_argument("image", help="a tag of the family in --matrix (e.g. 13.0-runtime-debian12-py-dev-ssh) or a full reference")
+    p.add_argument("--matrix", type=Path, default=Path("matrix.yaml"), help="the family a bare tag belongs to")
+    p.add_argument("--output", "-o", type=Path, default=Path("docker-compose.yaml"), help="the file to write")
+    p.add_argument("--name", default="dlenv", help="the compose project and service name")
+    p.add_argument("--gpus", default="all", help="all, a count (2) or device ids (0,2)")
+    p.add_argument("--host-ip", default="", help="publish ports on this address only (e.g. 127.0.0.1)")
+    p.add_argument("--ssh-port", type=int, default=2222, help="host port for ssh (container port 22)")
+    p.add_argument("--web-port", type=int, default=8888, help="host and container port of a web service")
+    p.add_argument("--models", default="./models", help="host folder mounted at /models")
+    p.add_argument("--code", default=".", help="host folder mounted at /workspace (the working directory)")
+    p.add_argument("--cache", default="~/.cache", help="host folder mounted as the user's ~/.cache (pip, Hugging Face)")
+    p.add_argument("--restart", default="unless-stopped", choices=["no", "always", "on-failure", "unless-stopped"])
+    p.add_argument("--ssh-key", default=None, metavar="FILE", help="public key to log in with (default: ~/.ssh/id_*.pub)")
+    p.add_argument("--user", action="store_true", help="work as a non-root user with your uid/gid (files keep their owner)")
+    p.add_argument("--uid", type=int, default=None, help="that user's uid (implies --user)")
+    p.add_argument("--gid", type=int, default=None, help="that user's gid (default: the uid's)")
+    p.add_argument("--sudo", action="store_true", help="let that user sudo without a password")
+    p.add_argument("--hf-endpoint", default="", metavar="URL", help="a Hugging Face mirror (HF_ENDPOINT)")
+    p.add_argument("--pip-index", default="", metavar="URL", help="a PyPI mirror for pip in the container")
 
     p = sub.add_parser("doctor", help="check this host for running the family's images on its GPUs, with fixes")
     p.add_argument("image", nargs="?", default=None,
@@ -250,14 +272,46 @@ def cmd_promote(args: argparse.Namespace) -> int:
     return 1 if held_back else 0
 
 
+def image_ref(image: str | None, matrix: Path) -> str | None:
+    """A bare tag names an image of the family in matrix; anything else is a full reference."""
+    if image and "/" not in image and ":" not in image:
+        model = config.load(matrix).model
+        return f"{model.registry}/{model.repository}:{image}"
+    return image
+
+
 def cmd_doctor(args: argparse.Namespace) -> int:
     from dlenv import doctor
 
-    ref = args.image
-    if ref and "/" not in ref and ":" not in ref:
-        model = config.load(args.matrix).model
-        ref = f"{model.registry}/{model.repository}:{ref}"
-    return doctor.run(ref, args.json)
+    return doctor.run(image_ref(args.image, args.matrix), args.json)
+
+
+def cmd_compose(args: argparse.Namespace) -> int:
+    import subprocess
+
+    from dlenv import compose
+
+    for port in (args.ssh_port, args.web_port):
+        if not 1 <= port <= 65535:
+            raise ConfigError("--ssh-port/--web-port", None, "port", f"{port} is not a port number")
+    uid = args.uid if args.uid is not None else (os.getuid() if args.user else None)
+    gid = args.gid if args.gid is not None else (os.getgid() if args.user and args.uid is None else None)
+    options = compose.ComposeOptions(
+        image=image_ref(args.image, args.matrix), name=args.name, gpus=args.gpus, host_ip=args.host_ip,
+        ssh_port=args.ssh_port, web_port=args.web_port, models=args.models, code=args.code, cache=args.cache,
+        restart=args.restart, ssh_key=compose.find_ssh_key(args.ssh_key), uid=uid, gid=gid, sudo=args.sudo,
+        environment=compose.run_environment(args.hf_endpoint, args.pip_index))
+    compose.gpu_reservation(options.gpus)   # a bad --gpus is an error before anything is written
+    path = compose.write(options, args.output)
+    found = engine.find()
+    if found:
+        check = subprocess.run(["docker", "compose", "-f", str(path), "config", "-q"], capture_output=True, text=True,
+                               env=dict(os.environ, DOCKER_HOST=found[0]))
+        if check.returncode != 0:
+            raise DlenvError(f"docker compose rejects {path}: {' '.join(check.stderr.split())[:300]}")
+    report.say(f"wrote {path}: `docker compose -f {path} up -d` (no GPU: `up -d {args.name}-cpu`), "
+               f"then `ssh -p {args.ssh_port} {'dev' if uid is not None else 'root'}@localhost`")
+    return 0
 
 
 def cmd_engine(args: argparse.Namespace) -> int:
@@ -276,7 +330,7 @@ def cmd_engine(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"list": cmd_list, "bake": cmd_bake, "build": cmd_build, "smoke": cmd_smoke, "promote": cmd_promote,
-            "doctor": cmd_doctor, "engine": cmd_engine}
+            "compose": cmd_compose, "doctor": cmd_doctor, "engine": cmd_engine}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -210,7 +210,9 @@ def _nvml_risk(host: Host) -> Finding:
         return Finding(name, "ok", "cgroup v1: devices are granted through the device cgroup")
     if host.cdi_specs:
         return Finding(name, "ok", "cgroup v2 with CDI: device access survives a systemd reload")
-    if host.docker_error or host.cgroup_driver == "cgroupfs" or not host.systemd:
+    if host.docker_error:
+        return Finding(name, "skip", "cgroup v2; no container engine to judge")
+    if host.cgroup_driver == "cgroupfs" or not host.systemd:
         return Finding(name, "ok", f"cgroup v2, engine cgroup driver {host.cgroup_driver or 'unknown'}")
     detail = (f"cgroup v2 with systemd {host.systemd} managing the engine's cgroups: after `systemctl daemon-reload` a "
               f"running container can lose its GPU ({NVML_SYMPTOM}); restarting it recovers")

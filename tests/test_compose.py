@@ -1,0 +1,85 @@
+"""The compose file dlenv writes: GPUs, ports, volumes, keys, mirrors and proxies, a CPU profile."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from dlenv import compose
+from dlenv.errors import DlenvError
+
+KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIB7 user@host"
+
+
+def doc(**kw):
+    return compose.document(compose.ComposeOptions(image="r.example:5000/dlenv:13.0-runtime-debian12-py-ssh",
+                                                   ssh_key=KEY, **kw))
+
+
+@pytest.mark.parametrize("gpus, device", [
+    ("all", {"count": "all"}), ("2", {"count": 2}), ("0,2", {"device_ids": ["0", "2"]}),
+    ("GPU-8a1b-77", {"device_ids": ["GPU-8a1b-77"]}),
+])
+def test_gpus_all_a_count_or_device_ids(gpus, device):
+    reserved = doc(gpus=gpus)["services"]["dlenv"]["deploy"]["resources"]["reservations"]["devices"][0]
+    assert reserved == {"driver": "nvidia", "capabilities": ["gpu"], **device}
+
+
+@pytest.mark.parametrize("gpus", ["", "0 2", "-1", "all,1"])
+def test_bad_gpus_is_an_error(gpus):
+    with pytest.raises(DlenvError, match="--gpus"):
+        compose.gpu_reservation(gpus)
+
+
+def test_the_cpu_service_is_the_same_without_the_reservation_under_a_profile():
+    services = doc()["services"]
+    gpu, cpu = services["dlenv"], services["dlenv-cpu"]
+    assert "deploy" not in cpu and cpu["profiles"] == ["cpu"] and "profiles" not in gpu
+    assert {k: v for k, v in gpu.items() if k != "deploy"} == {k: v for k, v in cpu.items() if k != "profiles"}
+
+
+def test_ports_volumes_restart_key_and_working_dir():
+    service = doc(host_ip="127.0.0.1", ssh_port=2201, web_port=6006, models="/data/models", code="./src",
+                  cache="/home/me/.cache", restart="always")["services"]["dlenv"]
+    assert service["ports"] == ["127.0.0.1:2201:22", "127.0.0.1:6006:6006"]
+    assert service["volumes"] == ["/data/models:/models", "./src:/workspace", "/home/me/.cache:/root/.cache"]
+    assert service["restart"] == "always" and service["working_dir"] == "/workspace"
+    assert service["environment"]["SSH_AUTHORIZED_KEYS"] == KEY
+    assert service["environment"]["HF_HOME"] == "/root/.cache/huggingface"
+
+
+def test_a_non_root_user_gets_the_ids_and_its_own_home():
+    env = doc(uid=1000, gid=1001, sudo=True)["services"]["dlenv"]["environment"]
+    assert (env["DLENV_UID"], env["DLENV_GID"], env["DLENV_SUDO"]) == ("1000", "1001", "1")
+    assert doc(uid=1000)["services"]["dlenv"]["environment"]["DLENV_GID"] == "1000"
+    assert doc(uid=1000)["services"]["dlenv"]["volumes"][2].endswith(":/home/dev/.cache")
+    assert "DLENV_UID" not in doc()["services"]["dlenv"]["environment"]
+
+
+def test_mirrors_and_proxies_come_from_options_and_the_environment():
+    env = compose.run_environment("https://hf.example", "https://pypi.example/simple",
+                                  {"https_proxy": "http://proxy:3128", "NO_PROXY": "localhost", "HOME": "/x"})
+    assert env == {"HTTPS_PROXY": "http://proxy:3128", "https_proxy": "http://proxy:3128",
+                   "NO_PROXY": "localhost", "no_proxy": "localhost",
+                   "HF_ENDPOINT": "https://hf.example", "PIP_INDEX_URL": "https://pypi.example/simple"}
+    assert compose.run_environment("", "", {}) == {}
+
+
+def test_ssh_key_is_read_and_checked(tmp_path):
+    pub = tmp_path / "k.pub"
+    pub.write_text(KEY + "\n")
+    assert compose.find_ssh_key(str(pub)) == KEY
+    private = tmp_path / "k"
+    private.write_text("-----BEGIN OPENSSH PRIVATE KEY-----\nabc\n-----END OPENSSH PRIVATE KEY-----\n")
+    with pytest.raises(DlenvError, match="not an SSH public key"):
+        compose.find_ssh_key(str(private))
+    with pytest.raises(DlenvError, match="no such file"):
+        compose.find_ssh_key(str(tmp_path / "missing.pub"))
+
+
+def test_write_makes_the_mounted_folders_and_a_yaml_file(tmp_path):
+    options = compose.ComposeOptions(image="r/x:t", ssh_key=KEY, models="./models", code="./code",
+                                     cache=str(tmp_path / "cache"))
+    path = compose.write(options, tmp_path / "docker-compose.yaml")
+    assert (tmp_path / "models").is_dir() and (tmp_path / "code").is_dir() and (tmp_path / "cache").is_dir()
+    assert yaml.safe_load(path.read_text()) == compose.document(options)
