@@ -132,6 +132,20 @@ CASES = [
     ("select-matches-nothing", None, {}, ["--select", "cuda=12.6.* os=debian12"], "--select", None, "expression",
      "selects no variant"),
     ("registry-option", None, {}, ["--registry", "not a registry"], "--registry", None, "registry", "host[:port]"),
+    ("apt-mirror-option", None, {}, ["--apt-mirror", "mirror.example/debian"], "--apt-mirror", None, "mirrors.apt",
+     "URL"),
+    ("https-proxy-option", None, {}, ["--https-proxy", "proxy:3128"], "--https-proxy", None, "proxy.https_proxy",
+     "URL"),
+    ("ca-bundle-option-missing", None, {}, ["--ca-bundle", "/nonexistent/ca.pem"], "--ca-bundle", None,
+     "proxy.ca_bundle", "no such file"),
+    ("proxy-not-url", GOOD + "proxy: {http_proxy: 'proxy.example:3128'}\n", {}, [], "matrix.yaml", 16, "proxy.http_proxy",
+     "URL"),
+    ("no-proxy-bad", GOOD + "proxy: {no_proxy: 'a;b'}\n", {}, [], "matrix.yaml", 16, "proxy.no_proxy",
+     "comma separated"),
+    ("ca-bundle-missing", GOOD + "proxy: {ca_bundle: certs/proxy-ca.pem}\n", {}, [], "matrix.yaml", 16,
+     "proxy.ca_bundle", "no such file"),
+    ("hf-mirror-not-url", GOOD + "mirrors: {huggingface: hf-mirror}\n", {}, [], "matrix.yaml", 16,
+     "mirrors.huggingface", "URL"),
 ]
 
 

@@ -25,7 +25,8 @@ import pytest
 from python_on_whales import DockerClient
 
 from conftest import REPO, write
-from dlenv import engine, registry
+from dlenv import engine, hostconf, registry
+from netserver import MirrorProxy
 
 pytestmark = pytest.mark.engine
 
@@ -557,3 +558,46 @@ def test_compose_up_ssh_in_as_the_host_user_see_the_volumes_and_down(docker, fam
         down = subprocess.run([*compose, "--profile", "cpu", "down"], capture_output=True, text=True, env=env)
     assert down.returncode == 0, down.stderr
     assert not docker.container.list(filters={"label": f"com.docker.compose.project={name}"})
+
+
+def test_apt_mirror_proxies_and_ca_bundle_are_used_at_build_time_and_kept_out_of_the_image(docker, tmp_path):
+    gateway = docker.network.inspect("bridge").ipam.config[0]["Gateway"]   # the host, as builds see it
+    upstream = hostconf.debian_mirror()
+    assert upstream, "the host names no Debian mirror in its apt sources"
+    server = MirrorProxy(gateway, upstream)
+    try:
+        secret = "marker-" + secrets.token_hex(8)
+        proxy = f"http://dlenv:{secret}@{gateway}:{server.port}"
+        mirror = f"http://{gateway}:{server.port}/debian"
+        _, ca_marker = marker_bundle(tmp_path)
+        repo = f"{TINY_REPO}-net"
+        project = new_project(tmp_path / "project", TINY.format(registry=REGISTRY, repository=repo, stacks="  - [python]"))
+        out = dlenv(project, "build", "--build-id", "net", "--no-promote", "--workdir", str(tmp_path / "w"),
+                    "--apt-mirror", mirror, "--http-proxy", proxy, "--https-proxy", proxy, "--no-proxy", gateway,
+                    "--ca-bundle", str(tmp_path / "marker.pem"))
+        assert out.returncode == 0, out.stderr[-3000:]
+    finally:
+        server.shutdown()
+    host_side = {gateway, "127.0.0.1"}
+    mirror_paths = [(client, target) for kind, client, target, _ in server.log if kind == "MIRROR"]
+    # mmdebstrap (on the host) bootstrapped from the mirror, and apt inside the build used it too.
+    assert any(c in host_side and t.startswith("/debian/dists/bookworm/") for c, t in mirror_paths), mirror_paths[:5]
+    assert any(c not in host_side and t.startswith("/debian/") for c, t in mirror_paths), mirror_paths[:5]
+    # pip inside the build went through the proxy (TLS tunnelled), with the proxy's credentials.
+    tunnels = [(client, target, auth) for kind, client, target, auth in server.log if kind == "CONNECT"]
+    assert any(c not in host_side and t.endswith(":443") for c, t, _ in tunnels), tunnels[:5]
+    assert any(auth for *_, auth in tunnels)
+    tag = "13.0.2-base-debian12-py-net"
+    sources = sh(docker, f"{REGISTRY}/{repo}:{tag}", "cat /etc/apt/sources.list /etc/apt/sources.list.d/* 2>/dev/null")
+    assert mirror in sources   # images keep the mirror they were built from (documented)
+    # Neither the proxy (with its password) nor the extra CA is in any layer, config or history.
+    scanned = 0
+    for what, data in _layers_and_configs(repo, [tag]):
+        scanned += 1
+        assert secret.encode() not in data, f"the proxy's password is in {what}"
+        assert f"{gateway}:{server.port}".encode() not in data or what.startswith("layer"), f"the proxy is in {what}"
+        assert ca_marker.encode() not in data, f"the extra CA is in {what}"
+    assert scanned >= 4
+    history = json.loads(registry.blob(REGISTRY, repo, registry.image_manifest(REGISTRY, repo, tag)["config"]["digest"]))
+    assert not [h for h in history["history"] if "PROXY" in h.get("created_by", "").upper()]
+    assert not [e for e in history["config"].get("Env", []) if "proxy" in e.lower()]

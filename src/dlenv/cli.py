@@ -6,10 +6,12 @@ Exit codes: 0 success, 1 a build failed or something needed is missing, 2 bad in
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 from pathlib import Path
 
+from pydantic import ValidationError
 from rich.markup import escape
 
 from dlenv import __version__, config, engine, graph, hostconf, reach, report, tags
@@ -28,6 +30,16 @@ def _common(parser: argparse.ArgumentParser) -> None:
                         help="leave out matching variants, e.g. 'recipe=ssh' (repeatable)")
     parser.add_argument("--build-id", default=None, help="override the build id (default: commit date-sha)")
     parser.add_argument("--registry", default=None, help="override `registry:` of matrix.yaml")
+    net = parser.add_argument_group("mirrors and proxies (override matrix.yaml's mirrors and proxy)")
+    net.add_argument("--apt-mirror", default=None, metavar="URL", help="a Debian/Ubuntu archive mirror")
+    net.add_argument("--pypi-mirror", default=None, metavar="URL", help="a PyPI simple index")
+    net.add_argument("--pytorch-index", default=None, metavar="URL", help="a PyTorch wheel index root (cu130/, ...)")
+    net.add_argument("--registry-mirror", default=None, metavar="HOST[:PORT]", help="a registry mirror for base images")
+    net.add_argument("--http-proxy", default=None, metavar="URL", help="HTTP_PROXY for builds (default: the environment's)")
+    net.add_argument("--https-proxy", default=None, metavar="URL", help="HTTPS_PROXY for builds (default: the environment's)")
+    net.add_argument("--no-proxy", default=None, metavar="LIST", help="NO_PROXY for builds (default: the environment's)")
+    net.add_argument("--ca-bundle", type=Path, default=None, metavar="FILE",
+                     help="extra CA certificates (PEM) for a TLS-intercepting proxy, given to builds as a secret")
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -105,7 +117,37 @@ def make_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def mirrors_for(model: config.MatrixModel) -> planmod.Mirrors:
+NETWORK_FLAGS = {("mirrors", "apt"): "--apt-mirror", ("mirrors", "pypi"): "--pypi-mirror",
+                 ("mirrors", "pytorch"): "--pytorch-index", ("mirrors", "registry"): "--registry-mirror",
+                 ("proxy", "http_proxy"): "--http-proxy", ("proxy", "https_proxy"): "--https-proxy",
+                 ("proxy", "no_proxy"): "--no-proxy"}
+
+
+def with_network_flags(matrix: config.Matrix, args: argparse.Namespace) -> config.Matrix:
+    """matrix.yaml's mirrors and proxy, with the command line's values over them."""
+    update: dict[str, dict] = {"mirrors": {}, "proxy": {}}
+    for (section, key), flag in NETWORK_FLAGS.items():
+        value = getattr(args, flag[2:].replace("-", "_"), None)
+        if value is not None:
+            update[section][key] = value
+    if getattr(args, "ca_bundle", None):
+        update["proxy"]["ca_bundle"] = str(args.ca_bundle.resolve())
+    if not update["mirrors"] and not update["proxy"]:
+        return matrix
+    model = matrix.model
+    validated = {}
+    for section, kind in (("mirrors", config.Mirrors), ("proxy", config.Proxy)):
+        try:
+            validated[section] = kind.model_validate({**getattr(model, section).model_dump(), **update[section]})
+        except ValidationError as exc:
+            key = str(exc.errors()[0]["loc"][0])
+            raise ConfigError(NETWORK_FLAGS.get((section, key), f"--{key}"), None, f"{section}.{key}",
+                              exc.errors()[0]["msg"].removeprefix("Value error, ")) from None
+    mirrors, proxy = validated["mirrors"], validated["proxy"]
+    return dataclasses.replace(matrix, model=model.model_copy(update={"mirrors": mirrors, "proxy": proxy}))
+
+
+def mirrors_for(model: config.MatrixModel, proxies: tuple[tuple[str, str], ...] = ()) -> planmod.Mirrors:
     m = model.mirrors
     return planmod.Mirrors(
         apt=m.apt or "",
@@ -113,6 +155,7 @@ def mirrors_for(model: config.MatrixModel) -> planmod.Mirrors:
         bootstrap_security="" if m.apt else hostconf.debian_security_mirror() or "",
         pypi=m.pypi or hostconf.pip_index() or "",
         pytorch=m.pytorch or "",
+        proxies=proxies,
         registry=m.registry or "",
     )
 
@@ -123,12 +166,18 @@ def load_plan(args: argparse.Namespace) -> planmod.Plan:
     if args.registry:
         if not config.REGISTRY.match(args.registry):
             raise ConfigError("--registry", None, "registry", f"a registry is host[:port][/path] (got {args.registry!r})")
-        matrix = config.Matrix(matrix.file, matrix.root, matrix.model.model_copy(update={"registry": args.registry}),
-                               matrix.recipes, matrix.components, matrix.lines, matrix.checks)
+        matrix = dataclasses.replace(matrix, model=matrix.model.model_copy(update={"registry": args.registry}))
+    matrix = with_network_flags(matrix, args)
     info = tags.build_info(matrix.root, args.build_id, matrix.model.source)
     if args.build_id and not tags.valid_tag(args.build_id):
         raise ConfigError("--build-id", None, "build id", f"{args.build_id!r} is not valid in a tag")
-    return planmod.expand(matrix, info, mirrors_for(matrix.model), selection)
+    proxy = matrix.model.proxy
+    extra_ca = Path(matrix.file).parent / proxy.ca_bundle if proxy.ca_bundle else None
+    if extra_ca and not extra_ca.is_file():
+        where = ("--ca-bundle", None) if args.ca_bundle else (matrix.file, matrix.where("proxy", "ca_bundle").line)
+        raise ConfigError(*where, "proxy.ca_bundle", f"no such file: {extra_ca}")
+    proxies = hostconf.use_network(proxy.http_proxy, proxy.https_proxy, proxy.no_proxy, extra_ca)
+    return planmod.expand(matrix, info, mirrors_for(matrix.model, proxies), selection)
 
 
 def build_secrets() -> tuple[graph.Secret, ...]:
@@ -294,13 +343,15 @@ def cmd_compose(args: argparse.Namespace) -> int:
     for port in (args.ssh_port, args.web_port):
         if not 1 <= port <= 65535:
             raise ConfigError("--ssh-port/--web-port", None, "port", f"{port} is not a port number")
+    mirrors = config.load(args.matrix).model.mirrors if args.matrix.exists() else config.Mirrors()
     uid = args.uid if args.uid is not None else (os.getuid() if args.user else None)
     gid = args.gid if args.gid is not None else (os.getgid() if args.user and args.uid is None else None)
     options = compose.ComposeOptions(
         image=image_ref(args.image, args.matrix), name=args.name, gpus=args.gpus, host_ip=args.host_ip,
         ssh_port=args.ssh_port, web_port=args.web_port, models=args.models, code=args.code, cache=args.cache,
         restart=args.restart, ssh_key=compose.find_ssh_key(args.ssh_key), uid=uid, gid=gid, sudo=args.sudo,
-        environment=compose.run_environment(args.hf_endpoint, args.pip_index))
+        environment=compose.run_environment(args.hf_endpoint or mirrors.huggingface or "",
+                                            args.pip_index or mirrors.pypi or ""))
     compose.gpu_reservation(options.gpus)   # a bad --gpus is an error before anything is written
     path = compose.write(options, args.output)
     found = engine.find()

@@ -50,6 +50,7 @@ class Mirrors(_Strict):
     pypi: str | None = None
     pytorch: str | None = None
     registry: str | None = None
+    huggingface: str | None = None     # HF_ENDPOINT in containers (compose), never in an image
 
     @field_validator("apt")
     @classmethod
@@ -66,6 +67,11 @@ class Mirrors(_Strict):
     def _pytorch(cls, v):
         return _url(v, "a PyTorch wheel index root")
 
+    @field_validator("huggingface")
+    @classmethod
+    def _huggingface(cls, v):
+        return _url(v, "a Hugging Face endpoint")
+
     @field_validator("registry")
     @classmethod
     def _registry(cls, v):
@@ -74,6 +80,27 @@ class Mirrors(_Strict):
         if not REGISTRY.match(v):
             raise ValueError(f"a registry mirror is host[:port][/path] (got {v!r})")
         return v.rstrip("/")
+
+
+class Proxy(_Strict):
+    """Proxies for builds (passed as BuildKit's predefined proxy args: in no image or history)."""
+
+    http_proxy: str | None = None
+    https_proxy: str | None = None
+    no_proxy: str | None = None        # comma separated hosts, domains, CIDRs
+    ca_bundle: str | None = None       # extra CA certificates (PEM) for a TLS-intercepting proxy
+
+    @field_validator("http_proxy", "https_proxy")
+    @classmethod
+    def _proxy_url(cls, v):
+        return _url(v, "a proxy")
+
+    @field_validator("no_proxy")
+    @classmethod
+    def _no(cls, v):
+        if v and not re.fullmatch(r"[A-Za-z0-9.*:/_\[\]-]+(,[A-Za-z0-9.*:/_\[\]-]+)*", v.replace(" ", "")):
+            raise ValueError(f"NO_PROXY is a comma separated list of hosts, domains or CIDRs (got {v!r})")
+        return v.replace(" ", "") if v else v
 
 
 SIMPLE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")   # suites, packages, OS tags
@@ -210,6 +237,7 @@ class MatrixModel(_Strict):
     timezone: str = "Etc/UTC"
     locale: str = "C.UTF-8"
     mirrors: Mirrors = Mirrors()
+    proxy: Proxy = Proxy()
     os: dict[str, OsSpec]
     cuda: dict[str, CudaSpec]
     flavors: list[Literal["base", "runtime", "devel"]] = list(FLAVORS)

@@ -69,6 +69,7 @@ def target(plan: Plan, node: Node, variant: Variant | None, output: Output,
     args = dict(node.args)
     # Fixes the image's creation time to the commit's: rebuilds of a commit are identical.
     args["SOURCE_DATE_EPOCH"] = str(plan.build.epoch)
+    args.update(plan.mirrors.proxies)
     t["args"] = args
     if node.kind in ("cuda", "recipe") and secrets:
         t["secret"] = [s.spec() for s in secrets]

@@ -6,12 +6,16 @@ host names written into the project.
 
 from __future__ import annotations
 
+import atexit
 import configparser
 import os
 import re
 import ssl
 import subprocess
+import tempfile
 from pathlib import Path
+
+from dlenv.errors import DlenvError
 
 APT_DIRS = (Path("/etc/apt/sources.list"), Path("/etc/apt/sources.list.d"))
 
@@ -121,3 +125,43 @@ def ca_bundle() -> Path | None:
         if candidate and Path(candidate).is_file():
             return Path(candidate)
     return None
+
+
+PROXY_NAMES = ("HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY")
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def use_network(http: str | None, https: str | None, no: str | None,
+                extra_ca: Path | None) -> tuple[tuple[str, str], ...]:
+    """Make proxies and an extra CA bundle this process's own, and return the proxy build args.
+
+    Each proxy comes from the argument (command line or matrix.yaml) or else the environment.
+    They are put in this process's environment, so urllib (reachability, the registry API),
+    mmdebstrap and docker use them too, with loopback kept direct (the local registry). An
+    extra CA bundle is appended to the host's in a file that SSL_CERT_FILE then names: pip's
+    build secret (ca_bundle()) and the reachability checks trust it.
+    """
+    given = {"HTTP_PROXY": http, "HTTPS_PROXY": https, "NO_PROXY": no}
+    args = []
+    for name, value in given.items():
+        value = value or os.environ.get(name) or os.environ.get(name.lower())
+        if value:
+            args += [(name, value), (name.lower(), value)]
+            os.environ[name] = os.environ[name.lower()] = value
+    if os.environ.get("HTTP_PROXY") or os.environ.get("HTTPS_PROXY"):
+        direct = [h for h in os.environ.get("NO_PROXY", "").split(",") if h]
+        os.environ["NO_PROXY"] = os.environ["no_proxy"] = ",".join(direct + [h for h in LOOPBACK if h not in direct])
+    if extra_ca:
+        try:
+            extra = extra_ca.read_text()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise DlenvError(f"CA bundle {extra_ca}: cannot be read ({exc.__class__.__name__})",
+                             "give a PEM file (--ca-bundle, proxy.ca_bundle)") from None
+        if "-----BEGIN CERTIFICATE-----" not in extra:
+            raise DlenvError(f"CA bundle {extra_ca}: no PEM certificate in it", "give a PEM file of CA certificates")
+        host = ca_bundle()
+        with tempfile.NamedTemporaryFile("w", prefix="dlenv-ca-", suffix=".pem", delete=False) as combined:
+            combined.write((host.read_text() if host else "") + "\n" + extra)
+        atexit.register(os.unlink, combined.name)
+        os.environ["SSL_CERT_FILE"] = combined.name
+    return tuple(args)

@@ -31,6 +31,9 @@ class Mirrors:
     pypi: str = ""        # "" is pip's built-in default
     pytorch: str = ""     # a PyTorch wheel index root (<root>/cu130, ...); "" uses PyPI where it can
     registry: str = ""    # prefix for base images pulled from a registry
+    # HTTP(S)_PROXY and NO_PROXY (both spellings): BuildKit's predefined proxy args, which no
+    # image config or history keeps.
+    proxies: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
