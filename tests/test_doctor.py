@@ -122,3 +122,21 @@ def test_every_table_row_is_complete():
         assert set(row) == {"min_driver", "min_compute", "max_compute"}, mm
         assert doctor.version(row["min_compute"]) <= doctor.version(row["max_compute"])
         assert mm.split(".")[0] in TABLE["major"], mm
+
+
+def test_the_command_reports_this_host_as_json_and_exits_by_what_blocks(tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    out = subprocess.run([sys.executable, "-m", "dlenv.doctor", "--json", str(tmp_path / "d.json")],
+                         capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(REPO / "src")))
+    data = json.loads((tmp_path / "d.json").read_text())
+    checks = {f["check"]: f for f in data["findings"]}
+    assert {"Docker engine", "NVIDIA driver and GPU", "cgroup v2 and NVML in containers"} <= set(checks)
+    assert data["blocking"] == sum(f["status"] == "fail" for f in data["findings"])
+    assert out.returncode == (1 if data["blocking"] else 0)
+    assert "Traceback" not in out.stderr and "dlenv doctor" in out.stderr

@@ -517,7 +517,7 @@ def test_compose_up_ssh_in_as_the_host_user_see_the_volumes_and_down(docker, fam
     out = dlenv(family["project"], "compose", ref("13.0.2-runtime-debian12-py-ssh"), "--output", str(compose_file),
                 "--name", name, "--host-ip", "127.0.0.1", "--ssh-port", str(ssh_port), "--web-port", str(web_port),
                 "--models", str(tmp_path / "models"), "--code", str(tmp_path / "code"), "--cache", str(tmp_path / "cache"),
-                "--ssh-key", str(key) + ".pub", "--uid", "4242", "--gid", "4243", "--gpus", "0",
+                "--ssh-key", str(key) + ".pub", "--uid", "4242", "--gid", "4243", "--sudo", "--gpus", "0",
                 env={"HTTPS_PROXY": "http://proxy.invalid:3128"})
     assert out.returncode == 0, out.stderr  # dlenv ran `docker compose config` on it
     host = engine.find()[0]
@@ -531,7 +531,8 @@ def test_compose_up_ssh_in_as_the_host_user_see_the_volumes_and_down(docker, fam
     assert up.returncode == 0, up.stderr
     try:
         script = ("id -u; id -g; ls /models; cat /workspace/train.py; touch /workspace/made-in-container; "
-                  "echo $HTTPS_PROXY; touch /opt/venv/lib/python3*/site-packages/.dlenv-w && echo venv-writable")
+                  "echo $HTTPS_PROXY; touch /opt/venv/lib/python3*/site-packages/.dlenv-w && echo venv-writable; "
+                  "echo sudo-uid=$(sudo -n id -u)")
         deadline = time.monotonic() + 60
         while True:
             login = subprocess.run(["ssh", "-i", str(key), "-p", str(ssh_port), "-o", "StrictHostKeyChecking=no",
@@ -546,6 +547,7 @@ def test_compose_up_ssh_in_as_the_host_user_see_the_volumes_and_down(docker, fam
         assert "print('hello')" in login.stdout                   # the project's code is mounted
         assert "http://proxy.invalid:3128" in login.stdout        # run-time proxy, not baked in
         assert "venv-writable" in login.stdout                    # pip works without root
+        assert "sudo-uid=0" in login.stdout                       # --sudo: passwordless sudo
         made = tmp_path / "code/made-in-container"
         assert (made.stat().st_uid, made.stat().st_gid) == (4242, 4243)   # files keep the host user's owner
         assert (tmp_path / "models").is_dir() and (tmp_path / "cache").is_dir()
@@ -601,3 +603,28 @@ def test_apt_mirror_proxies_and_ca_bundle_are_used_at_build_time_and_kept_out_of
     history = json.loads(registry.blob(REGISTRY, repo, registry.image_manifest(REGISTRY, repo, tag)["config"]["digest"]))
     assert not [h for h in history["history"] if "PROXY" in h.get("created_by", "").upper()]
     assert not [e for e in history["config"].get("Env", []) if "proxy" in e.lower()]
+
+
+def test_base_images_come_through_the_registry_mirror(docker, tmp_path):
+    # A "Docker Hub" image that only the mirror has: the loopback registry plays the mirror.
+    source_repo = f"{TINY_REPO}-mirror-source"
+    project = new_project(tmp_path / "source", TINY.format(registry=REGISTRY, repository=source_repo, stacks="  - []"))
+    built = dlenv(project, "build", "--build-id", "src", "--no-promote", "--workdir", str(tmp_path / "w0"))
+    assert built.returncode == 0, built.stderr[-2000:]
+    hub_name = f"dlenv-os-{RUN}:1"
+    docker.image.pull(f"{REGISTRY}/{source_repo}:13.0.2-base-debian12-src", quiet=True)
+    docker.image.tag(f"{REGISTRY}/{source_repo}:13.0.2-base-debian12-src", f"{REGISTRY}/library/{hub_name}")
+    docker.image.push(f"{REGISTRY}/library/{hub_name}", quiet=True)
+    matrix = (TINY.format(registry=REGISTRY, repository=f"{TINY_REPO}-mirrored", stacks="  - []")
+              .replace("  debian12: {source: bootstrap, suite: bookworm}\n",
+                       f"  hubos: {{source: image, image: \"{hub_name}\", family: debian}}\n"))
+    project = new_project(tmp_path / "project", matrix)
+    without = dlenv(project, "build", "--build-id", "m", "--metadata", str(tmp_path / "m0.json"),
+                    "--workdir", str(tmp_path / "w1"))
+    assert without.returncode == 1 and "mirrors.registry" in without.stderr   # nowhere to pull it from
+    out = dlenv(project, "build", "--build-id", "m", "--registry-mirror", REGISTRY, "--no-promote",
+                "--metadata", str(tmp_path / "m.json"), "--workdir", str(tmp_path / "w2"))
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert [r["status"] for r in json.loads((tmp_path / "m.json").read_text())["variants"]] == ["built"]
+    bake = json.loads((tmp_path / "w2/bake.json").read_text())
+    assert f"docker-image://{REGISTRY}/library/{hub_name}" in json.dumps(bake)
