@@ -358,7 +358,9 @@ def cmd_compose(args: argparse.Namespace) -> int:
     if found:
         check = subprocess.run(["docker", "compose", "-f", str(path), "config", "-q"], capture_output=True, text=True,
                                env=dict(os.environ, DOCKER_HOST=found[0]))
-        if check.returncode != 0:
+        if "is not a docker command" in check.stderr:
+            report.say("docker compose is not installed here: the file was not validated")
+        elif check.returncode != 0:
             raise DlenvError(f"docker compose rejects {path}: {' '.join(check.stderr.split())[:300]}")
     report.say(f"wrote {path}: `docker compose -f {path} up -d` (no GPU: `up -d {args.name}-cpu`), "
                f"then `ssh -p {args.ssh_port} {'dev' if uid is not None else 'root'}@localhost`")
