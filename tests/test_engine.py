@@ -561,7 +561,7 @@ def test_compose_up_ssh_in_as_the_host_user_see_the_volumes_and_down(docker, fam
     finally:
         down = subprocess.run([*compose, "--profile", "cpu", "down"], capture_output=True, text=True, env=env)
     assert down.returncode == 0, down.stderr
-    assert not docker.container.list(filters={"label": f"com.docker.compose.project={name}"})
+    assert not docker.container.list(filters=[("label", f"com.docker.compose.project={name}")])
 
 
 def test_apt_mirror_proxies_and_ca_bundle_are_used_at_build_time_and_kept_out_of_the_image(docker, tmp_path):
