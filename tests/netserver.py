@@ -85,13 +85,14 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
 
 class MirrorProxy(http.server.ThreadingHTTPServer):
-    """Listens on host:0. As a proxy it forwards GET and tunnels CONNECT; paths under /debian/
+    """Listens on public_host:0. As a proxy it forwards GET and tunnels CONNECT; paths under /debian/
     (asked of it directly or through itself) are served from the upstream Debian mirror."""
 
     daemon_threads = True
 
-    def __init__(self, public_host: str, upstream: str, bind: str = "0.0.0.0"):
-        super().__init__((bind, 0), _Handler)
+    def __init__(self, public_host: str, upstream: str):
+        # Only on the address builds use (the bridge's gateway): no open proxy on other interfaces.
+        super().__init__((public_host, 0), _Handler)
         self.public_host = public_host
         self.port = self.server_address[1]
         self.upstream = upstream.rstrip("/")

@@ -70,3 +70,16 @@ def test_apt_sources_parsing(tmp_path, monkeypatch):
 def test_pip_index_from_environment(monkeypatch):
     monkeypatch.setenv("PIP_INDEX_URL", "https://pypi.invalid/simple")
     assert hostconf.pip_index() == "https://pypi.invalid/simple"
+
+
+def test_toml_lines_of_array_tables_and_dotted_keys():
+    from dlenv.sources import TomlDoc
+
+    doc = TomlDoc()
+    doc.text = ('[cuda13]\nbase = ["cudart"]\nextra.runtime = ["nccl"]\n\n'
+                '[[checks]]\nname = "a"\nrun = "true"\n\n[[checks]]\nname = "b"\n')
+    assert doc.line_of(("cuda13", "base")) == 2
+    assert doc.line_of(("cuda13", "extra")) == 3            # a dotted key below beats the table above
+    assert doc.line_of(("checks", 1, "name")) == 10         # the second [[checks]], not the first
+    assert doc.line_of(("checks", 1, "run")) == 9           # missing there: its table's line
+    assert doc.line_of(("nothing",)) == 1

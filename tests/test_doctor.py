@@ -140,3 +140,8 @@ def test_the_command_reports_this_host_as_json_and_exits_by_what_blocks(tmp_path
     assert data["blocking"] == sum(f["status"] == "fail" for f in data["findings"])
     assert out.returncode == (1 if data["blocking"] else 0)
     assert "Traceback" not in out.stderr and "dlenv doctor" in out.stderr
+
+
+def test_a_torch_without_cuda_architectures_is_skipped_not_failed():
+    f = doctor.judge_image(READY, image(torch="2.11.0+cpu", archs=()), TABLE)
+    assert [x.status for x in f if "torch" in x.check] == ["skip"]

@@ -519,11 +519,11 @@ def test_compose_up_ssh_in_as_the_host_user_see_the_volumes_and_down(docker, fam
     out = dlenv(family["project"], "compose", ref("13.0.2-runtime-debian12-py-ssh"), "--output", str(compose_file),
                 "--name", name, "--host-ip", "127.0.0.1", "--ssh-port", str(ssh_port), "--web-port", str(web_port),
                 "--models", str(tmp_path / "models"), "--code", str(tmp_path / "code"), "--cache", str(tmp_path / "cache"),
-                "--ssh-key", str(key) + ".pub", "--uid", "4242", "--gid", "4243", "--sudo", "--gpus", "0",
-                env={"HTTPS_PROXY": "http://proxy.invalid:3128"})
+                "--ssh-key", str(key) + ".pub", "--uid", "4242", "--gid", "4243", "--sudo", "--gpus", "0")
     assert out.returncode == 0, out.stderr  # dlenv ran `docker compose config` on it
     host = engine.find()[0]
-    env = dict(os.environ, DOCKER_HOST=host)
+    env = dict(os.environ, DOCKER_HOST=host, HTTPS_PROXY="http://proxy.invalid:3128")
+    assert "proxy.invalid" not in compose_file.read_text()   # taken from the environment at `up` time
     config = json.loads(subprocess.run(["docker", "compose", "-f", str(compose_file), "config", "--format", "json"],
                                        capture_output=True, text=True, env=env, check=True).stdout)
     gpu = config["services"][name]["deploy"]["resources"]["reservations"]["devices"][0]

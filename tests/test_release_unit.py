@@ -16,15 +16,22 @@ def write(path, data):
 
 
 def test_results_of_several_shards_and_the_rootfs_runner_add_up(tmp_path):
-    shard1 = write(tmp_path / "a.json", {"image": "r/x", "digests": {"v1": "sha256:1"},
-                                         "verdicts": [{"variant": "v1", "status": "passed", "gpu": False},
-                                                      {"variant": "v1", "status": "skipped", "gpu": True}]})
+    cpu = write(tmp_path / "a.json", {"image": "r/x", "digests": {"v1": "sha256:1", "v2": "sha256:2"},
+                                      "verdicts": [{"variant": "v1", "check": "c", "status": "passed", "gpu": False},
+                                                   {"variant": "v1", "check": "g", "status": "skipped", "gpu": True},
+                                                   {"variant": "v2", "check": "g", "status": "skipped", "gpu": True}]})
     gpu = write(tmp_path / "b.json", {"variant": "v2", "digest": "sha256:2",
-                                      "verdicts": [{"variant": "v2", "status": "passed", "gpu": True}]})
-    statuses, digests, gpu_statuses = release.read_verdicts([shard1, gpu])
-    assert statuses == {"v1": ["passed", "skipped"], "v2": ["passed"]}
+                                      "verdicts": [{"variant": "v2", "check": "g", "status": "passed", "gpu": True}]})
+    statuses, digests, gpu_statuses = release.read_verdicts([cpu, gpu])
+    assert statuses == {"v1": ["passed", "skipped"], "v2": ["skipped", "passed"]}
     assert digests == {"v1": "sha256:1", "v2": "sha256:2"}
-    assert gpu_statuses == {"v1": ["skipped"], "v2": ["passed"]}
+    # v2's GPU check ran on the GPU runner; v1's ran nowhere.
+    assert gpu_statuses == {"v1": {"g": ["skipped"]}, "v2": {"g": ["skipped", "passed"]}}
+
+
+def test_a_shard_that_tested_nothing_is_still_a_result(tmp_path):
+    empty = write(tmp_path / "e.json", {"image": "r/x", "digests": {}, "verdicts": []})
+    assert release.read_verdicts([empty]) == ({}, {}, {})
 
 
 def test_one_variant_tested_at_two_digests_counts_as_untested_digest(tmp_path):

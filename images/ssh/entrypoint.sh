@@ -22,11 +22,13 @@ if [ "$(id -u)" = 0 ]; then
         gid=${DLENV_GID:-$DLENV_UID}
         group=$(getent group "$gid" | cut -d: -f1)
         [ -n "$group" ] || { group=${DLENV_USER:-dev}; groupadd -g "$gid" "$group"; }
-        user=$(getent passwd "$DLENV_UID" | cut -d: -f1)
-        if [ -z "$user" ]; then
-            user=${DLENV_USER:-dev}
+        user=${DLENV_USER:-dev}
+        existing=$(getent passwd "$DLENV_UID" | cut -d: -f1)
+        if [ -z "$existing" ]; then
             useradd -M -d "/home/$user" -u "$DLENV_UID" -g "$gid" -G users -s /bin/bash "$user"
         else
+            # e.g. ubuntu:24.04's `ubuntu` has uid 1000: it becomes the user asked for.
+            [ "$existing" = "$user" ] || usermod -l "$user" -d "/home/$user" -m "$existing"
             usermod -g "$gid" -a -G users "$user"
         fi
         home=$(getent passwd "$user" | cut -d: -f6)

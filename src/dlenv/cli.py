@@ -307,8 +307,10 @@ def cmd_promote(args: argparse.Namespace) -> int:
     if not engine.registry_answers(plan.matrix.model.registry):
         raise DlenvError(f"registry {plan.matrix.model.registry} is unreachable",
                          "promote against the registry the variants were pushed to (--registry)")
-    held = {vid: "its GPU checks were skipped (--require-gpu): floating tags left where they were"
-            for vid, states in gpu.items() if args.require_gpu and "skipped" in states}
+    # --require-gpu: every GPU check must have run somewhere (skipped everywhere holds it back).
+    held = {vid: "a GPU check was skipped in every result (--require-gpu): floating tags left where they were"
+            for vid, checks in gpu.items()
+            if args.require_gpu and any(all(s == "skipped" for s in states) for states in checks.values())}
     promotions = release.promote(plan, [v for v in plan.variants if v.id not in held], statuses, digests)
     promotions += [release.Promotion(vid, False, "", (), why) for vid, why in held.items()
                    if any(v.id == vid for v in plan.variants)]
@@ -344,6 +346,8 @@ def cmd_compose(args: argparse.Namespace) -> int:
         if not 1 <= port <= 65535:
             raise ConfigError("--ssh-port/--web-port", None, "port", f"{port} is not a port number")
     mirrors = config.load(args.matrix).model.mirrors if args.matrix.exists() else config.Mirrors()
+    if (args.sudo or args.gid is not None) and not (args.user or args.uid is not None):
+        raise ConfigError("--sudo/--gid", None, "user", "they are about the non-root user: add --user or --uid")
     uid = args.uid if args.uid is not None else (os.getuid() if args.user else None)
     gid = args.gid if args.gid is not None else (os.getgid() if args.user and args.uid is None else None)
     options = compose.ComposeOptions(

@@ -3,23 +3,23 @@
 The service reserves GPUs (all, a count, or device ids), publishes ssh and a web port on
 chosen host ports, mounts models, the project's code and the cache (pip, Hugging Face) from
 the host, restarts unless stopped, logs in with the user's SSH public key, and passes mirrors,
-proxies and the Hugging Face endpoint as run-time environment (never baked into an image).
+proxies (taken from the environment of `docker compose up`) and the Hugging Face endpoint as
+run-time environment, never baked into an image.
 A second service, `<name>-cpu` under the profile `cpu`, is the same without the GPU
 reservation, for hosts without one (`docker compose up -d <name>-cpu`).
 """
 
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
+from dlenv import hostconf
 from dlenv.errors import DlenvError
 
-PROXY_VARS = ("HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY")
 KEY_FILES = ("id_ed25519.pub", "id_ecdsa.pub", "id_rsa.pub")
 
 
@@ -71,14 +71,12 @@ def find_ssh_key(path: str | None) -> str:
                      "make one with `ssh-keygen -t ed25519`, or pass --ssh-key FILE")
 
 
-def run_environment(hf_endpoint: str, pip_index: str, env: dict[str, str] | None = None) -> dict[str, str]:
-    """Mirrors and proxies for the container, from the options and the calling environment."""
-    env = os.environ if env is None else env
+def run_environment(hf_endpoint: str, pip_index: str) -> dict[str, str]:
+    """Mirrors and proxies for the container. Proxies stay references to the environment of
+    `docker compose up` (their credentials are not written into the file)."""
     out = {}
-    for name in PROXY_VARS:
-        value = env.get(name) or env.get(name.lower())
-        if value:
-            out[name] = out[name.lower()] = value
+    for name in hostconf.PROXY_NAMES:
+        out[name] = out[name.lower()] = f"${{{name}:-${{{name.lower()}:-}}}}"
     if hf_endpoint:
         out["HF_ENDPOINT"] = hf_endpoint
     if pip_index:

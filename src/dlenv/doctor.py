@@ -26,8 +26,11 @@ from dlenv import engine  # standard library only, like this module
 
 try:
     import tomllib
-except ImportError:  # Python 3.10
-    import tomli as tomllib
+except ImportError:  # Python 3.10: dlenv's own dependency, if installed
+    try:
+        import tomli as tomllib
+    except ImportError:
+        tomllib = None
 
 Status = Literal["ok", "warn", "fail", "skip"]
 RELEASES = Path(__file__).parent / "data/cuda_releases.toml"
@@ -83,6 +86,8 @@ def version(text: str) -> tuple[int, ...]:
 
 
 def releases() -> dict:
+    if tomllib is None:
+        raise SystemExit("dlenv doctor: checking an image needs Python 3.11+ (or `pip install tomli`)")
     with open(RELEASES, "rb") as f:
         return tomllib.load(f)
 
@@ -118,6 +123,8 @@ def gather_host() -> Host:
     gpus, smi_error, driver_cuda = (), "", ""
     if code == 0:
         gpus = tuple(Gpu(*[p.strip() for p in line.split(",")]) for line in smi.strip().splitlines() if line.count(",") == 2)
+        if not gpus:
+            smi_error = "nvidia-smi lists no GPU"
         _, header = _run(["nvidia-smi"])
         match = re.search(r"CUDA Version:\s*([\d.]+)", header)
         driver_cuda = match.group(1) if match else ""
@@ -143,8 +150,9 @@ def gather_host() -> Host:
                 no_cgroups=no_cgroups)
 
 
-TORCH_PROBE = ("python -c \"import torch; print(torch.__version__); print(' '.join(torch.cuda.get_arch_list()))\" "
-               "2>/dev/null || true")
+# torch.cuda.get_arch_list() is empty without a GPU; the compiled-in flags are not.
+TORCH_PROBE = ("python -c \"import torch; print(torch.__version__); "
+               "print(getattr(torch._C, '_cuda_getArchFlags', lambda: '')() or '')\" 2>/dev/null || true")
 
 
 def gather_image(ref: str) -> Image:
@@ -267,7 +275,9 @@ def judge_image(host: Host, image: Image, table: dict) -> list[Finding]:
                                    f"({release['max_compute']}); kernels need PTX JIT", "pick a tag of a newer CUDA"))
             else:
                 out.append(Finding(f"{gpu.name} vs CUDA {mm}", "ok", f"compute capability {gpu.compute} is supported"))
-    if image.torch:
+    if image.torch and not image.torch_archs:
+        out.append(Finding(f"torch {image.torch}", "skip", "the image's torch names no CUDA architectures (a CPU build?)"))
+    elif image.torch:
         for gpu in host.gpus:
             arch = "sm_" + gpu.compute.replace(".", "")
             ptx = [a for a in image.torch_archs if a.startswith("compute_") and version(a) <= version(arch)]

@@ -6,8 +6,8 @@ host names written into the project.
 
 from __future__ import annotations
 
-import atexit
 import configparser
+import hashlib
 import os
 import re
 import ssl
@@ -160,8 +160,9 @@ def use_network(http: str | None, https: str | None, no: str | None,
         if "-----BEGIN CERTIFICATE-----" not in extra:
             raise DlenvError(f"CA bundle {extra_ca}: no PEM certificate in it", "give a PEM file of CA certificates")
         host = ca_bundle()
-        with tempfile.NamedTemporaryFile("w", prefix="dlenv-ca-", suffix=".pem", delete=False) as combined:
-            combined.write((host.read_text() if host else "") + "\n" + extra)
-        atexit.register(os.unlink, combined.name)
-        os.environ["SSL_CERT_FILE"] = combined.name
+        text = (host.read_text() if host else "") + "\n" + extra
+        # Named by content and kept: `dlenv bake` prints a definition that names this file.
+        combined = Path(tempfile.gettempdir()) / f"dlenv-ca-{hashlib.sha256(text.encode()).hexdigest()[:16]}.pem"
+        combined.write_text(text)
+        os.environ["SSL_CERT_FILE"] = str(combined)
     return tuple(args)

@@ -74,32 +74,33 @@ def _one(plan: Plan, reg: str, repo: str, variant: Variant, statuses: list[str],
     return Promotion(variant.id, True, digest, variant.floating, "")
 
 
-def read_verdicts(paths: list[Path]) -> tuple[dict[str, list[str]], dict[str, str], dict[str, list[str]]]:
-    """Statuses, tested digests and GPU-check statuses per variant, from smoke JSON files.
+def read_verdicts(paths: list[Path]) -> tuple[dict[str, list[str]], dict[str, str], dict[str, dict[str, list[str]]]]:
+    """Statuses, tested digests, and each GPU check's statuses per variant, from smoke JSON files.
 
     Takes what `dlenv smoke --json` and the rootfs runner's `--json` write; several files (one
-    per shard or GPU runner) add up. Two files that tested one variant at different digests
-    leave it untested.
+    per shard or GPU runner) add up: a GPU check skipped on a CPU runner and passed on a GPU
+    runner counts as run. Two files that tested one variant at different digests leave it
+    untested.
     """
     statuses: dict[str, list[str]] = {}
-    gpu: dict[str, list[str]] = {}
+    gpu: dict[str, dict[str, list[str]]] = {}
     digests: dict[str, str] = {}
     conflicts = set()
     for path in paths:
         try:
             data = json.loads(path.read_text())
-            verdicts = data["verdicts"]
-            tested = data.get("digests") or {data["variant"]: data.get("digest", "")}
+            tested = data["digests"] if "digests" in data else {data["variant"]: data.get("digest", "")}
+            verdicts = [(v["variant"], v["check"], v["status"], bool(v.get("gpu"))) for v in data["verdicts"]]
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise DlenvError(f"{path}: not a smoke result ({exc.__class__.__name__}: {exc})",
                              "pass files written by `dlenv smoke --json` or rootfs_run.py --json") from None
         for variant, digest in tested.items():
             if digests.setdefault(variant, digest) != digest:
                 conflicts.add(variant)
-        for v in verdicts:
-            statuses.setdefault(v["variant"], []).append(v["status"])
-            if v.get("gpu"):
-                gpu.setdefault(v["variant"], []).append(v["status"])
+        for variant, check, status, needs_gpu in verdicts:
+            statuses.setdefault(variant, []).append(status)
+            if needs_gpu:
+                gpu.setdefault(variant, {}).setdefault(check, []).append(status)
     for variant in conflicts:
         digests[variant] = ""
     return statuses, digests, gpu

@@ -56,12 +56,16 @@ def driver_libraries() -> list[str]:
 MIN_DONATION = 1 << 20
 
 
-def sha256(path: str) -> str:
+def sha256_of(stream) -> str:
     digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
+    while chunk := stream.read(1 << 20):
+        digest.update(chunk)
     return digest.hexdigest()
+
+
+def sha256(path: str) -> str:
+    with open(path, "rb") as f:
+        return sha256_of(f)
 
 
 def large_files(folders: list[str], sizes: set[int] | None = None) -> dict[str, str]:
@@ -77,7 +81,8 @@ def large_files(folders: list[str], sizes: set[int] | None = None) -> dict[str, 
                     if size >= MIN_DONATION and (sizes is None or size in sizes):
                         paths[path] = size
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 4) as pool:
-        return {digest: path for path, digest in zip(paths, pool.map(sha256, paths), strict=True)}
+        # No zip(strict=): GPU hosts may have Python 3.9.
+        return {digest: path for path, digest in zip(paths, pool.map(sha256, paths))}  # noqa: B905
 
 
 def inventory(folders: list[str]) -> dict:

@@ -8,7 +8,6 @@ them; on a host without a GPU, GPU checks are skipped with that reason, never pa
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import shutil
 import subprocess
@@ -136,10 +135,12 @@ class DockerRunner:
                        check.gpu, check.origin)
 
     def variant(self, variant: Variant) -> list[Verdict]:
-        ref = self.plan.ref(variant.immutable)
+        digest = pushed_digest(self.plan, variant)
+        self.digests[variant.id] = digest
+        # By digest where it was pushed: what runs is what a promotion would point at.
+        ref = f"{self.plan.image}@{digest}" if digest else self.plan.ref(variant.immutable)
         if not available(self.client, ref):
             return [Verdict(variant.id, "image is available", "failed", 0.0, missing(ref), False, "dlenv")]
-        self.digests[variant.id] = pushed_digest(self.plan, variant)
         verdicts = [self._run(ref, variant, check) for check in variant.checks]
         problems = label_problems(self.client, ref, variant)
         verdicts.append(Verdict(variant.id, "labels are present and match the variant",
@@ -177,12 +178,10 @@ def leave_out(archive: Path, have: set[str]) -> list[dict]:
                 donated.append(dict(by_name[member.linkname], path="/" + member.name.removeprefix("./")))
                 continue
             if member.isfile() and member.size >= rootfs_run.MIN_DONATION:
-                digest = hashlib.sha256()
                 with src.extractfile(member) as f:
-                    while chunk := f.read(1 << 20):
-                        digest.update(chunk)
-                if digest.hexdigest() in have:
-                    entry = {"path": "/" + member.name.removeprefix("./"), "sha256": digest.hexdigest(), "size": member.size,
+                    digest = rootfs_run.sha256_of(f)
+                if digest in have:
+                    entry = {"path": "/" + member.name.removeprefix("./"), "sha256": digest, "size": member.size,
                              "mode": member.mode, "uid": member.uid, "gid": member.gid}
                     by_name[member.name] = entry
                     donated.append(entry)
@@ -196,7 +195,8 @@ def export_bundle(plan: Plan, variant: Variant, dest: Path, folder: Path, have: 
     """A folder the rootfs runner takes to a GPU host: rootfs.tar.xz, manifest.json, checks/,
     and donated.json when `have` (hashes of the GPU host's large files) let files stay behind."""
     client = DockerClient()
-    ref = plan.ref(variant.immutable)
+    digest = pushed_digest(plan, variant)
+    ref = f"{plan.image}@{digest}" if digest else plan.ref(variant.immutable)
     if not available(client, ref):
         raise DlenvError(missing(ref))
     bundle = dest / variant.id
@@ -215,7 +215,7 @@ def export_bundle(plan: Plan, variant: Variant, dest: Path, folder: Path, have: 
             (bundle / "donated.json").write_text(json.dumps(donated, indent=1) + "\n")
     subprocess.run(["xz", "-T0", "-6", "-f", str(bundle / "rootfs.tar")], check=True)
     config = client.image.inspect(ref).config
-    manifest = {"variant": variant.id, "image": ref, "digest": pushed_digest(plan, variant),
+    manifest = {"variant": variant.id, "image": ref, "digest": digest,
                 "cuda": variant.cuda, "flavor": variant.flavor,
                 "env": list(config.env or []),
                 "checks": [{"name": c.name, "run": c.run, "expect_exit": c.expect_exit, "expect_output": c.expect_output,

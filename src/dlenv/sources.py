@@ -129,7 +129,10 @@ class TomlDoc(dict):
                     loose = number   # a dotted key inside the table asked for
             if len(found) > depth and found == want[: len(found)]:
                 best, depth = number, len(found)
-        return best or loose or 1
+        # A dotted key below the path beats a table header above it.
+        if loose is not None and depth < len(want):
+            return loose
+        return best or 1
 
 
 def load_toml(path: Path, label: str) -> TomlDoc:
