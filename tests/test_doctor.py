@@ -145,3 +145,18 @@ def test_the_command_reports_this_host_as_json_and_exits_by_what_blocks(tmp_path
 def test_a_torch_without_cuda_architectures_is_skipped_not_failed():
     f = doctor.judge_image(READY, image(torch="2.11.0+cpu", archs=()), TABLE)
     assert [x.status for x in f if "torch" in x.check] == ["skip"]
+
+
+def test_the_h200_machine_against_the_torch_image_as_recorded():
+    """Facts gathered for real: the H200 host (doctor there, 2026-11-29) and the torch image (here)."""
+    import json
+    from pathlib import Path
+
+    facts = json.loads((Path(__file__).parent / "h200_torch_facts.json").read_text())
+    host = Host(**{**facts["host"], "gpus": tuple(Gpu(**g) for g in facts["host"]["gpus"]),
+                   "runtimes": tuple(facts["host"]["runtimes"]), "cdi_specs": tuple(facts["host"]["cdi_specs"])})
+    image = Image(**{**facts["image"], "torch_archs": tuple(facts["image"]["torch_archs"])})
+    found = by_check(doctor.judge_image(host, image, TABLE))
+    assert found["driver vs the image's CUDA"].status == "ok"      # 580.159.04 >= 580.65.06
+    assert found["NVIDIA H200 vs CUDA 13.0"].status == "ok"         # compute 9.0
+    assert found["NVIDIA H200 vs torch 2.11.0+cu130"].status == "ok"   # sm_90 in torch's list
