@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import tempfile
 from pathlib import Path
 
@@ -89,7 +90,7 @@ def main() -> int:
                       human_size(s["dlenv"] - s["parent"]), human_size(s["naive"] - s["parent"]),
                       f"{s['naive'] / s['dlenv']:.2f}x",
                       f"{t['libraries']} ({human_size(t['bytes'])} unpacked)")
-    Console().print(table)
+    Console(width=None if sys.stdout.isatty() else 200).print(table)
     (ROOT / "out").mkdir(exist_ok=True)
     (ROOT / "out/bench-torch.json").write_text(json.dumps(rows, indent=2) + "\n")
     return 0
