@@ -58,7 +58,8 @@ def engine(session):
 @nox.session
 def tests(session):
     """Unit tests, then tests against a real engine and registry (started if needed)."""
-    _install(session, "pytest>=8")
+    # check-jsonschema: the workflows are checked against GitHub's schema, offline.
+    _install(session, "pytest>=8", "check-jsonschema")
     session.run("pytest", *session.posargs)
 
 
