@@ -80,6 +80,36 @@ def test_ssh_key_is_read_and_checked(tmp_path):
 def test_write_makes_the_mounted_folders_and_a_yaml_file(tmp_path):
     options = compose.ComposeOptions(image="r/x:t", ssh_key=KEY, models="./models", code="./code",
                                      cache=str(tmp_path / "cache"))
-    path = compose.write(options, tmp_path / "docker-compose.yaml")
+    path = compose.write(options, compose.render(options), tmp_path / "docker-compose.yaml")
     assert (tmp_path / "models").is_dir() and (tmp_path / "code").is_dir() and (tmp_path / "cache").is_dir()
     assert yaml.safe_load(path.read_text()) == compose.document(options)
+
+
+@pytest.mark.parametrize("argv, field", [
+    (["--gpus", "0 2"], "--gpus"),
+    (["--ssh-port", "70000"], "port"),
+    (["--sudo"], "--sudo/--gid"),
+    (["--ssh-key", "/nonexistent/id.pub"], "--ssh-key"),
+])
+def test_bad_compose_options_exit_2_in_one_line_and_write_nothing(argv, field, tmp_path, capsys, monkeypatch):
+    from dlenv.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    key = tmp_path / "id.pub"
+    key.write_text(KEY + "\\n")
+    base = ["compose", "r.example:5000/dlenv:13.0-runtime-debian12-py-ssh", "-o", str(tmp_path / "dc.yaml"),
+            "--models", str(tmp_path / "models")]
+    if "--ssh-key" not in argv:
+        base += ["--ssh-key", str(key)]
+    assert main(base + argv) == 2
+    lines = [x for x in capsys.readouterr().err.splitlines() if x.strip()]
+    assert len(lines) == 1 and field in lines[0], lines
+    assert not (tmp_path / "dc.yaml").exists() and not (tmp_path / "models").exists()
+
+
+def test_a_bare_tag_without_a_matrix_is_one_clear_error(tmp_path, capsys, monkeypatch):
+    from dlenv.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["compose", "13.0-runtime-debian12-py-ssh", "--ssh-key", "/dev/null"]) == 2
+    assert "matrix.yaml: file: not found, so the bare tag" in capsys.readouterr().err

@@ -124,6 +124,18 @@ def ref(variant: str) -> str:
     return f"{REGISTRY}/{FAMILY_REPO}:{variant}-{BUILD_ID}"
 
 
+def ssh(key: Path, port: int | str, login: str, command: str, wait: float = 0) -> subprocess.CompletedProcess:
+    """Run command over ssh on loopback with key; retry for up to `wait` seconds while sshd starts."""
+    deadline = time.monotonic() + wait
+    while True:
+        out = subprocess.run(["ssh", "-i", str(key), "-p", str(port), "-o", "StrictHostKeyChecking=no",
+                              "-o", "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes", f"{login}@127.0.0.1",
+                              command], capture_output=True, text=True, timeout=30)
+        if out.returncode == 0 or time.monotonic() > deadline:
+            return out
+        time.sleep(1)
+
+
 def sh(docker: DockerClient, image: str, script: str, **kwargs) -> str:
     """Run a shell script in image, past any entrypoint (the ssh image's makes host keys)."""
     return docker.run(image, ["-c", script], entrypoint="/bin/sh", remove=True, **kwargs)
@@ -220,14 +232,7 @@ def test_ssh_login_with_a_key_given_at_run_time(docker, family, tmp_path):
                            publish=[("127.0.0.1:0", 22)], envs={"SSH_AUTHORIZED_KEYS": (tmp_path / "id.pub").read_text()})
     try:
         port = docker.container.inspect(container).network_settings.ports["22/tcp"][0]["HostPort"]
-        deadline = time.monotonic() + 30
-        while True:
-            out = subprocess.run(["ssh", "-i", str(key), "-p", str(port), "-o", "StrictHostKeyChecking=no",
-                                  "-o", "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes", "root@127.0.0.1",
-                                  "python --version"], capture_output=True, text=True, timeout=30)
-            if out.returncode == 0 or time.monotonic() > deadline:
-                break
-            time.sleep(1)
+        out = ssh(key, port, "root", "python --version", wait=30)
         assert out.returncode == 0, out.stderr
         assert "Python 3" in out.stdout
         # Host keys were made at first start, in the container, not in the image.
@@ -535,14 +540,7 @@ def test_compose_up_ssh_in_as_the_host_user_see_the_volumes_and_down(docker, fam
         script = ("id -u; id -g; ls /models; cat /workspace/train.py; touch /workspace/made-in-container; "
                   "echo $HTTPS_PROXY; d=$(echo /opt/venv/lib/python3*/site-packages); touch $d/.w && echo venv-writable; "
                   "echo sudo-uid=$(sudo -n id -u)")
-        deadline = time.monotonic() + 60
-        while True:
-            login = subprocess.run(["ssh", "-i", str(key), "-p", str(ssh_port), "-o", "StrictHostKeyChecking=no",
-                                    "-o", "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes", "dev@127.0.0.1",
-                                    script], capture_output=True, text=True, timeout=30)
-            if login.returncode == 0 or time.monotonic() > deadline:
-                break
-            time.sleep(1)
+        login = ssh(key, ssh_port, "dev", script, wait=60)
         assert login.returncode == 0, login.stderr
         lines = login.stdout.split()
         assert lines[:2] == ["4242", "4243"]                      # the host user's ids, not root
@@ -554,10 +552,7 @@ def test_compose_up_ssh_in_as_the_host_user_see_the_volumes_and_down(docker, fam
         assert (made.stat().st_uid, made.stat().st_gid) == (4242, 4243)   # files keep the host user's owner
         assert (tmp_path / "models").is_dir() and (tmp_path / "cache").is_dir()
         # Root has no keys: only the user logs in.
-        as_root = subprocess.run(["ssh", "-i", str(key), "-p", str(ssh_port), "-o", "StrictHostKeyChecking=no",
-                                  "-o", "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes", "root@127.0.0.1", "true"],
-                                 capture_output=True, text=True, timeout=30)
-        assert as_root.returncode != 0
+        assert ssh(key, ssh_port, "root", "true").returncode != 0
     finally:
         down = subprocess.run([*compose, "--profile", "cpu", "down"], capture_output=True, text=True, env=env)
     assert down.returncode == 0, down.stderr

@@ -323,10 +323,16 @@ def cmd_promote(args: argparse.Namespace) -> int:
     return 1 if held_back else 0
 
 
-def image_ref(image: str | None, matrix: Path) -> str | None:
+def family(matrix: Path) -> config.MatrixModel | None:
+    """The family in --matrix, for commands that also work without one."""
+    return config.load(matrix).model if matrix.exists() else None
+
+
+def image_ref(image: str | None, matrix: Path, model: config.MatrixModel | None) -> str | None:
     """A bare tag names an image of the family in matrix; anything else is a full reference."""
     if image and "/" not in image and ":" not in image:
-        model = config.load(matrix).model
+        if model is None:
+            raise ConfigError(str(matrix), None, "file", f"not found, so the bare tag {image!r} names no image")
         return f"{model.registry}/{model.repository}:{image}"
     return image
 
@@ -334,7 +340,7 @@ def image_ref(image: str | None, matrix: Path) -> str | None:
 def cmd_doctor(args: argparse.Namespace) -> int:
     from dlenv import doctor
 
-    return doctor.run(image_ref(args.image, args.matrix), args.json)
+    return doctor.run(image_ref(args.image, args.matrix, family(args.matrix) if args.image else None), args.json)
 
 
 def cmd_compose(args: argparse.Namespace) -> int:
@@ -345,27 +351,28 @@ def cmd_compose(args: argparse.Namespace) -> int:
     for port in (args.ssh_port, args.web_port):
         if not 1 <= port <= 65535:
             raise ConfigError("--ssh-port/--web-port", None, "port", f"{port} is not a port number")
-    mirrors = config.load(args.matrix).model.mirrors if args.matrix.exists() else config.Mirrors()
+    model = family(args.matrix)
+    mirrors = model.mirrors if model else config.Mirrors()
     if (args.sudo or args.gid is not None) and not (args.user or args.uid is not None):
         raise ConfigError("--sudo/--gid", None, "user", "they are about the non-root user: add --user or --uid")
     uid = args.uid if args.uid is not None else (os.getuid() if args.user else None)
     gid = args.gid if args.gid is not None else (os.getgid() if args.user and args.uid is None else None)
     options = compose.ComposeOptions(
-        image=image_ref(args.image, args.matrix), name=args.name, gpus=args.gpus, host_ip=args.host_ip,
+        image=image_ref(args.image, args.matrix, model), name=args.name, gpus=args.gpus, host_ip=args.host_ip,
         ssh_port=args.ssh_port, web_port=args.web_port, models=args.models, code=args.code, cache=args.cache,
         restart=args.restart, ssh_key=compose.find_ssh_key(args.ssh_key), uid=uid, gid=gid, sudo=args.sudo,
         environment=compose.run_environment(args.hf_endpoint or mirrors.huggingface or "",
                                             args.pip_index or mirrors.pypi or ""))
-    compose.gpu_reservation(options.gpus)   # a bad --gpus is an error before anything is written
-    path = compose.write(options, args.output)
+    text = compose.render(options)   # a bad --gpus is an error here, before anything is written
     found = engine.find()
     if found:
-        check = subprocess.run(["docker", "compose", "-f", str(path), "config", "-q"], capture_output=True, text=True,
-                               env=dict(os.environ, DOCKER_HOST=found[0]))
+        check = subprocess.run(["docker", "compose", "-f", "-", "config", "-q"], input=text, capture_output=True,
+                               text=True, env=dict(os.environ, DOCKER_HOST=found[0]))
         if "is not a docker command" in check.stderr:
             report.say("docker compose is not installed here: the file was not validated")
         elif check.returncode != 0:
-            raise DlenvError(f"docker compose rejects {path}: {' '.join(check.stderr.split())[:300]}")
+            raise DlenvError(f"docker compose rejects the file: {' '.join(check.stderr.split())[:300]}")
+    path = compose.write(options, text, args.output)
     report.say(f"wrote {path}: `docker compose -f {path} up -d` (no GPU: `up -d {args.name}-cpu`), "
                f"then `ssh -p {args.ssh_port} {'dev' if uid is not None else 'root'}@localhost`")
     return 0

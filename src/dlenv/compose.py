@@ -18,7 +18,7 @@ from pathlib import Path
 import yaml
 
 from dlenv import hostconf
-from dlenv.errors import DlenvError
+from dlenv.errors import ConfigError, DlenvError
 
 KEY_FILES = ("id_ed25519.pub", "id_ecdsa.pub", "id_rsa.pub")
 
@@ -52,7 +52,7 @@ def gpu_reservation(gpus: str) -> dict:
     elif all(re.fullmatch(r"\d+|(GPU|MIG)-[0-9A-Za-z/-]+", d) for d in gpus.split(",")):
         device["device_ids"] = gpus.split(",")
     else:
-        raise DlenvError(f"--gpus {gpus!r}: use all, a count (2) or device ids (0,2 or GPU-uuid)")
+        raise ConfigError("--gpus", None, "gpus", f"{gpus!r}: use all, a count (2) or device ids (0,2 or GPU-uuid)")
     return {"resources": {"reservations": {"devices": [device]}}}
 
 
@@ -63,10 +63,10 @@ def find_ssh_key(path: str | None) -> str:
         if candidate.is_file():
             text = candidate.read_text().strip()
             if not re.match(r"^(ssh-|ecdsa-|sk-)\S+ \S+", text) or "PRIVATE KEY" in text:
-                raise DlenvError(f"{candidate} is not an SSH public key", "pass the .pub file with --ssh-key")
+                raise ConfigError("--ssh-key", None, "ssh key", f"{candidate} is not an SSH public key (pass the .pub file)")
             return text
     if path:
-        raise DlenvError(f"--ssh-key {path}: no such file")
+        raise ConfigError("--ssh-key", None, "ssh key", f"no such file: {path}")
     raise DlenvError("no SSH public key in ~/.ssh (id_ed25519.pub, id_ecdsa.pub, id_rsa.pub)",
                      "make one with `ssh-keygen -t ed25519`, or pass --ssh-key FILE")
 
@@ -111,13 +111,16 @@ def document(o: ComposeOptions) -> dict:
     }
 
 
-def write(o: ComposeOptions, path: Path) -> Path:
-    """Write the compose file, creating the host folders it mounts (Docker would make them root's)."""
-    base = path.parent
-    for folder in (o.models, o.code, o.cache):
-        target = Path(folder).expanduser()
-        (target if target.is_absolute() else base / target).mkdir(parents=True, exist_ok=True)
+def render(o: ComposeOptions) -> str:
     header = ("# Written by `dlenv compose`. Start: docker compose up -d   (no GPU here: docker compose up -d "
               f"{o.name}-cpu)\n# Log in: ssh -p {o.ssh_port} {'dev' if o.uid is not None else 'root'}@HOST\n")
-    path.write_text(header + yaml.safe_dump(document(o), sort_keys=False, width=1000))
+    return header + yaml.safe_dump(document(o), sort_keys=False, width=1000)
+
+
+def write(o: ComposeOptions, text: str, path: Path) -> Path:
+    """Write the rendered file, creating the host folders it mounts (Docker would make them root's)."""
+    for folder in (o.models, o.code, o.cache):
+        target = Path(folder).expanduser()
+        (target if target.is_absolute() else path.parent / target).mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
     return path

@@ -52,25 +52,12 @@ class Mirrors(_Strict):
     registry: str | None = None
     huggingface: str | None = None     # HF_ENDPOINT in containers (compose), never in an image
 
-    @field_validator("apt")
+    @field_validator("apt", "pypi", "pytorch", "huggingface")
     @classmethod
-    def _apt(cls, v):
-        return _url(v, "an apt mirror")
-
-    @field_validator("pypi")
-    @classmethod
-    def _pypi(cls, v):
-        return _url(v, "a PyPI index")
-
-    @field_validator("pytorch")
-    @classmethod
-    def _pytorch(cls, v):
-        return _url(v, "a PyTorch wheel index root")
-
-    @field_validator("huggingface")
-    @classmethod
-    def _huggingface(cls, v):
-        return _url(v, "a Hugging Face endpoint")
+    def _urls(cls, v, info):
+        what = {"apt": "an apt mirror", "pypi": "a PyPI index", "pytorch": "a PyTorch wheel index root",
+                "huggingface": "a Hugging Face endpoint"}[info.field_name]
+        return _url(v, what)
 
     @field_validator("registry")
     @classmethod
