@@ -22,7 +22,7 @@ def test_sources_per_variant(project, monkeypatch):
 
 def test_unreachable_sources_leave_variants_out(project, monkeypatch):
     monkeypatch.setattr(reach.hostconf, "pip_default_index", lambda: "https://pypi.invalid/simple")
-    monkeypatch.setattr(reach, "_image_ok", lambda image: (False, "no such host"))
+    monkeypatch.setattr(reach, "image_ok", lambda image: (False, "no such host"))
     monkeypatch.setattr(reach, "_url_ok", lambda url: (True, "HTTP 200"))
     p = expand(project)
     gone, verdicts = reach.check(p)

@@ -22,6 +22,7 @@ from python_on_whales import DockerClient
 from python_on_whales.exceptions import DockerException
 
 from dlenv import bootstrap, graph, registry
+from dlenv.config import BuildSettings
 from dlenv.errors import DlenvError
 from dlenv.plan import Plan, Variant
 
@@ -84,15 +85,77 @@ def _cwd(path: Path) -> Iterator[None]:
         os.chdir(old)
 
 
+# BuildKit's own default SBOM scanner, named the way the default registry names it.
+DEFAULT_SBOM_SCANNER = "docker/buildkit-syft-scanner:stable-1"
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a buildx builder can do with what it builds."""
+
+    name: str
+    driver: str               # docker, docker-container, remote, kubernetes
+    containerd_store: bool    # the docker driver: does the engine keep images in containerd?
+
+    @property
+    def attestations(self) -> bool:
+        # The docker driver's classic image store cannot hold an image index with attestations.
+        return self.driver != "docker" or self.containerd_store
+
+    @property
+    def rewrite_timestamp(self) -> bool:
+        # Docker 26's image exporter unpacks into its store, which BuildKit refuses together with
+        # rewrite-timestamp ("conflicts with unpack"); exporters that push straight away accept it.
+        return self.driver != "docker"
+
+
+def capabilities(builder: str | None = None) -> Capabilities:
+    client = DockerClient()
+    try:
+        found = client.buildx.inspect(builder)
+    except DockerException as exc:
+        raise DlenvError(f"buildx builder {builder or '(default)'} is not usable: "
+                         f"{(exc.stderr or '').strip().splitlines()[-1:] or ['?']}",
+                         "see `docker buildx ls`; docs/release.md says how to set one up") from None
+    store = False
+    if found.driver == "docker":
+        status = client.system.info().driver_status or []
+        store = any("containerd.snapshotter" in str(value) for _, value in status)
+    return Capabilities(found.name, found.driver, store)
+
+
+def export_options(settings: BuildSettings, caps: Capabilities, sbom_scanner: str | None) -> tuple[graph.Options, list[str]]:
+    """What this builder will export, and a line for each thing it cannot do (said, not hidden).
+
+    sbom_scanner: the scanner image to use, or None when it cannot be reached from here.
+    """
+    notes = []
+    provenance, sbom = settings.provenance, sbom_scanner if settings.sbom else None
+    if not caps.attestations and (provenance != "off" or sbom is not None):
+        notes.append(f"attestations off: builder {caps.name} (docker driver, classic image store) cannot store "
+                     "them; enable the containerd image store (`\"features\": {\"containerd-snapshotter\": true}`)")
+        provenance, sbom = "off", None
+    elif settings.sbom and sbom_scanner is None:
+        notes.append(f"SBOM off: the scanner image {settings.sbom_generator or DEFAULT_SBOM_SCANNER} cannot be "
+                     "pulled from here; set build.sbom_generator (or mirrors.registry) to a copy of it")
+    if not caps.rewrite_timestamp:
+        notes.append(f"layer timestamps not rewritten: builder {caps.name} (docker driver) cannot with its image "
+                     "store; a docker-container, remote or kubernetes builder does it (docs/release.md)")
+    return graph.Options(cache=settings.cache, provenance=provenance, sbom=sbom,
+                         rewrite_timestamp=caps.rewrite_timestamp, push=caps.driver != "docker"), notes
+
+
 class Builder:
     def __init__(self, plan: Plan, workdir: Path, output: graph.Output = "push",
                  secrets: tuple[graph.Secret, ...] = (), builder: str | None = None,
-                 board: Board | None = None, log: Callable[[str], None] = print):
+                 board: Board | None = None, log: Callable[[str], None] = print,
+                 options: graph.Options | None = None):
         self.plan = plan
         self.workdir = workdir = workdir.resolve()  # bake runs in the project folder
         self.output = output
         self.secrets = secrets
         self.builder = builder
+        self.options = options or graph.Options()
         self.board = board or _Quiet()
         self.say = log
         self.client = DockerClient()
@@ -156,18 +219,12 @@ class Builder:
 
     # --- failure isolation ------------------------------------------------------------------
 
-    def _ancestors(self, node: str) -> list[str]:
-        chain = [node]
-        while self.plan.nodes[chain[0]].parent:
-            chain.insert(0, self.plan.nodes[chain[0]].parent)
-        return chain
-
     def _first_failing(self, target: str) -> str | None:
         """Build target's chain one node at a time (cache only); the first that fails is the culprit.
 
         None: every node builds, so what failed was exporting the target, not building it.
         """
-        for node in self._ancestors(target):
+        for node in graph.ancestors(self.plan, target):
             run = self._bake(self.probefile, [node], None)
             if not run.ok:
                 self.errors[node] = run.error_lines
@@ -186,9 +243,19 @@ class Builder:
                     bootstrap.ensure_rootfs(node.rootfs, self.say)
                 except DlenvError as exc:
                     failed_nodes[name] = [str(exc)]
-        self.bakefile.write_text(graph.render(graph.definition(self.plan, self.output, self.secrets)))
-        self.probefile.write_text(graph.render(graph.definition(self.plan, "cache", self.secrets)))
+        self.bakefile.write_text(graph.render(graph.definition(self.plan, self.output, self.secrets, self.options)))
+        self.probefile.write_text(graph.render(graph.definition(self.plan, "cache", self.secrets, self.options)))
         remaining = list(self.plan.variants)
+        if self.options.push and self.output == "push":
+            # BuildKit pushes as it builds, so an immutable tag that exists is kept by not building
+            # its variant again.
+            for variant in list(remaining):
+                pushed = self._pushed(variant)
+                if pushed:
+                    remaining.remove(variant)
+                    results[variant.id] = Result(variant.id, "built", (self.plan.ref(variant.immutable),), pushed[0],
+                                                 node=variant.node, error="already pushed: not rebuilt")
+                    self.board.finish(variant.id, "built")
         retried: set[str] = set()
         rounds = 0
         while True:
@@ -244,17 +311,38 @@ class Builder:
         return Result(variant.id, "not attempted", error="\n".join([*lines[-10:], f"depends on {node}, which failed"]),
                       node=node)
 
-    def _moves_immutable(self, variant: Variant, digest: str) -> str | None:
-        """An immutable tag is a promise: never point it at another digest."""
+    def _pushed(self, variant: Variant) -> tuple[str, tuple[str, ...]] | None:
+        """(digest, layer diff ids) of what the immutable tag names in the registry, if it exists."""
         model = self.plan.matrix.model
         try:
-            _, current = registry.manifest(model.registry, model.repository, variant.immutable)
+            _, digest = registry.manifest(model.registry, model.repository, variant.immutable)
+            config = registry.image_manifest(model.registry, model.repository, digest)["config"]["digest"]
+            image = json.loads(registry.blob(model.registry, model.repository, config))
         except Exception:  # noqa: BLE001 - absent (404) or unreadable: nothing to protect here
             return None
-        if current and digest and current != digest:
-            return (f"immutable tag {variant.immutable} already names {current[:19]}, not this build's "
-                    f"{digest[:19]}: refusing to move it (a new commit gives a new build id)")
-        return None
+        return digest, tuple(image.get("rootfs", {}).get("diff_ids", []))
+
+    def _keep_immutable(self, variant: Variant, digest: str) -> tuple[str, str | None]:
+        """An immutable tag is a promise: never point it at another image.
+
+        The same image built again (same layers: its attestations record another build) keeps
+        the pushed one. Returns (the digest the tag names after this build, an error or None).
+        """
+        pushed = self._pushed(variant)
+        if pushed is None:
+            return digest, None
+        current, layers = pushed
+        if current == digest:
+            return digest, None
+        try:
+            mine = tuple(self.client.image.inspect(self.plan.ref(variant.immutable)).root_fs.layers or ())
+        except DockerException:
+            mine = ()
+        if mine and mine == layers:
+            return current, None
+        return current, (f"immutable tag {variant.immutable} already names {current[:19]}, an image with other "
+                         f"layers than this build's {digest[:19]}: refusing to move it (a new commit gives a new "
+                         "build id)")
 
     def _push(self, variant: Variant) -> str | None:
         """Push a variant's immutable tag (floating tags move only after its smoke checks pass)."""
@@ -267,14 +355,17 @@ class Builder:
         return None
 
     def _finish(self, variant: Variant, meta: dict, seconds: float) -> Result:
-        if self.output == "push":
+        digest = meta.get("containerimage.digest", "")
+        if self.output == "push" and not self.options.push:
             self.board.step(variant.id, "pushing")
             started = time.monotonic()
-            error = self._moves_immutable(variant, meta.get("containerimage.digest", "")) or self._push(variant)
+            kept, error = self._keep_immutable(variant, digest)
+            if not error and kept == digest:
+                error = self._push(variant)
+            digest = kept
             seconds += time.monotonic() - started
             if error:
                 return Result(variant.id, "failed", error=error, node=variant.node, seconds=seconds)
-        digest = meta.get("containerimage.digest", "")
         size = None
         model = self.plan.matrix.model
         try:

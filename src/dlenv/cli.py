@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
 import sys
 from pathlib import Path
@@ -14,7 +15,7 @@ from pathlib import Path
 from pydantic import ValidationError
 from rich.markup import escape
 
-from dlenv import __version__, config, engine, graph, hostconf, reach, report, tags
+from dlenv import __version__, config, engine, graph, hostconf, lock, reach, report, shards, tags
 from dlenv import plan as planmod
 from dlenv.errors import ConfigError, DlenvError
 from dlenv.selection import Selection
@@ -28,6 +29,8 @@ def _common(parser: argparse.ArgumentParser) -> None:
                         help="build only matching variants, e.g. 'cuda=13.* flavor=devel' (repeatable)")
     parser.add_argument("--skip", action="append", default=[], metavar="EXPR",
                         help="leave out matching variants, e.g. 'recipe=ssh' (repeatable)")
+    parser.add_argument("--shard", default=None, metavar="I/N",
+                        help="only the I-th of N parts of the family (variants sharing a CUDA base stay together)")
     parser.add_argument("--build-id", default=None, help="override the build id (default: commit date-sha)")
     parser.add_argument("--registry", default=None, help="override `registry:` of matrix.yaml")
     net = parser.add_argument_group("mirrors and proxies (override matrix.yaml's mirrors and proxy)")
@@ -62,11 +65,27 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--strict", action="store_true", help="fail if any variant's sources are unreachable")
     p.add_argument("--no-check", action="store_true", help="skip the source reachability check")
     p.add_argument("--metadata", type=Path, default=None, help="write per-variant results as JSON")
-    p.add_argument("--builder", default=None, help="the buildx builder to use (default: the engine's)")
+    p.add_argument("--builder", default=None,
+                   help="the buildx builder to use, e.g. a remote or kubernetes one (default: the engine's)")
+    p.add_argument("--cache", default=None, metavar="REPO",
+                   help="registry repository for the build cache, e.g. host:5000/family-cache (overrides build.cache)")
+    p.add_argument("--locked", action="store_true",
+                   help="fail if the lock file is missing, lacks a base, or a bootstrap differs from it")
     p.add_argument("--workdir", type=Path, default=Path("out"), help="bake file, logs and metadata")
     p.add_argument("--no-promote", action="store_true",
                    help="push immutable tags only; skip the smoke checks that would move the floating tags")
     p.add_argument("--require-gpu", action="store_true", help="smoke: a missing GPU fails instead of skipping")
+
+    p = sub.add_parser("shards", help="split the family into N build jobs: JSON for a CI matrix")
+    _common(p)
+    p.add_argument("--count", type=int, required=True, help="how many jobs")
+    p.add_argument("--github-output", action="store_true",
+                   help="also append matrix=<json> to the file $GITHUB_OUTPUT names (GitHub Actions)")
+
+    p = sub.add_parser("lock", help="resolve every base image and OS bootstrap to a digest in the lock file")
+    _common(p)
+    p.add_argument("--check", action="store_true",
+                   help="write nothing: report what moved upstream since the lock (exit 1 if anything did)")
 
     p = sub.add_parser("smoke", help="run each variant's checks in its image (GPU checks where there is a GPU)")
     _common(p)
@@ -177,7 +196,22 @@ def load_plan(args: argparse.Namespace) -> planmod.Plan:
         where = ("--ca-bundle", None) if args.ca_bundle else (matrix.file, matrix.where("proxy", "ca_bundle").line)
         raise ConfigError(*where, "proxy.ca_bundle", f"no such file: {extra_ca}")
     proxies = hostconf.use_network(proxy.http_proxy, proxy.https_proxy, proxy.no_proxy, extra_ca)
-    return planmod.expand(matrix, info, mirrors_for(matrix.model, proxies), selection)
+    shard = shards.parse(args.shard) if args.shard else None
+    plan = planmod.expand(matrix, info, mirrors_for(matrix.model, proxies), selection)
+    return shards.only(plan, shard) if shard else plan
+
+
+def pinned_plan(plan: planmod.Plan, strict: bool) -> planmod.Plan:
+    """The plan with its bases pulled by locked digests; what the lock lacks is said (or, strict, an error)."""
+    path = lock.path_for(plan.matrix.file)
+    pinned, problems = lock.pin(plan, lock.read(path), path)
+    if problems:
+        if strict:
+            raise DlenvError(f"--locked: {problems[0]}" + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""),
+                             lock.FIX)
+        for problem in problems:
+            report.console.print(f"[yellow]lock:[/] {escape(str(problem))}")
+    return pinned
 
 
 def build_secrets() -> tuple[graph.Secret, ...]:
@@ -198,14 +232,73 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_bake(args: argparse.Namespace) -> int:
-    plan = load_plan(args)
-    sys.stdout.write(graph.render(graph.definition(plan, "load" if args.load else "push", build_secrets())))
+def cmd_shards(args: argparse.Namespace) -> int:
+    if args.count < 1:
+        raise ConfigError("--count", None, "count", f"at least one job (got {args.count})")
+    data = shards.matrix(load_plan(args), args.count)
+    text = json.dumps(data, separators=(",", ":"))
+    print(text)
+    if args.github_output:
+        target = os.environ.get("GITHUB_OUTPUT")
+        if not target:
+            raise DlenvError("--github-output: $GITHUB_OUTPUT is not set", "run it in a GitHub Actions step")
+        with open(target, "a") as handle:
+            handle.write(f"matrix={text}\n")
     return 0
 
 
+def cmd_lock(args: argparse.Namespace) -> int:
+    plan = load_plan(args)
+    engine.ensure(say=report.say)
+    path = lock.path_for(plan.matrix.file)
+    new, unresolved = lock.make(plan, report.say)
+    for problem in unresolved:
+        report.console.print(f"[yellow]not locked:[/] {escape(str(problem))}")
+    if args.check:
+        old = lock.read(path)
+        if old is None:
+            raise DlenvError(f"no lock file {path}", lock.FIX)
+        moved = lock.compare(old, new)
+        for problem in moved:
+            report.console.print(f"[red]stale:[/] {escape(str(problem))}")
+        report.say(f"{path}: " + (f"{len(moved)} bases moved since the lock" if moved else "every base is as locked"))
+        return 1 if moved else 0
+    old = lock.read(path)
+    if old is not None:
+        # A base that cannot be resolved from here, or that a partial plan (--select, --shard)
+        # does not use, keeps its entry.
+        partial = bool(args.select or args.skip or args.shard)
+        keep = {p.what for p in unresolved}
+        new = lock.Lock({**{k: v for k, v in old.images.items() if partial or k in keep}, **new.images},
+                        {**(old.rootfs if partial else {}), **new.rootfs})
+    lock.write(path, new)
+    report.say(f"wrote {path}: {len(new.images)} images, {len(new.rootfs)} OS bootstraps")
+    return 0
+
+
+def cmd_bake(args: argparse.Namespace) -> int:
+    plan = pinned_plan(load_plan(args), strict=False)
+    sys.stdout.write(graph.render(graph.definition(plan, "load" if args.load else "push", build_secrets(),
+                                                   graph.Options(cache=plan.matrix.model.build.cache))))
+    return 0
+
+
+def sbom_scanner(plan: planmod.Plan) -> str | None:
+    """The SBOM scanner image to give BuildKit ("" for its default), None if it cannot be pulled."""
+    from dlenv.build import DEFAULT_SBOM_SCANNER
+
+    settings = plan.matrix.model.build
+    if not settings.sbom:
+        return None
+    image = settings.sbom_generator or planmod.with_mirror(DEFAULT_SBOM_SCANNER, plan.mirrors.registry)
+    ok, _ = reach.image_ok(image)
+    if not ok:
+        return None
+    return "" if image == DEFAULT_SBOM_SCANNER else image
+
+
 def cmd_build(args: argparse.Namespace) -> int:
-    from dlenv.build import Builder
+    from dlenv.build import Builder, capabilities, export_options
 
     plan = load_plan(args)
     if not plan.variants:
@@ -230,9 +323,25 @@ def cmd_build(args: argparse.Namespace) -> int:
             if not plan.variants:
                 raise DlenvError("every selected variant has unreachable sources", "see the fixes above")
             say(f"building the {len(plan.variants)} reachable variants (--strict makes this an error)")
+    plan = pinned_plan(plan, args.locked)
+    found = lock.read(lock.path_for(plan.matrix.file))
+    if found:
+        stale = lock.verify_rootfs(plan, found, say)
+        if stale and args.locked:
+            raise DlenvError(f"--locked: {stale[0]}", lock.FIX)
+        for problem in stale:
+            report.console.print(f"[yellow]lock:[/] {escape(str(problem))}")
+    options = None
+    if not args.load:
+        settings = plan.matrix.model.build
+        if args.cache is not None:
+            settings = settings.model_copy(update={"cache": config.BuildSettings(cache=args.cache).cache})
+        options, notes = export_options(settings, capabilities(args.builder), sbom_scanner(plan))
+        for note in notes:
+            report.console.print(f"[yellow]{escape(note)}[/]")
     with report.LiveBoard(plan) as board:
         results = Builder(plan, args.workdir, "load" if args.load else "push", build_secrets(),
-                          args.builder, board, say).run()
+                          args.builder, board, say, options).run()
     skipped = [r for r in plan.left_out if r.reason == "unreachable"]
     from dlenv.build import Result
 
@@ -393,7 +502,8 @@ def cmd_engine(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"list": cmd_list, "bake": cmd_bake, "build": cmd_build, "smoke": cmd_smoke, "promote": cmd_promote,
+COMMANDS = {"list": cmd_list, "bake": cmd_bake, "build": cmd_build, "shards": cmd_shards, "lock": cmd_lock,
+            "smoke": cmd_smoke, "promote": cmd_promote,
             "compose": cmd_compose, "doctor": cmd_doctor, "engine": cmd_engine}
 
 

@@ -217,6 +217,26 @@ class Tags(_Strict):
         return [_check_template(t) for t in v]
 
 
+class BuildSettings(_Strict):
+    """How the family is built and published, beyond what is in it."""
+
+    # A registry repository (host[:port]/path) for BuildKit's cache, one tag per layer node:
+    # shards and later releases import it and export to it. "" keeps the cache local.
+    cache: str = ""
+    # Attestations pushed with each image (where the builder can store them).
+    provenance: Literal["off", "min", "max"] = "max"
+    sbom: bool = True
+    # The SBOM scanner image (BuildKit's SBOM protocol); "" is BuildKit's default scanner.
+    sbom_generator: str = ""
+
+    @field_validator("cache")
+    @classmethod
+    def _cache(cls, v):
+        if v and (not REGISTRY.match(v) or "/" not in v):
+            raise ValueError(f"a cache is a registry repository host[:port]/path (got {v!r})")
+        return v.rstrip("/")
+
+
 class MatrixModel(_Strict):
     registry: str = DEFAULT_REGISTRY
     repository: str = "dlenv"
@@ -232,6 +252,7 @@ class MatrixModel(_Strict):
     include: list[Include] = []
     exclude: list[Rule] = []
     tags: Tags = Tags()
+    build: BuildSettings = BuildSettings()
 
     @field_validator("registry")
     @classmethod

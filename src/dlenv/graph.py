@@ -29,6 +29,17 @@ class Secret:
         return f"id={self.id},src={self.src}"
 
 
+@dataclass(frozen=True)
+class Options:
+    """How the builder exports: what it supports decides these (see build.Builder)."""
+
+    cache: str = ""                 # registry repository for per-node cache; "" keeps it local
+    provenance: str = "off"         # off | min | max
+    sbom: str | None = None         # the SBOM generator image ("": BuildKit's default); None: no SBOM
+    rewrite_timestamp: bool = False  # file times in layers clamped to SOURCE_DATE_EPOCH
+    push: bool = False              # BuildKit pushes (any driver but docker, whose store dlenv pushes from)
+
+
 def labels(plan: Plan, variant: Variant) -> dict[str, str]:
     b = plan.build
     out = {
@@ -57,8 +68,16 @@ def _context(node: Node) -> str:
     return node.dockerfile
 
 
+def ancestors(plan: Plan, name: str) -> list[str]:
+    """The node named name and every node below it, the first first."""
+    chain = [name]
+    while plan.nodes[chain[0]].parent:
+        chain.insert(0, plan.nodes[chain[0]].parent)  # type: ignore[arg-type]
+    return chain
+
+
 def target(plan: Plan, node: Node, variant: Variant | None, output: Output,
-           secrets: tuple[Secret, ...]) -> dict:
+           secrets: tuple[Secret, ...], options: Options = Options()) -> dict:
     t: dict = {"context": _context(node)}
     if node.kind == "rootfs":
         t["dockerfile"] = str((plan.matrix.root / node.dockerfile / "Dockerfile").resolve())
@@ -73,6 +92,13 @@ def target(plan: Plan, node: Node, variant: Variant | None, output: Output,
     t["args"] = args
     if node.kind in ("cuda", "recipe") and secrets:
         t["secret"] = [s.spec() for s in secrets]
+    if options.cache:
+        # One cache tag per node: a shard imports what other shards and earlier releases built
+        # below it, and exports its own nodes. A cache that cannot be written fails no build.
+        t["cache-from"] = [f"type=registry,ref={options.cache}:{name}" for name in ancestors(plan, node.name)]
+        if output != "cache":
+            t["cache-to"] = [f"type=registry,ref={options.cache}:{node.name},mode=max,oci-mediatypes=true,"
+                             "ignore-error=true"]
     if variant is None or output == "cache":
         # Built only as a dependency (or a probe): kept in the build cache, exported nowhere.
         t["output"] = ["type=cacheonly"]
@@ -81,18 +107,34 @@ def target(plan: Plan, node: Node, variant: Variant | None, output: Output,
     t["labels"] = lab
     t["annotations"] = [f"manifest:{k}={v}" for k, v in sorted(lab.items())
                         if k.startswith("org.opencontainers.")]
-    # Provenance records build start/end times: every rebuild would get a new digest and push.
-    t["attest"] = ["type=provenance,disabled=true"]
     t["tags"] = [plan.ref(tag) for tag in variant.tags]
-    # Pushing is left to dlenv, one variant after another: parallel pushes of the same large
-    # layer from several targets race in the registry ("manifest blob unknown").
-    t["output"] = ["type=image,oci-mediatypes=true" if output == "push" else "type=docker"]
+    if output != "push":
+        t["attest"] = ["type=provenance,disabled=true"]
+        t["output"] = ["type=docker"]
+        return t
+    # Attestations sit in the image index next to the image manifest: the image itself (its
+    # manifest and layers) stays the same across rebuilds, the index records this build.
+    t["attest"] = [f"type=provenance,mode={options.provenance}" if options.provenance != "off"
+                   else "type=provenance,disabled=true"]
+    if options.sbom is not None:
+        t["attest"].append("type=sbom" + (f",generator={options.sbom}" if options.sbom else ""))
+    out = "type=image,oci-mediatypes=true"
+    if options.rewrite_timestamp:
+        out += ",rewrite-timestamp=true"
+    if options.push:
+        out += ",push=true"
+        # Only the immutable tag is pushed; floating tags move after the smoke checks.
+        t["tags"] = [plan.ref(variant.immutable)]
+    # Otherwise dlenv pushes from the engine's store, one variant after another: parallel pushes
+    # of the same large layer from several targets race in the registry ("manifest blob unknown").
+    t["output"] = [out]
     return t
 
 
-def definition(plan: Plan, output: Output = "push", secrets: tuple[Secret, ...] = ()) -> dict:
+def definition(plan: Plan, output: Output = "push", secrets: tuple[Secret, ...] = (),
+               options: Options = Options()) -> dict:
     by_node = {v.node: v for v in plan.variants}
-    targets = {name: target(plan, node, by_node.get(name), output, secrets)
+    targets = {name: target(plan, node, by_node.get(name), output, secrets, options)
                for name, node in plan.nodes.items()}
     return {
         "group": {"default": {"targets": [v.node for v in plan.variants]}},

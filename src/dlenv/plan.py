@@ -43,6 +43,7 @@ class Node:
     dockerfile: str                 # folder under the project root (images/...)
     parent: str | None              # the node this one is built on
     base_image: str | None = None   # an external base image, for a chain's first node
+    upstream: str | None = None     # that image's own name (without a mirror): its key in the lock
     args: tuple[tuple[str, str], ...] = ()
     rootfs: bootstrap.RootfsSpec | None = None
     summary: str = ""
@@ -116,7 +117,7 @@ def target_name(text: str) -> str:
     return "".join(c if c.isalnum() or c in "-_" else "_" for c in text)
 
 
-def _with_mirror(image: str, mirror: str) -> str:
+def with_mirror(image: str, mirror: str) -> str:
     if not mirror:
         return image
     # Official images live under library/ on the default registry.
@@ -147,9 +148,10 @@ class _Builder:
                                        rootfs=rootfs, summary=f"{spec.suite} rootfs (mmdebstrap)")))
             base = None
         else:
-            base = _with_mirror(spec.image or "", self.mirrors.registry)
+            base = with_mirror(spec.image or "", self.mirrors.registry)
         chain.append(self.add(Node(target_name(f"os-{os_key}"), "os", "images/os", chain[-1] if chain else None,
-                                   base_image=base, args=self.os_args(), summary=f"{os_key} set-up")))
+                                   base_image=base, upstream=spec.image if base else None,
+                                   args=self.os_args(), summary=f"{os_key} set-up")))
         return chain
 
     def os_args(self) -> tuple[tuple[str, str], ...]:
@@ -161,8 +163,8 @@ class _Builder:
             os_spec = self.model.os[os_key]
             image = spec.image.format(version=cuda, flavor=flavor, os=os_spec.cuda_image_os or os_key)
             name = target_name(f"{cuda}-{flavor}-{os_key}")
-            return [self.add(Node(name, "os", "images/os", None, base_image=_with_mirror(image, self.mirrors.registry),
-                                  args=self.os_args(), summary=f"CUDA {cuda} {flavor} ({image})"))]
+            return [self.add(Node(name, "os", "images/os", None, base_image=with_mirror(image, self.mirrors.registry),
+                                  upstream=image, args=self.os_args(), summary=f"CUDA {cuda} {flavor} ({image})"))]
         chain = self.os_chain(os_key)
         components = self.m.components[f"cuda{cuda.split('.')[0]}"]
         for step in FLAVORS[: FLAVORS.index(flavor) + 1]:

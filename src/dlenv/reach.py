@@ -33,7 +33,7 @@ class Verdict:
     detail: str
 
 
-def _image_ok(image: str) -> tuple[bool, str]:
+def image_ok(image: str) -> tuple[bool, str]:
     try:
         out = subprocess.run(["docker", "buildx", "imagetools", "inspect", "--raw", image],
                              capture_output=True, text=True, timeout=30, env=dict(os.environ))
@@ -93,7 +93,7 @@ def check(plan: Plan) -> tuple[dict[str, LeftOut], list[Verdict]]:
     def probe(source: Source) -> Verdict:
         if not source.address:
             return Verdict(source, False, f"none configured, and the host's {source.kind} sources name none")
-        ok, detail = _image_ok(source.address) if source.kind == "image" else _url_ok(source.address)
+        ok, detail = image_ok(source.address) if source.kind == "image" else _url_ok(source.address)
         return Verdict(source, ok, detail)
 
     with ThreadPoolExecutor(max_workers=8) as pool:

@@ -1,0 +1,208 @@
+"""Pinned bases: every external input of the family resolved to a digest, in a lock file.
+
+`dlenv lock` (`nox -s lock`) writes `<matrix>.lock.json` next to the matrix. Builds read it:
+base images (nvidia/cuda, OS images) are pulled by digest, so an upstream tag rebuilt with new
+driver requirements, or deleted after its end of life, changes nothing here; each bootstrapped
+OS rootfs is compared with the package versions it was locked with. A missing or stale entry is
+reported with its fix; `--locked` (the release pipeline) makes any of them an error.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import subprocess
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from dlenv import bootstrap
+from dlenv.errors import ConfigError
+from dlenv.plan import Plan
+
+VERSION = 1
+FIX = "run `nox -s lock` and commit the lock file"
+
+
+@dataclass(frozen=True)
+class RootfsLock:
+    suite: str
+    packages: tuple[str, ...]       # name=version, sorted
+    sha256: str                     # of rootfs.tar
+
+    def to_json(self) -> dict:
+        # Not the mirror: it is this host's choice (its own apt sources), not part of the base.
+        return {"suite": self.suite, "sha256": self.sha256, "packages": list(self.packages)}
+
+
+@dataclass(frozen=True)
+class Lock:
+    images: dict[str, str]            # upstream image name -> manifest (index) digest
+    rootfs: dict[str, RootfsLock]     # OS name in matrix.yaml -> its bootstrap
+
+    def to_json(self) -> dict:
+        return {"version": VERSION,
+                "images": dict(sorted(self.images.items())),
+                "rootfs": {k: v.to_json() for k, v in sorted(self.rootfs.items())}}
+
+
+@dataclass(frozen=True)
+class Problem:
+    what: str       # the image or OS concerned
+    detail: str
+
+    def __str__(self) -> str:
+        return f"{self.what}: {self.detail}"
+
+
+def path_for(matrix_file: str | Path) -> Path:
+    path = Path(matrix_file)
+    return path.with_name(f"{path.stem}.lock.json")
+
+
+def read(path: Path) -> Lock | None:
+    """The lock at path, None if there is none; a malformed one is a config error."""
+    if not path.exists():
+        return None
+    try:
+        data = json.loads(path.read_text())
+        if data.get("version") != VERSION:
+            raise ValueError(f"version {data.get('version')!r}, this dlenv reads version {VERSION}")
+        images = {str(k): str(v) for k, v in data["images"].items()}
+        for name, digest in images.items():
+            if not digest.startswith("sha256:") or len(digest) != 71:
+                raise ValueError(f"images.{name} is not a sha256 digest")
+        rootfs = {str(k): RootfsLock(v["suite"], tuple(v["packages"]), v["sha256"])
+                  for k, v in data["rootfs"].items()}
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        line = exc.lineno if isinstance(exc, json.JSONDecodeError) else None
+        raise ConfigError(str(path), line, "lock", f"not a dlenv lock file ({exc}); {FIX}") from None
+    return Lock(images, rootfs)
+
+
+def write(path: Path, lock: Lock) -> None:
+    path.write_text(json.dumps(lock.to_json(), indent=2) + "\n")
+
+
+def dpkg_packages(tar: Path) -> tuple[str, ...]:
+    """name=version of every package installed in a rootfs tarball."""
+    with tarfile.open(tar) as archive:
+        member = next(m for m in archive.getmembers() if m.name.lstrip("./") == "var/lib/dpkg/status")
+        text = archive.extractfile(member).read().decode()  # type: ignore[union-attr]
+    out = []
+    for stanza in text.split("\n\n"):
+        fields = dict(line.split(": ", 1) for line in stanza.splitlines() if ": " in line and not line[0].isspace())
+        if fields.get("Status", "").endswith(" installed"):
+            out.append(f"{fields['Package']}={fields['Version']}")
+    return tuple(sorted(out))
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def resolve_image(ref: str) -> tuple[str | None, str]:
+    """(digest, "") of what ref names now, or (None, why not)."""
+    try:
+        out = subprocess.run(["docker", "buildx", "imagetools", "inspect", "--format", "{{.Manifest.Digest}}", ref],
+                             capture_output=True, text=True, timeout=60, env=dict(os.environ))
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return None, str(exc)
+    digest = out.stdout.strip()
+    if out.returncode == 0 and digest.startswith("sha256:"):
+        return digest, ""
+    last = [line for line in out.stderr.strip().splitlines() if line.strip()][-1:] or ["no digest"]
+    return None, last[0].rsplit(": ", 1)[-1][:160]
+
+
+def _rootfs_nodes(plan: Plan) -> dict[str, str]:
+    """OS name -> its bootstrap node, for the OS rows of the plan that are bootstrapped."""
+    return {v.os: v.chain[0] for v in plan.variants if plan.nodes[v.chain[0]].kind == "rootfs"}
+
+
+def _images(plan: Plan) -> dict[str, str]:
+    """upstream image name -> the reference to pull it by (through a registry mirror, if set)."""
+    return {n.upstream: n.base_image for n in plan.nodes.values() if n.upstream and n.base_image}
+
+
+def bootstrapped(plan: Plan, os_key: str, say=print) -> RootfsLock:
+    spec = plan.nodes[_rootfs_nodes(plan)[os_key]].rootfs
+    assert spec is not None
+    tar = bootstrap.ensure_rootfs(spec, say) / "rootfs.tar"
+    return RootfsLock(spec.suite, dpkg_packages(tar), sha256_of(tar))
+
+
+def make(plan: Plan, say=print) -> tuple[Lock, list[Problem]]:
+    """Resolve every base of the plan now: the lock to write, and what could not be resolved."""
+    images: dict[str, str] = {}
+    problems = []
+    for name, ref in sorted(_images(plan).items()):
+        digest, why = resolve_image(ref)
+        if digest:
+            images[name] = digest
+        else:
+            through = f" through {ref}" if ref != name else ""
+            problems.append(Problem(name, f"not resolved{through}: {why}; set mirrors.registry to a mirror that has it"))
+    rootfs = {os_key: bootstrapped(plan, os_key, say) for os_key in sorted(_rootfs_nodes(plan))}
+    return Lock(images, rootfs), problems
+
+
+def pin(plan: Plan, lock: Lock | None, lock_file: Path) -> tuple[Plan, list[Problem]]:
+    """The plan with its base images pulled by their locked digests, and the bases the lock lacks."""
+    if lock is None:
+        return plan, [Problem(str(lock_file), f"no lock file: bases are pulled by tag; {FIX}")]
+    problems = []
+    nodes = dict(plan.nodes)
+    for name, node in plan.nodes.items():
+        if node.upstream and node.base_image:
+            digest = lock.images.get(node.upstream)
+            if digest:
+                nodes[name] = dataclasses.replace(node, base_image=f"{node.base_image}@{digest}")
+            else:
+                problems.append(Problem(node.upstream, f"not in {lock_file.name}: pulled by tag; {FIX}"))
+    for os_key in sorted(_rootfs_nodes(plan)):
+        if os_key not in lock.rootfs:
+            problems.append(Problem(os_key, f"its bootstrap is not in {lock_file.name}; {FIX}"))
+    return dataclasses.replace(plan, nodes=nodes), problems
+
+
+def differences(locked: RootfsLock, now: RootfsLock) -> str | None:
+    """What changed between two bootstraps of one OS, in a line; None if the packages are the same."""
+    old, new = dict(p.split("=", 1) for p in locked.packages), dict(p.split("=", 1) for p in now.packages)
+    changed = [f"{n} {old[n]} -> {new[n]}" for n in sorted(old.keys() & new.keys()) if old[n] != new[n]]
+    changed += [f"+{n}" for n in sorted(new.keys() - old.keys())] + [f"-{n}" for n in sorted(old.keys() - new.keys())]
+    if not changed:
+        return None
+    more = f" and {len(changed) - 3} more" if len(changed) > 3 else ""
+    return f"{len(changed)} packages differ from the lock ({', '.join(changed[:3])}{more})"
+
+
+def verify_rootfs(plan: Plan, lock: Lock, say=print) -> list[Problem]:
+    """Bootstrap (or reuse) each OS rootfs of the plan and compare its packages with the lock."""
+    problems = []
+    for os_key in sorted(_rootfs_nodes(plan)):
+        if os_key in lock.rootfs:
+            diff = differences(lock.rootfs[os_key], bootstrapped(plan, os_key, say))
+            if diff:
+                problems.append(Problem(os_key, f"{diff}: the apt mirror moved since the lock; {FIX}, "
+                                                "or point mirrors.apt at a dated snapshot"))
+    return problems
+
+
+def compare(old: Lock, new: Lock) -> list[Problem]:
+    """What moved upstream since old was written (for `lock --check`)."""
+    problems = [Problem(name, f"moved upstream: locked {old.images[name][:19]}, now {digest[:19]}")
+                for name, digest in sorted(new.images.items()) if name in old.images and old.images[name] != digest]
+    problems += [Problem(name, "not in the lock") for name in sorted(new.images.keys() - old.images.keys())]
+    for os_key, now in sorted(new.rootfs.items()):
+        if os_key not in old.rootfs:
+            problems.append(Problem(os_key, "its bootstrap is not in the lock"))
+        elif diff := differences(old.rootfs[os_key], now):
+            problems.append(Problem(os_key, diff))
+    return problems
