@@ -89,3 +89,31 @@ def promote(session):
     """Move floating tags to the tested digests of variants whose smoke results (JSON) passed."""
     _install(session)
     session.run("python", "-m", "dlenv", "promote", *session.posargs)
+
+
+@nox.session
+def shards(session):
+    """Split the family into build jobs: `-- --count 4` prints the CI matrix (JSON)."""
+    _install(session)
+    session.run("python", "-m", "dlenv", "shards", *session.posargs)
+
+
+@nox.session
+def lock(session):
+    """Pin every base image and OS bootstrap to a digest in the lock file (`-- --check`: report what moved)."""
+    _install(session)
+    session.run("python", "-m", "dlenv", "lock", *session.posargs)
+
+
+@nox.session
+def catalog(session):
+    """Write the published family's catalog (Markdown + JSON) from the registry: `-- --output DIR`."""
+    _install(session)
+    session.run("python", "-m", "dlenv", "catalog", *session.posargs)
+
+
+@nox.session
+def rehearse(session):
+    """The release pipeline on this machine: plan -> each shard built -> smoke -> promote -> catalog."""
+    _install(session)
+    session.run("python", "-m", "dlenv", "rehearse", *session.posargs)

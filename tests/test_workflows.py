@@ -3,6 +3,8 @@ check-jsonschema vendors), and holding no logic beyond installing nox and callin
 
 from __future__ import annotations
 
+import ast
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +15,32 @@ import yaml
 from conftest import REPO
 
 WORKFLOWS = sorted((REPO / ".github/workflows").glob("*.yml"))
+# Set-up and hand-over only: checking out, Python, a buildx builder, a registry login, artifacts
+# between jobs and the Pages upload of the catalog. What is built and how is in the nox sessions.
+ACTIONS = ("actions/checkout", "actions/setup-python", "docker/setup-buildx-action", "docker/login-action",
+           "actions/upload-artifact", "actions/download-artifact", "actions/upload-pages-artifact",
+           "actions/deploy-pages")
+SESSION = re.compile(r"\bnox -s ([\w-]+)")
+
+
+def sessions() -> set[str]:
+    """The sessions noxfile.py defines (by name= or by function name)."""
+    tree = ast.parse((REPO / "noxfile.py").read_text())
+    names = set()
+    for fn in (n for n in tree.body if isinstance(n, ast.FunctionDef)):
+        for deco in fn.decorator_list:
+            if "nox.session" in ast.unparse(deco):
+                named = [k.value.value for k in getattr(deco, "keywords", []) if k.arg == "name"]
+                names.add(named[0] if named else fn.name)
+    return names
+
+
+def release() -> dict:
+    return yaml.safe_load((REPO / ".github/workflows/release.yml").read_text())
+
+
+def run_lines(job: dict) -> str:
+    return "\n".join(" ".join(step["run"].split()) for step in job["steps"] if "run" in step)
 
 
 def validate(*files: Path) -> subprocess.CompletedProcess:
@@ -39,7 +67,39 @@ def test_steps_only_install_nox_and_call_its_sessions(path):
     for name, job in doc["jobs"].items():
         for step in job["steps"]:
             if "uses" in step:
-                assert step["uses"].split("@")[0] in ("actions/checkout", "actions/setup-python"), (name, step)
+                assert step["uses"].split("@")[0] in ACTIONS, (name, step)
                 continue
             command = step["run"].strip()
             assert command == "python -m pip install nox" or " nox -s " in f" {command}", (name, command)
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=[p.name for p in WORKFLOWS])
+def test_every_session_a_workflow_calls_exists(path):
+    called = set(SESSION.findall(path.read_text()))
+    assert called and called <= sessions(), called - sessions()
+
+
+def test_release_runs_plan_shards_smoke_promote_catalog_in_that_order():
+    jobs = release()["jobs"]
+
+    def needs(name: str) -> set[str]:
+        direct = jobs[name].get("needs", [])
+        direct = [direct] if isinstance(direct, str) else direct
+        return set(direct).union(*(needs(d) for d in direct)) if direct else set()
+
+    assert {"plan"} <= needs("build") and {"plan", "build"} <= needs("smoke")
+    assert {"smoke", "build"} <= needs("promote") and "promote" in needs("catalog") and "catalog" in needs("publish")
+    assert "--github-output" in run_lines(jobs["plan"]) and "nox -s shards" in run_lines(jobs["plan"])
+    # Every build and smoke job takes its shard from the plan job's matrix.
+    for name in ("build", "smoke"):
+        assert "needs.plan.outputs.matrix" in jobs[name]["strategy"]["matrix"]
+        assert '--shard "${{ matrix.shard }}"' in run_lines(jobs[name])
+
+
+def test_release_builds_locked_with_a_registry_cache_and_moves_tags_only_after_gpu_checks():
+    jobs = release()["jobs"]
+    build, smoke, promote = run_lines(jobs["build"]), run_lines(jobs["smoke"]), run_lines(jobs["promote"])
+    assert "nox -s build-matrix" in build and all(f in build for f in ("--locked", "--no-promote", "--cache", "--builder"))
+    assert "gpu" in jobs["smoke"]["runs-on"] and "--require-gpu" in smoke and "--json" in smoke
+    assert "nox -s promote" in promote and "--require-gpu" in promote
+    assert "nox -s catalog" in run_lines(jobs["catalog"])

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import datetime
 import json
 import os
 import sys
@@ -31,6 +32,8 @@ def _common(parser: argparse.ArgumentParser) -> None:
                         help="leave out matching variants, e.g. 'recipe=ssh' (repeatable)")
     parser.add_argument("--shard", default=None, metavar="I/N",
                         help="only the I-th of N parts of the family (variants sharing a CUDA base stay together)")
+    parser.add_argument("--allow-eol", action="store_true",
+                        help="also build CUDA releases past their end of life (src/dlenv/data/cuda_releases.toml)")
     parser.add_argument("--build-id", default=None, help="override the build id (default: commit date-sha)")
     parser.add_argument("--registry", default=None, help="override `registry:` of matrix.yaml")
     net = parser.add_argument_group("mirrors and proxies (override matrix.yaml's mirrors and proxy)")
@@ -103,6 +106,18 @@ def make_parser() -> argparse.ArgumentParser:
                    help="smoke results: files written by `dlenv smoke --json` or rootfs_run.py --json")
     p.add_argument("--require-gpu", action="store_true", help="a variant whose GPU checks were skipped is not promoted")
     p.add_argument("--json", type=Path, default=None, help="write the promotions as JSON")
+
+    p = sub.add_parser("catalog", help="write the family's catalog (Markdown and JSON) from the registry")
+    _common(p)
+    p.add_argument("--output", "-o", type=Path, default=Path("catalog"), help="folder for catalog.md and catalog.json")
+
+    p = sub.add_parser("rehearse", help="run the release pipeline's steps against the local registry")
+    _common(p)
+    p.add_argument("--shards", type=int, default=2, help="how many build jobs to rehearse")
+    p.add_argument("--workdir", type=Path, default=Path("out/rehearsal"), help="results of each step")
+    p.add_argument("--cache", default=None, metavar="REPO", help="registry repository for the build cache")
+    p.add_argument("--require-gpu", action="store_true", help="as on the GPU runners: a skipped GPU check holds a "
+                                                              "variant back")
 
     p = sub.add_parser("compose", help="write a docker-compose.yaml to work in one of the family's images")
     p.add_argument("image", help="a tag of the family in --matrix (e.g. 13.0-runtime-debian12-py-dev-ssh) or a full reference")
@@ -197,7 +212,8 @@ def load_plan(args: argparse.Namespace) -> planmod.Plan:
         raise ConfigError(*where, "proxy.ca_bundle", f"no such file: {extra_ca}")
     proxies = hostconf.use_network(proxy.http_proxy, proxy.https_proxy, proxy.no_proxy, extra_ca)
     shard = shards.parse(args.shard) if args.shard else None
-    plan = planmod.expand(matrix, info, mirrors_for(matrix.model, proxies), selection)
+    plan = planmod.expand(matrix, info, mirrors_for(matrix.model, proxies), selection,
+                          today=datetime.date.today(), allow_eol=args.allow_eol)
     return shards.only(plan, shard) if shard else plan
 
 
@@ -432,6 +448,25 @@ def cmd_promote(args: argparse.Namespace) -> int:
     return 1 if held_back else 0
 
 
+def cmd_catalog(args: argparse.Namespace) -> int:
+    from dlenv import catalog
+
+    plan = load_plan(args)
+    engine.ensure(say=report.say)
+    entries, unpublished = catalog.gather(plan)
+    now = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0)
+    md, js = catalog.write(args.output, entries, unpublished, now)
+    report.say(f"wrote {md} and {js}: {len(entries)} published variants"
+               + (f", {len(unpublished)} not published" if unpublished else ""))
+    return 0 if entries else 1
+
+
+def cmd_rehearse(args: argparse.Namespace) -> int:
+    from dlenv import rehearsal
+
+    return rehearsal.run(args)
+
+
 def family(matrix: Path) -> config.MatrixModel | None:
     """The family in --matrix, for commands that also work without one."""
     return config.load(matrix).model if matrix.exists() else None
@@ -503,12 +538,14 @@ def cmd_engine(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"list": cmd_list, "bake": cmd_bake, "build": cmd_build, "shards": cmd_shards, "lock": cmd_lock,
-            "smoke": cmd_smoke, "promote": cmd_promote,
+            "smoke": cmd_smoke, "promote": cmd_promote, "catalog": cmd_catalog, "rehearse": cmd_rehearse,
             "compose": cmd_compose, "doctor": cmd_doctor, "engine": cmd_engine}
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = make_parser().parse_args(argv)
+    raw = list(sys.argv[1:] if argv is None else argv)
+    args = make_parser().parse_args(raw)
+    args.raw = raw[raw.index(args.command) + 1:]   # what followed the command (rehearse passes it on)
     try:
         return COMMANDS[args.command](args)
     except DlenvError as exc:

@@ -141,6 +141,9 @@ class OsSpec(_Strict):
 class CudaSpec(_Strict):
     source: Literal["image", "pip"]
     image: str = "nvidia/cuda:{version}-{flavor}-{os}"
+    # Build this release after its end of life (src/dlenv/data/cuda_releases.toml): an explicit,
+    # reviewed choice, like --allow-eol on the command line.
+    allow_eol: bool = False
 
     @field_validator("image")
     @classmethod

@@ -22,18 +22,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from dlenv import engine  # standard library only, like this module
-
-try:
-    import tomllib
-except ImportError:  # Python 3.10: dlenv's own dependency, if installed
-    try:
-        import tomli as tomllib
-    except ImportError:
-        tomllib = None
+from dlenv import engine, lifecycle  # standard library only, like this module
+from dlenv.errors import DlenvError
 
 Status = Literal["ok", "warn", "fail", "skip"]
-RELEASES = Path(__file__).parent / "data/cuda_releases.toml"
 CDI_SPECS = ("/etc/cdi", "/var/run/cdi")
 TOOLKIT_CONFIG = Path("/etc/nvidia-container-runtime/config.toml")
 NVML_SYMPTOM = "nvidia-smi in a container says `Failed to initialize NVML: Unknown Error`"
@@ -86,10 +78,10 @@ def version(text: str) -> tuple[int, ...]:
 
 
 def releases() -> dict:
-    if tomllib is None:
-        raise SystemExit("dlenv doctor: checking an image needs Python 3.11+ (or `pip install tomli`)")
-    with open(RELEASES, "rb") as f:
-        return tomllib.load(f)
+    try:
+        return lifecycle.requirements()
+    except DlenvError as exc:
+        raise SystemExit(f"dlenv doctor: checking an image: {exc}") from None
 
 
 # --- facts -------------------------------------------------------------------------------------
@@ -243,7 +235,7 @@ def judge_image(host: Host, image: Image, table: dict) -> list[Finding]:
         out.append(Finding("driver vs the image's CUDA", "skip", f"CUDA {image.cuda} image; no GPU driver to compare"))
     elif release is None:
         out.append(Finding("driver vs the image's CUDA", "warn", f"CUDA {mm} is not in doctor's table",
-                           f"add it to {RELEASES.name}"))
+                           f"add it to {lifecycle.RELEASES.name}"))
     else:
         driver = host.gpus[0].driver
         wanted = re.search(r"cuda>=([\d.]+)", image.require_cuda)

@@ -7,18 +7,19 @@ builds each once. Every combination left out is kept with its reason.
 
 from __future__ import annotations
 
+import datetime
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from typing import Literal
 
-from dlenv import bootstrap
+from dlenv import bootstrap, lifecycle
 from dlenv.config import FLAVORS, Check, Matrix, Recipe
 from dlenv.errors import ConfigError
 from dlenv.selection import Selection
 from dlenv.tags import BuildInfo, render, valid_tag
 
 Kind = Literal["rootfs", "os", "cuda", "recipe"]
-Reason = Literal["excluded", "constraint", "unsupported", "unselected", "unreachable"]
+Reason = Literal["excluded", "constraint", "unsupported", "eol", "unselected", "unreachable"]
 
 
 @dataclass(frozen=True)
@@ -225,9 +226,12 @@ def _compat_problem(recipe: Recipe, cuda: str, mirrors: Mirrors) -> LeftOut | No
     return None
 
 
-def expand(matrix: Matrix, build: BuildInfo, mirrors: Mirrors, selection: Selection | None = None) -> Plan:
+def expand(matrix: Matrix, build: BuildInfo, mirrors: Mirrors, selection: Selection | None = None,
+           today: datetime.date | None = None, allow_eol: bool = False) -> Plan:
+    """today: the day end of life is judged on (default: the build's commit date)."""
     model = matrix.model
     selection = selection or Selection()
+    today = today or datetime.datetime.fromtimestamp(build.epoch, datetime.timezone.utc).date()
     builder = _Builder(matrix, mirrors)
     # vid -> (cuda, flavor, os, stack, include rule or None); an include wins over an exclude.
     combos: dict[str, tuple[str, str, str, tuple[str, ...], str | None]] = {}
@@ -275,6 +279,11 @@ def expand(matrix: Matrix, build: BuildInfo, mirrors: Mirrors, selection: Select
         wheels = next((p for r in recipes if (p := _compat_problem(r, cuda, mirrors))), None)
         if wheels:
             left.append(LeftOut(vid, wheels.reason, wheels.detail, wheels.fix))
+            continue
+        if lifecycle.is_eol(cuda, today) and not (allow_eol or cuda_spec.allow_eol):
+            left.append(LeftOut(vid, "eol", f"NVIDIA's images of CUDA {lifecycle.major_minor(cuda)} reached end of life "
+                                f"on {lifecycle.eol_date(cuda)}",
+                                f"pass --allow-eol, or set cuda.\"{cuda}\".allow_eol: true in {matrix.file}"))
             continue
         all_axes.append(axes)
         if not selection.wants(axes):

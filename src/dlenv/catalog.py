@@ -1,0 +1,281 @@
+"""The catalog of a published family: which tags exist, what each image holds, which are past EOL.
+
+catalog.md is for people choosing a tag; catalog.json holds the same facts for machines, with
+every image's full Python package list (the manifest docker-stacks publishes per image). The
+facts come from the registry (the digest each variant's first floating tag names, and its
+compressed size), from inside the image at that digest (checks/inventory.sh), and from
+data/cuda_releases.toml for the end of life of NVIDIA's images of each CUDA release.
+Only `run_in_image` needs an engine: everything else is testable from the script's output.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import re
+import urllib.error
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from python_on_whales import DockerClient
+from python_on_whales.exceptions import DockerException
+
+from dlenv import lifecycle, registry
+from dlenv.config import FLAVORS
+from dlenv.errors import DlenvError
+from dlenv.plan import Plan, Variant
+from dlenv.report import human_size
+
+INVENTORY = Path(__file__).parent / "checks/inventory.sh"
+# In the order the catalog shows them.
+KEY_PACKAGES = ("torch", "torchvision", "numpy", "uv", "pip")
+BY_HAND = 'docker run --rm --entrypoint /bin/sh IMAGE -c "$(cat src/dlenv/checks/inventory.sh)"'
+
+Runner = Callable[[str, str], str]   # (image reference, sh script) -> what the script printed
+
+
+@dataclass(frozen=True)
+class Inventory:
+    """What checks/inventory.sh found inside an image."""
+
+    os_name: str                 # PRETTY_NAME, e.g. Debian GNU/Linux 12 (bookworm)
+    cuda_runtime: str            # the cudart library's version, "" without one
+    debian_packages: int
+    python: str | None           # /opt/venv's Python version, None where there is none
+    packages: dict[str, str]     # every Python distribution: name -> version
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One published variant, as its floating tags name it now."""
+
+    id: str
+    image: str                   # registry/repository
+    tag: str                     # the immutable tag of `digest`; "" when none is found
+    floating: tuple[str, ...]    # the floating tags that name `digest`
+    digest: str
+    size: int                    # compressed bytes: what a pull downloads
+    cuda: str
+    os: str
+    flavor: str
+    recipes: tuple[str, ...]
+    python: str | None
+    key_packages: dict[str, str]  # those of KEY_PACKAGES the image has
+    os_name: str
+    cuda_runtime: str
+    debian_packages: int
+    packages: tuple[str, ...]    # name==version, every Python distribution
+    eol: str | None              # YYYY-MM-DD: NVIDIA's images of this CUDA release reach end of life
+    eol_reached: bool
+
+
+@dataclass(frozen=True)
+class NotPublished:
+    """A variant of the plan that the catalog leaves out, and why."""
+
+    id: str
+    tag: str                     # the floating tag looked for
+    reason: str
+
+
+# --- facts from inside the image ---------------------------------------------------------------
+
+def inventory_script() -> str:
+    return INVENTORY.read_text()
+
+
+def run_in_image(ref: str, script: str) -> str:
+    """What `script` prints in the image. sh is the entrypoint: the ssh images have their own."""
+    try:
+        return DockerClient().run(ref, ["-c", script], entrypoint="/bin/sh", remove=True)
+    except DockerException as exc:
+        detail = " ".join((exc.stderr or str(exc)).split())[-300:]
+        raise DlenvError(f"cannot read what {ref} holds: {detail}",
+                         "DOCKER_HOST must name a running engine that can pull from the registry") from None
+
+
+def parse_inventory(text: str, ref: str) -> Inventory:
+    """The object checks/inventory.sh printed in the image `ref`."""
+    try:
+        data = json.loads(text)
+        python = data["python"]
+        return Inventory(os_name=str(data["os"]), cuda_runtime=str(data["cuda_runtime"]),
+                         debian_packages=int(data["debian_packages"]),
+                         python=str(python["version"]) if python else None,
+                         packages={str(k): str(v) for k, v in python["packages"].items()} if python else {})
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise DlenvError(f"{ref}: the inventory script printed no catalog facts ({type(exc).__name__}: {exc}): "
+                         f"{text.strip()[:200]!r}", f"run it by hand: {BY_HAND}") from None
+
+
+def _normal(name: str) -> str:
+    """A distribution name as pip compares them (PEP 503)."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def entry(variant: Variant, image: str, tag: str, floating: tuple[str, ...], digest: str, size: int,
+          found: Inventory, today: datetime.date) -> Entry:
+    """A catalog row: the variant, what the registry and the image said, EOL as of today."""
+    by_name = {_normal(name): version for name, version in found.packages.items()}
+    eol = lifecycle.eol_date(variant.cuda)
+    return Entry(id=variant.id, image=image, tag=tag, floating=floating, digest=digest, size=size,
+                 cuda=variant.cuda, os=variant.os, flavor=variant.flavor, recipes=variant.stack,
+                 python=found.python, key_packages={n: by_name[n] for n in KEY_PACKAGES if n in by_name},
+                 os_name=found.os_name, cuda_runtime=found.cuda_runtime, debian_packages=found.debian_packages,
+                 packages=tuple(f"{n}=={v}" for n, v in sorted(found.packages.items(), key=lambda i: i[0].lower())),
+                 eol=eol.isoformat() if eol else None, eol_reached=lifecycle.is_eol(variant.cuda, today))
+
+
+# --- facts from the registry -------------------------------------------------------------------
+
+@contextmanager
+def _registry_answers(reg: str) -> Iterator[None]:
+    try:
+        yield
+    except urllib.error.HTTPError as exc:
+        raise DlenvError(f"the registry {reg} answered {exc.code} {exc.reason} for {exc.url}",
+                         "check the registry and its login (docker login)") from None
+    except OSError as exc:  # URLError, timeouts, refused connections
+        raise DlenvError(f"cannot reach the registry {reg}: {exc}",
+                         "start it (`dlenv engine up`) or name the right one with --registry") from None
+
+
+def _digest(reg: str, repo: str, reference: str) -> str | None:
+    """The manifest digest `reference` names, None when there is no such tag."""
+    with _registry_answers(reg):
+        try:
+            _, digest = registry.manifest(reg, repo, reference)
+        except urllib.error.HTTPError as exc:
+            if exc.code == 404:
+                return None
+            raise
+    if not digest:
+        raise DlenvError(f"the registry {reg} named no digest for {repo}:{reference}",
+                         "use a registry that sends Docker-Content-Digest (distribution does)")
+    return digest
+
+
+def _immutable(plan: Plan, variant: Variant, digest: str, repo_tags: list[str]) -> str:
+    """The immutable tag that names digest: this build's, else the newest older build's."""
+    model = plan.matrix.model
+    if _digest(model.registry, model.repository, variant.immutable) == digest:
+        return variant.immutable
+    # Tags start with the variant id; a longer id that starts with this one is another variant.
+    ids = sorted({v.id for v in plan.variants} | {x.id for x in plan.left_out}, key=len, reverse=True)
+    floating = {t for v in plan.variants for t in v.floating}
+    mine = [t for t in repo_tags if t not in floating
+            and next((i for i in ids if t.startswith(f"{i}-")), None) == variant.id]
+    for tag in sorted(mine, reverse=True):   # build ids start with the date: newest first
+        if _digest(model.registry, model.repository, tag) == digest:
+            return tag
+    return ""
+
+
+def gather(plan: Plan, runner: Runner = run_in_image,
+           today: datetime.date | None = None) -> tuple[list[Entry], list[NotPublished]]:
+    """An entry per variant whose first floating tag exists; the others with the reason."""
+    today = today or datetime.date.today()
+    reg, repo = plan.matrix.model.registry, plan.matrix.model.repository
+    script = inventory_script()
+    with _registry_answers(reg):
+        repo_tags = registry.tags(reg, repo)
+    entries, left = [], []
+    for variant in plan.variants:
+        if not variant.floating:
+            left.append(NotPublished(variant.id, "", "the matrix gives it no floating tag"))
+            continue
+        first = variant.floating[0]
+        digest = _digest(reg, repo, first)
+        if digest is None:
+            left.append(NotPublished(variant.id, first, f"{plan.ref(first)} does not exist: never promoted "
+                                     "(floating tags move only after the smoke checks pass)"))
+            continue
+        floating = tuple(t for t in variant.floating if t == first or _digest(reg, repo, t) == digest)
+        with _registry_answers(reg):
+            size = registry.compressed_size(reg, repo, digest)
+        ref = f"{plan.image}@{digest}"
+        found = parse_inventory(runner(ref, script), ref)
+        entries.append(entry(variant, plan.image, _immutable(plan, variant, digest, repo_tags), floating,
+                             digest, size, found, today))
+    return entries, left
+
+
+# --- output ------------------------------------------------------------------------------------
+
+def _version(text: str) -> tuple[int, ...]:
+    return tuple(int(p) for p in re.findall(r"\d+", text))
+
+
+def _order(e: Entry) -> tuple:
+    """Newest CUDA first, then flavor (base, runtime, devel), OS, and stack."""
+    flavor = FLAVORS.index(e.flavor) if e.flavor in FLAVORS else len(FLAVORS)
+    return (tuple(-n for n in _version(e.cuda)), flavor, e.os, e.recipes)
+
+
+def _support(e: Entry) -> str:
+    if e.eol_reached:
+        return f"**EOL {e.eol}**"
+    return f"until {e.eol}" if e.eol else "no EOL announced"
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def render_markdown(entries: list[Entry], left_out: list[NotPublished], generated_at: datetime.datetime) -> str:
+    ordered = sorted(entries, key=_order)
+    image = ordered[0].image if ordered else ""
+    lines = [f"# Image catalog{': ' + image if image else ''}", "",
+             f"{len(ordered)} images, generated {generated_at.isoformat(timespec='seconds')}. Tags read "
+             "`CUDA-FLAVOR-OS[-STACK]`; the first tags of a row move to each new build that passed its smoke "
+             "checks, the `pin` tag never moves. Each image's full Python package list is in catalog.json.", ""]
+    if ordered:
+        lines += ["Pull by digest to get exactly the bytes listed here, whatever happens to the tags later:", "",
+                  "```sh", f"docker pull {image}@{ordered[0].digest}", "```", ""]
+        lines += ["| tag | CUDA | flavor | OS | stack | Python | key packages | size | digest | support |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
+        for e in ordered:
+            tags = "<br>".join([f"`{t}`" for t in e.floating] + ([f"pin: `{e.tag}`"] if e.tag else []))
+            cuda = e.cuda + (f" (cudart {e.cuda_runtime})" if e.cuda_runtime else "")
+            packages = ", ".join(f"{n} {v}" for n, v in e.key_packages.items()) or "-"
+            lines.append(f"| {tags} | {cuda} | {e.flavor} | {_cell(e.os_name or e.os)} | "
+                         f"{' + '.join(e.recipes) or '-'} | {e.python or '-'} | {packages} | {human_size(e.size)} | "
+                         f"`{e.digest.removeprefix('sha256:')[:12]}` | {_support(e)} |")
+    past = [e for e in ordered if e.eol_reached]
+    if past:
+        lines += ["", "## Past end of life", "",
+                  "By NVIDIA's support policy for its CUDA images, its own images of these CUDA releases are past "
+                  "their end of life: no more updates, and their tags are deleted six months later. Move to a newer "
+                  "CUDA if your driver runs it (`dlenv doctor TAG` says).", ""]
+        lines += [f"- `{e.floating[0] if e.floating else e.tag}`: CUDA {lifecycle.major_minor(e.cuda)}, EOL {e.eol}"
+                  for e in past]
+    if left_out:
+        lines += ["", "## Not published", ""]
+        lines += [f"- `{n.id}`: {n.reason}" for n in left_out]
+    return "\n".join(lines) + "\n"
+
+
+def to_json(entries: list[Entry], left_out: list[NotPublished], generated_at: datetime.datetime) -> dict:
+    return {"generated_at": generated_at.isoformat(timespec="seconds"),
+            "images": [asdict(e) for e in sorted(entries, key=_order)],
+            "not_published": [asdict(n) for n in left_out]}
+
+
+def from_json(data: dict) -> tuple[list[Entry], list[NotPublished], datetime.datetime]:
+    """What to_json wrote, read back (JSON has lists where Entry has tuples)."""
+    entries = [Entry(**{**e, "floating": tuple(e["floating"]), "recipes": tuple(e["recipes"]),
+                        "packages": tuple(e["packages"])}) for e in data["images"]]
+    return (entries, [NotPublished(**n) for n in data["not_published"]],
+            datetime.datetime.fromisoformat(data["generated_at"]))
+
+
+def write(folder: Path, entries: list[Entry], left_out: list[NotPublished],
+          generated_at: datetime.datetime) -> tuple[Path, Path]:
+    """catalog.md and catalog.json in folder."""
+    folder.mkdir(parents=True, exist_ok=True)
+    markdown, machine = folder / "catalog.md", folder / "catalog.json"
+    markdown.write_text(render_markdown(entries, left_out, generated_at))
+    machine.write_text(json.dumps(to_json(entries, left_out, generated_at), indent=2) + "\n")
+    return markdown, machine

@@ -1,0 +1,51 @@
+# What an image holds, for the catalog (src/dlenv/catalog.py): prints one JSON object.
+# Run as `docker run --rm --entrypoint /bin/sh IMAGE -c "$(cat inventory.sh)"`. POSIX sh and
+# coreutils only: images without the python recipe have no Python at all.
+#   os:              PRETTY_NAME of /etc/os-release
+#   cuda_runtime:    the CUDA runtime library's version (cudart), "" if there is none
+#   debian_packages: how many dpkg packages are installed
+#   python:          null, or {"version", "packages": {name: version}} of /opt/venv's Python
+set -u
+
+# A JSON string: the values are names and versions, but a quote or backslash must not break it.
+json_str() { printf '"%s"' "$(printf '%s' "$1" | sed 's/\\/\\\\/g; s/"/\\"/g')"; }
+
+os_name=$( (. /etc/os-release && printf '%s' "${PRETTY_NAME:-}") 2>/dev/null)
+
+# CUDA from wheels keeps the wheels' metadata (images/cuda-pip); NVIDIA's images name the
+# library file after its full version (libcudart.so.12.6.77).
+cudart=""
+for d in /usr/local/cuda/python/nvidia_cuda_runtime-*.dist-info; do
+    [ -d "$d" ] || continue
+    cudart=${d##*/nvidia_cuda_runtime-}
+    cudart=${cudart%.dist-info}
+done
+if [ -z "$cudart" ]; then
+    for f in /usr/local/cuda/lib64/libcudart.so.*.*.* /usr/local/cuda/targets/*/lib/libcudart.so.*.*.*; do
+        [ -f "$f" ] && cudart=${f##*/libcudart.so.} && break
+    done
+fi
+
+debs=$(dpkg-query -W -f '${db:Status-Abbrev}\n' 2>/dev/null | grep -c '^ii')
+
+python=null
+if [ -x /opt/venv/bin/python ]; then
+    # The first distribution of a name on sys.path is the one `import` finds.
+    python=$(/opt/venv/bin/python - <<'EOF'
+import importlib.metadata
+import json
+import platform
+
+packages = {}
+for dist in importlib.metadata.distributions():
+    name = dist.metadata["Name"]
+    if name:
+        packages.setdefault(name, dist.version)
+packages = dict(sorted(packages.items(), key=lambda item: item[0].lower()))
+print(json.dumps({"version": platform.python_version(), "packages": packages}))
+EOF
+) || exit 1
+fi
+
+printf '{"os": %s, "cuda_runtime": %s, "debian_packages": %s, "python": %s}\n' \
+    "$(json_str "$os_name")" "$(json_str "$cudart")" "${debs:-0}" "$python"
