@@ -14,10 +14,8 @@ import ipaddress
 import json
 import os
 import secrets
-import shutil
 import socket
 import subprocess
-import sys
 import tarfile
 import time
 from pathlib import Path
@@ -25,13 +23,12 @@ from pathlib import Path
 import pytest
 from python_on_whales import DockerClient
 
-from conftest import REPO, write
+from conftest import REGISTRY, dlenv, new_project, write
 from dlenv import engine, hostconf, registry
 from netserver import MirrorProxy
 
 pytestmark = pytest.mark.engine
 
-REGISTRY = engine.DEFAULT_REGISTRY
 BUILD_ID = "test-" + time.strftime("%Y%m%d")
 # Repositories of their own per test run: an immutable tag is never moved, and a rebuild with a
 # pruned cache (or changed recipes) under the same tag would have to move it.
@@ -55,42 +52,6 @@ flavors: [base]
 stacks:
 {stacks}
 """
-
-
-@pytest.fixture(scope="session")
-def docker() -> DockerClient:
-    engine.ensure()
-    engine.ensure_registry(REGISTRY)
-    return DockerClient()
-
-
-def dlenv(project: Path, *args: str, env: dict | None = None, timeout: int = 3000) -> subprocess.CompletedProcess:
-    environment = dict(os.environ, PYTHONPATH=str(REPO / "src"), **(env or {}))
-    return subprocess.run([sys.executable, "-m", "dlenv", *args], cwd=project, env=environment,
-                          capture_output=True, text=True, timeout=timeout)
-
-
-def new_project(path: Path, matrix: str, images: dict[str, str] | None = None,
-                recipes: dict[str, str] | None = None) -> Path:
-    """A project using the repository's images and recipes, plus extra ones, as a git checkout."""
-    path.mkdir(parents=True, exist_ok=True)
-    (path / "images").mkdir()
-    for folder in (REPO / "images").iterdir():
-        (path / "images" / folder.name).symlink_to(folder)
-    for name, dockerfile in (images or {}).items():
-        write(path / "images" / name / "Dockerfile", dockerfile)
-    shutil.copytree(REPO / "recipes", path / "recipes")
-    for name, text in (recipes or {}).items():
-        write(path / "recipes" / name, text)
-    write(path / "matrix.yaml", matrix)
-    # A git checkout with a fixed commit date: the build id, revision label and creation time
-    # are the same in every run, so digests are too.
-    when = {"GIT_AUTHOR_DATE": "2026-01-02T03:04:05Z", "GIT_COMMITTER_DATE": "2026-01-02T03:04:05Z",
-            "GIT_AUTHOR_NAME": "dlenv tests", "GIT_AUTHOR_EMAIL": "tests@dlenv.invalid",
-            "GIT_COMMITTER_NAME": "dlenv tests", "GIT_COMMITTER_EMAIL": "tests@dlenv.invalid"}
-    for args in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "test project"]):
-        subprocess.run(["git", "-C", str(path), *args], check=True, capture_output=True, env=dict(os.environ, **when))
-    return path
 
 
 def marker_bundle(tmp: Path) -> tuple[Path, str]:
@@ -268,20 +229,27 @@ def test_rebuild_with_nothing_changed_builds_and_pushes_nothing(family):
 
 
 def _layers_and_configs(repository: str, tags: list[str], user=None):
+    """Every blob anyone who pulls tags reads: configs, layers (unpacked) and attestations."""
+    reg, cred = (user[0], user[1]) if user else (REGISTRY, None)
     seen = set()
     for tag in tags:
-        manifest = registry.image_manifest(REGISTRY if not user else user[0], repository, tag,
-                                           user=user[1] if user else None)
-        config = registry.blob(REGISTRY if not user else user[0], repository, manifest["config"]["digest"],
-                               user=user[1] if user else None)
-        yield "config " + tag, config
+        manifest = registry.image_manifest(reg, repository, tag, user=cred)
+        yield "config " + tag, registry.blob(reg, repository, manifest["config"]["digest"], user=cred)
         for layer in manifest["layers"]:
             if layer["digest"] in seen:
                 continue
             seen.add(layer["digest"])
-            data = registry.blob(REGISTRY if not user else user[0], repository, layer["digest"],
-                                 user=user[1] if user else None)
-            yield f"layer {layer['digest'][:19]} of {tag}", gzip.decompress(data)
+            yield f"layer {layer['digest'][:19]} of {tag}", gzip.decompress(registry.blob(reg, repository,
+                                                                                          layer["digest"], user=cred))
+        # The attestations pushed with the image (provenance, SBOM).
+        index, _ = registry.manifest(reg, repository, tag, user=cred)
+        for entry in index.get("manifests", []):
+            if entry.get("annotations", {}).get("vnd.docker.reference.type") != "attestation-manifest":
+                continue
+            attestation, _ = registry.manifest(reg, repository, entry["digest"], user=cred)
+            for layer in attestation["layers"]:
+                kind = layer.get("annotations", {}).get("in-toto.io/predicate-type")
+                yield f"attestation {kind} of {tag}", registry.blob(reg, repository, layer["digest"], user=cred)
 
 
 def test_torch_reuses_the_cuda_wheels_of_the_image(docker, family):

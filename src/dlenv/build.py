@@ -76,7 +76,7 @@ class _Run:
 
 
 @contextlib.contextmanager
-def _cwd(path: Path) -> Iterator[None]:
+def working_dir(path: Path) -> Iterator[None]:
     old = os.getcwd()
     os.chdir(path)
     try:
@@ -124,13 +124,20 @@ def capabilities(builder: str | None = None) -> Capabilities:
     return Capabilities(found.name, found.driver, store)
 
 
-def export_options(settings: BuildSettings, caps: Capabilities, sbom_scanner: str | None) -> tuple[graph.Options, list[str]]:
+def export_options(settings: BuildSettings, caps: Capabilities, sbom_scanner: str | None,
+                   secret_args: bool = False) -> tuple[graph.Options, list[str]]:
     """What this builder will export, and a line for each thing it cannot do (said, not hidden).
 
     sbom_scanner: the scanner image to use, or None when it cannot be reached from here.
+    secret_args: a build arg holds a password (graph.credentials_in_args).
     """
     notes = []
     provenance, sbom = settings.provenance, sbom_scanner if settings.sbom else None
+    if provenance == "max" and secret_args:
+        # mode=max records every build arg in the attestation, for anyone who can pull the image.
+        notes.append("provenance mode=min: a proxy or mirror URL among the build args holds a password, which "
+                     "mode=max would record")
+        provenance = "min"
     if not caps.attestations and (provenance != "off" or sbom is not None):
         notes.append(f"attestations off: builder {caps.name} (docker driver, classic image store) cannot store "
                      "them; enable the containerd image store (`\"features\": {\"containerd-snapshotter\": true}`)")
@@ -173,7 +180,7 @@ class Builder:
         started = time.monotonic()
         dependents = {t: [v for v in self.plan.variants if t in v.chain] for t in self.plan.nodes}
         env = {"BUILDX_BAKE_ENTITLEMENTS_FS": "0"}  # newer buildx asks before reading outside the context
-        with open(self.logfile, "a") as log, _cwd(self.plan.matrix.root):
+        with open(self.logfile, "a") as log, working_dir(self.plan.matrix.root):
             log.write(f"\n### bake {' '.join(targets)}\n")
             try:
                 stream = self.client.buildx.bake(targets, files=[str(file)], builder=self.builder,

@@ -299,21 +299,8 @@ def cmd_bake(args: argparse.Namespace) -> int:
     return 0
 
 
-def sbom_scanner(plan: planmod.Plan) -> str | None:
-    """The SBOM scanner image to give BuildKit ("" for its default), None if it cannot be pulled."""
-    from dlenv.build import DEFAULT_SBOM_SCANNER
-
-    settings = plan.matrix.model.build
-    if not settings.sbom:
-        return None
-    image = settings.sbom_generator or planmod.with_mirror(DEFAULT_SBOM_SCANNER, plan.mirrors.registry)
-    ok, _ = reach.image_ok(image)
-    if not ok:
-        return None
-    return "" if image == DEFAULT_SBOM_SCANNER else image
-
-
 def cmd_build(args: argparse.Namespace) -> int:
+    from dlenv import sbom
     from dlenv.build import Builder, capabilities, export_options
 
     plan = load_plan(args)
@@ -352,7 +339,9 @@ def cmd_build(args: argparse.Namespace) -> int:
         settings = plan.matrix.model.build
         if args.cache is not None:
             settings = settings.model_copy(update={"cache": config.BuildSettings(cache=args.cache).cache})
-        options, notes = export_options(settings, capabilities(args.builder), sbom_scanner(plan))
+        caps = capabilities(args.builder)
+        scanner = sbom.scanner(plan, caps, args.workdir, say) if caps.attestations else None
+        options, notes = export_options(settings, caps, scanner, graph.credentials_in_args(plan))
         for note in notes:
             report.console.print(f"[yellow]{escape(note)}[/]")
     with report.LiveBoard(plan) as board:

@@ -9,6 +9,7 @@ the same bytes (sorted keys, no timestamps beyond the commit's).
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -38,6 +39,15 @@ class Options:
     sbom: str | None = None         # the SBOM generator image ("": BuildKit's default); None: no SBOM
     rewrite_timestamp: bool = False  # file times in layers clamped to SOURCE_DATE_EPOCH
     push: bool = False              # BuildKit pushes (any driver but docker, whose store dlenv pushes from)
+
+
+CREDENTIALS = re.compile(r"://[^/@\s:]+:[^/@\s]*@")
+
+
+def credentials_in_args(plan: Plan) -> bool:
+    """Does a build arg hold a URL with a password (a proxy's or a mirror's)?"""
+    values = [v for node in plan.nodes.values() for _, v in node.args] + [v for _, v in plan.mirrors.proxies]
+    return any(CREDENTIALS.search(v) for v in values)
 
 
 def labels(plan: Plan, variant: Variant) -> dict[str, str]:

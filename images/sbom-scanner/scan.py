@@ -1,0 +1,119 @@
+"""SPDX 2.3 SBOM of a root filesystem, by BuildKit's SBOM generator protocol.
+
+BuildKit passes the rootfs to scan in $BUILDKIT_SCAN_SOURCE (and others, optionally, in the
+folders under $BUILDKIT_SCAN_SOURCE_EXTRAS) and takes each <name>.spdx.json written to
+$BUILDKIT_SCAN_DESTINATION as an in-toto statement whose subject it fills in. Listed: the
+Debian packages dpkg installed and every Python distribution (*.dist-info) on the usual paths,
+each with its package URL. The standard library only: it runs in a plain Debian python3.
+"""
+
+import hashlib
+import json
+import os
+import sys
+import uuid
+from datetime import datetime, timezone
+from pathlib import Path
+
+PYTHON_ROOTS = ("opt", "usr/lib", "usr/local")
+
+
+def os_release(root: Path) -> dict:
+    for name in ("etc/os-release", "usr/lib/os-release"):
+        path = root / name
+        if path.is_file():
+            pairs = (line.split("=", 1) for line in path.read_text().splitlines() if "=" in line)
+            return {k: v.strip().strip('"') for k, v in pairs}
+    return {}
+
+
+def debian_packages(root: Path, distro: str) -> list:
+    status = root / "var/lib/dpkg/status"
+    if not status.is_file():
+        return []
+    out = []
+    for stanza in status.read_text(errors="replace").split("\n\n"):
+        fields = dict(line.split(": ", 1) for line in stanza.splitlines() if ": " in line and not line[0].isspace())
+        if not fields.get("Status", "").endswith(" installed"):
+            continue
+        name, version, arch = fields["Package"], fields["Version"], fields.get("Architecture", "")
+        purl = f"pkg:deb/{distro}/{name}@{version}" + (f"?arch={arch}" if arch else "")
+        out.append(("deb", name, version, purl, fields.get("Maintainer", "")))
+    return out
+
+
+def python_packages(root: Path) -> list:
+    seen, out = set(), []
+    for top in PYTHON_ROOTS:
+        base = root / top
+        if not base.is_dir():
+            continue
+        for folder, dirs, _ in os.walk(base):
+            for d in [d for d in dirs if d.endswith(".dist-info")]:
+                meta = Path(folder, d, "METADATA")
+                if not meta.is_file():
+                    continue
+                head = meta.read_text(errors="replace").split("\n\n", 1)[0]
+                fields = dict(line.split(": ", 1) for line in head.splitlines() if ": " in line)
+                name, version = fields.get("Name", ""), fields.get("Version", "")
+                key = (name.lower().replace("_", "-"), version, folder)
+                if name and key not in seen:
+                    seen.add(key)
+                    purl = f"pkg:pypi/{key[0]}@{version}"
+                    out.append(("pypi", name, version, purl, fields.get("Author", "")))
+            # dist-info folders hold no packages of their own; do not walk into them.
+            dirs[:] = [d for d in dirs if not d.endswith(".dist-info")]
+    return out
+
+
+def document(root: Path, name: str) -> dict:
+    release = os_release(root)
+    found = debian_packages(root, release.get("ID", "debian")) + python_packages(root)
+    packages = []
+    for kind, pkg, version, purl, supplier in sorted(found, key=lambda p: p[3]):
+        ident = hashlib.sha256(purl.encode()).hexdigest()[:16]
+        entry = {"SPDXID": f"SPDXRef-Package-{kind}-{ident}", "name": pkg, "versionInfo": version,
+                 "downloadLocation": "NOASSERTION", "filesAnalyzed": False, "licenseConcluded": "NOASSERTION",
+                 "licenseDeclared": "NOASSERTION", "copyrightText": "NOASSERTION",
+                 "externalRefs": [{"referenceCategory": "PACKAGE-MANAGER", "referenceType": "purl",
+                                   "referenceLocator": purl}]}
+        if supplier:
+            entry["supplier"] = "Organization: " + supplier.replace("\n", " ")[:200]
+        packages.append(entry)
+    # Rebuilds of the same image give the same document: its namespace and time come from
+    # its content and SOURCE_DATE_EPOCH (BuildKit passes build args to the scanner).
+    epoch = int(os.environ.get("SOURCE_DATE_EPOCH") or 0)
+    content = hashlib.sha256(json.dumps(packages, sort_keys=True).encode()).hexdigest()
+    return {
+        "spdxVersion": "SPDX-2.3", "dataLicense": "CC0-1.0", "SPDXID": "SPDXRef-DOCUMENT", "name": name,
+        "documentNamespace": f"urn:uuid:{uuid.uuid5(uuid.NAMESPACE_URL, 'dlenv-sbom:' + content)}",
+        "creationInfo": {"created": datetime.fromtimestamp(epoch, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+                         "creators": ["Tool: dlenv-sbom-scan"]},
+        "packages": packages,
+        "relationships": [{"spdxElementId": "SPDXRef-DOCUMENT", "relationshipType": "DESCRIBES",
+                           "relatedSpdxElement": p["SPDXID"]} for p in packages],
+    }
+
+
+def write(root: Path, destination: Path) -> None:
+    name = root.name or "rootfs"
+    statement = {"_type": "https://in-toto.io/Statement/v0.1", "predicateType": "https://spdx.dev/Document",
+                 "subject": [], "predicate": document(root, name)}
+    (destination / f"{name}.spdx.json").write_text(json.dumps(statement, indent=1, sort_keys=True))
+
+
+def main() -> int:
+    source, destination = os.environ.get("BUILDKIT_SCAN_SOURCE"), os.environ.get("BUILDKIT_SCAN_DESTINATION")
+    if not source or not destination:
+        print("dlenv-sbom-scan: BuildKit sets BUILDKIT_SCAN_SOURCE and BUILDKIT_SCAN_DESTINATION", file=sys.stderr)
+        return 2
+    write(Path(source), Path(destination))
+    extras = Path(os.environ.get("BUILDKIT_SCAN_SOURCE_EXTRAS") or "/nonexistent")
+    if extras.is_dir():
+        for root in sorted(p for p in extras.iterdir() if p.is_dir()):
+            write(root, Path(destination))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,112 @@
+"""The SBOM scanner image: BuildKit's default where it can be pulled, else dlenv's own.
+
+BuildKit makes SBOM attestations by running a scanner image over each built image. Its
+default scanner lives on a registry that filtered networks often cannot reach, so dlenv builds
+images/sbom-scanner (Debian packages and Python distributions, SPDX 2.3) on the family's own
+OS layer, pushes it next to the family, and hands that to BuildKit instead.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+from python_on_whales import DockerClient
+from python_on_whales.exceptions import DockerException
+
+from dlenv import graph, reach, registry
+from dlenv.build import DEFAULT_SBOM_SCANNER, Capabilities, working_dir
+from dlenv.plan import Plan, with_mirror
+
+FOLDER = "images/sbom-scanner"
+TARGET = "sbom-scanner"
+
+
+def _os_node(plan: Plan) -> str:
+    """The OS set-up node the scanner is built on: the first variant's."""
+    return next(n for n in plan.variants[0].chain if plan.nodes[n].kind == "os")
+
+
+def scanner_ref(plan: Plan) -> str:
+    """Named by its inputs (its files and the OS layer's): a scanner that exists is reused."""
+    digest = hashlib.sha256(_os_node(plan).encode())
+    for path in sorted((plan.matrix.root / FOLDER).iterdir()):
+        digest.update(path.name.encode() + path.read_bytes())
+    return f"{plan.image}-sbom-scanner:{digest.hexdigest()[:16]}"
+
+
+def definition(plan: Plan, ref: str, push: bool) -> dict:
+    base = _os_node(plan)
+    targets = {name: graph.target(plan, plan.nodes[name], None, "cache", ()) for name in graph.ancestors(plan, base)}
+    targets[TARGET] = {"context": FOLDER, "contexts": {"base": f"target:{base}"}, "tags": [ref],
+                       "attest": ["type=provenance,disabled=true"],
+                       "output": ["type=image,oci-mediatypes=true" + (",push=true" if push else "")]}
+    return {"group": {"default": {"targets": [TARGET]}}, "target": targets}
+
+
+def _exists(ref: str) -> bool:
+    host_repo, _, tag = ref.rpartition(":")
+    reg, _, repo = host_repo.partition("/")
+    try:
+        registry.manifest(reg, repo, tag)
+    except Exception:  # noqa: BLE001 - absent or unreadable: build it
+        return False
+    return True
+
+
+def build_scanner(plan: Plan, caps: Capabilities, workdir: Path) -> str:
+    """Build and push dlenv's scanner unless it is in the registry already; its reference."""
+    ref = scanner_ref(plan)
+    if _exists(ref):
+        return ref
+    workdir.mkdir(parents=True, exist_ok=True)
+    file = workdir / "bake-sbom-scanner.json"
+    file.write_text(graph.render(definition(plan, ref, push=caps.driver != "docker")))
+    client = DockerClient()
+    with working_dir(plan.matrix.root):
+        client.buildx.bake([TARGET], files=[str(file)], builder=caps.name, progress=False,
+                           variables={"BUILDX_BAKE_ENTITLEMENTS_FS": "0"})
+    if caps.driver == "docker":
+        client.image.push(ref, quiet=True)
+    return ref
+
+
+def scanner(plan: Plan, caps: Capabilities, workdir: Path, say: Callable[[str], None]) -> str | None:
+    """The scanner image for BuildKit ("" for its default), or None when there is none to use."""
+    settings = plan.matrix.model.build
+    if not settings.sbom:
+        return None
+    image = settings.sbom_generator or with_mirror(DEFAULT_SBOM_SCANNER, plan.mirrors.registry)
+    if reach.image_ok(image)[0]:
+        return "" if image == DEFAULT_SBOM_SCANNER else image
+    if settings.sbom_generator:
+        return None   # the maintainer named one: do not swap it for another
+    try:
+        ref = build_scanner(plan, caps, workdir)
+    except DockerException as exc:
+        lines = (exc.stderr or "").strip().splitlines() if isinstance(exc.stderr, str) else []
+        say(f"dlenv's SBOM scanner did not build: {(lines or ['?'])[-1]}")
+        return None
+    say(f"SBOMs by dlenv's scanner ({ref}): {image} cannot be pulled from here")
+    return ref
+
+
+def packages(statement: dict) -> list[str]:
+    """The package URLs an SBOM attestation lists (for tests and the curious)."""
+    return [ref["referenceLocator"] for p in statement.get("predicate", {}).get("packages", [])
+            for ref in p.get("externalRefs", []) if ref.get("referenceType") == "purl"]
+
+
+def read_attestation(reg: str, repo: str, reference: str) -> dict | None:
+    """The SBOM attestation pushed with an image (the in-toto statement), if there is one."""
+    index, _ = registry.manifest(reg, repo, reference)
+    for entry in index.get("manifests", []):
+        if entry.get("annotations", {}).get("vnd.docker.reference.type") != "attestation-manifest":
+            continue
+        manifest, _ = registry.manifest(reg, repo, entry["digest"])
+        for layer in manifest.get("layers", []):
+            if layer.get("annotations", {}).get("in-toto.io/predicate-type") == "https://spdx.dev/Document":
+                return json.loads(registry.blob(reg, repo, layer["digest"]))
+    return None
