@@ -110,12 +110,15 @@ def sha256_of(path: Path) -> str:
 def resolve_image(ref: str) -> tuple[str | None, str]:
     """(digest, "") of what ref names now, or (None, why not)."""
     try:
-        out = subprocess.run(["docker", "buildx", "imagetools", "inspect", "--format", "{{.Manifest.Digest}}", ref],
+        out = subprocess.run(["docker", "buildx", "imagetools", "inspect", "--format", "{{json .Manifest}}", ref],
                              capture_output=True, text=True, timeout=60, env=dict(os.environ))
     except (OSError, subprocess.TimeoutExpired) as exc:
         return None, str(exc)
-    digest = out.stdout.strip()
-    if out.returncode == 0 and digest.startswith("sha256:"):
+    try:
+        digest = str(json.loads(out.stdout).get("digest", "")) if out.returncode == 0 else ""
+    except ValueError:
+        digest = ""
+    if digest.startswith("sha256:"):
         return digest, ""
     last = [line for line in out.stderr.strip().splitlines() if line.strip()][-1:] or ["no digest"]
     return None, last[0].rsplit(": ", 1)[-1][:160]

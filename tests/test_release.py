@@ -1,0 +1,165 @@
+"""The release, end to end against the real engine and registry: the rehearsal of release.yml
+(plan -> each shard built -> smoke -> promote -> catalog), attestations, the lock, the cache.
+
+The family (tests/release-family.yaml) has two OS releases, so each of two shards builds its own
+CUDA base. The last test prunes the engine's build cache to show the registry cache at work, so
+it runs after every other engine test (pytest runs this file after test_engine.py).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import pytest
+
+from conftest import REGISTRY, REPO, dlenv, new_project
+from dlenv import engine, lock, registry, sbom
+from test_engine import RUN, sh
+
+pytestmark = pytest.mark.engine
+
+REPOSITORY = f"dlenv-test/release-{RUN}"
+CACHE = f"{REGISTRY}/{REPOSITORY}-cache"
+RELEASE = (REPO / "tests/release-family.yaml").read_text().replace("repository: dlenv-test/release",
+                                                                     f"repository: {REPOSITORY}")
+VARIANTS = ["13.0.2-base-debian12", "13.0.2-base-debian13"]
+
+
+@pytest.fixture(scope="module")
+def rehearsed(docker, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("release")
+    project = new_project(tmp / "project", RELEASE)
+    made = dlenv(project, "lock")
+    assert made.returncode == 0, made.stderr[-2000:]
+    out = dlenv(project, "rehearse", "--shards", "2", "--workdir", str(tmp / "reh"), "--build-id", "rel")
+    return {"project": project, "tmp": tmp, "out": out, "work": tmp / "reh",
+            "steps": json.loads((tmp / "reh/rehearsal.json").read_text())}
+
+
+def test_the_rehearsal_runs_every_step_of_the_release_and_each_passes(rehearsed):
+    out, steps = rehearsed["out"], rehearsed["steps"]
+    assert out.returncode == 0, out.stderr[-4000:]
+    assert [s["name"] for s in steps["steps"]] == ["plan", "build 1/2", "build 2/2", "smoke 1/2", "smoke 2/2",
+                                                   "promote", "catalog"]
+    assert all(s["rc"] == 0 for s in steps["steps"]), steps
+    # The shards came through $GITHUB_OUTPUT, as in the workflow, one OS (and CUDA base) each.
+    assert [s["variants"] for s in steps["shards"]] == VARIANTS
+    for index, variant in enumerate(VARIANTS):
+        built = json.loads((rehearsed["work"] / f"build-{index}.json").read_text())["variants"]
+        assert [(r["variant"], r["status"]) for r in built] == [(variant, "built")]
+        bake = json.loads((rehearsed["work"] / f"build-{index}/bake.json").read_text())
+        assert not [t for t in bake["target"] if "debian1" in t and variant[-8:] not in t], "another shard's nodes"
+        assert "--locked" in steps["steps"][1 + index]["argv"]
+
+
+def test_promoted_tags_name_the_tested_digests_and_the_catalog_lists_them(rehearsed):
+    catalog = json.loads((rehearsed["work"] / "catalog/catalog.json").read_text())
+    images = {e["id"]: e for e in catalog["images"]}
+    assert sorted(images) == VARIANTS
+    for index, variant in enumerate(VARIANTS):
+        tested = json.loads((rehearsed["work"] / f"smoke-{index}.json").read_text())["digests"][variant]
+        _, floating = registry.manifest(REGISTRY, REPOSITORY, variant)
+        assert floating == tested == images[variant]["digest"]
+        assert images[variant]["tag"] == f"{variant}-rel"
+        assert images[variant]["size"] > 10_000_000 and images[variant]["cuda_runtime"].startswith("13.0")
+    assert "Debian GNU/Linux 13" in images["13.0.2-base-debian13"]["os_name"]
+    page = (rehearsed["work"] / "catalog/catalog.md").read_text()
+    assert all(f"`{v}`" in page for v in VARIANTS)
+
+
+def test_each_image_carries_provenance_and_an_sbom_of_what_is_in_it(rehearsed, docker):
+    for variant in VARIANTS:
+        index, _ = registry.manifest(REGISTRY, REPOSITORY, f"{variant}-rel")
+        kinds = [e.get("annotations", {}).get("vnd.docker.reference.type") for e in index["manifests"]]
+        assert kinds.count("attestation-manifest") == 1, kinds
+        statement = sbom.read_attestation(REGISTRY, REPOSITORY, f"{variant}-rel")
+        assert statement and statement["predicateType"] == "https://spdx.dev/Document"
+        # BuildKit bound the SBOM to the image it describes.
+        assert statement["subject"][0]["digest"]["sha256"] in json.dumps(index)
+        purls = sbom.packages(statement)
+        libc = [p for p in purls if p.startswith("pkg:deb/debian/libc6@")]
+        assert libc and any(p.startswith("pkg:pypi/nvidia-cuda-runtime@13.0") for p in purls)
+        # The SBOM agrees with the image: the libc6 version dpkg reports inside it.
+        inside = sh(docker, f"{REGISTRY}/{REPOSITORY}:{variant}-rel", "dpkg-query -W -f '${Version}' libc6")
+        assert libc[0].split("@")[1].split("?")[0] == inside.strip()
+    # Provenance: no password-bearing args here, so mode=max, which records the build's materials.
+    blobs = [registry.blob(REGISTRY, REPOSITORY, layer["digest"])
+             for entry in index["manifests"] if entry.get("annotations", {}).get("vnd.docker.reference.type")
+             for layer in registry.manifest(REGISTRY, REPOSITORY, entry["digest"])[0]["layers"]
+             if "slsa.dev/provenance" in layer.get("annotations", {}).get("in-toto.io/predicate-type", "")]
+    assert blobs and b'"buildConfig"' in blobs[0]
+
+
+def test_a_missing_or_stale_lock_stops_a_locked_build_before_anything_is_pushed(rehearsed, tmp_path):
+    project = rehearsed["project"]
+    path = lock.path_for(project / "matrix.yaml")
+    good = path.read_text()
+    before = registry.tags(REGISTRY, REPOSITORY)
+    try:
+        path.unlink()
+        out = dlenv(project, "build", "--locked", "--build-id", "nolock", "--workdir", str(tmp_path / "w1"))
+        assert out.returncode == 1 and "no lock file" in out.stderr and "nox -s lock" in out.stderr
+        # An apt mirror that moved since the lock: a package version the mirror no longer gives.
+        data = json.loads(good)
+        packages = data["rootfs"]["debian12"]["packages"]
+        packages[:] = [p if not p.startswith("libc6=") else "libc6=2.0-old" for p in packages]
+        path.write_text(json.dumps(data))
+        out = dlenv(project, "build", "--locked", "--build-id", "stale", "--workdir", str(tmp_path / "w2"))
+        assert out.returncode == 1, out.stderr[-2000:]
+        assert "debian12: 1 packages differ from the lock (libc6 2.0-old ->" in " ".join(out.stderr.split())
+        assert registry.tags(REGISTRY, REPOSITORY) == before
+        checked = dlenv(project, "lock", "--check")
+        assert checked.returncode == 1 and "libc6 2.0-old ->" in " ".join(checked.stderr.split())
+    finally:
+        path.write_text(good)
+    assert dlenv(project, "lock", "--check").returncode == 0
+
+
+def test_a_locked_base_image_is_used_by_digest_after_its_tag_moves_upstream(rehearsed, docker, tmp_path):
+    # A public base image that a registry mirror serves: the loopback registry plays both.
+    hub = f"dlenv-hub-{RUN}:1"
+    mirrored = f"{REGISTRY}/library/{hub}"
+    for variant in VARIANTS:
+        docker.image.pull(f"{REGISTRY}/{REPOSITORY}:{variant}-rel", quiet=True)
+    docker.image.tag(f"{REGISTRY}/{REPOSITORY}:{VARIANTS[0]}-rel", mirrored)   # bookworm
+    docker.image.push(mirrored, quiet=True)
+    matrix = RELEASE.replace(f"repository: {REPOSITORY}", f"repository: {REPOSITORY}-pinned").replace(
+        "  debian12: {source: bootstrap, suite: bookworm}\n  debian13: {source: bootstrap, suite: trixie}\n",
+        f"  hubos: {{source: image, image: \"{hub}\", family: debian}}\n")
+    project = new_project(tmp_path / "project", matrix)
+    made = dlenv(project, "lock", "--registry-mirror", REGISTRY)
+    assert made.returncode == 0, made.stderr[-2000:]
+    pinned = lock.read(lock.path_for(project / "matrix.yaml")).images[hub]
+    # Upstream rebuilds the tag (here: another Debian release under the same name).
+    docker.image.tag(f"{REGISTRY}/{REPOSITORY}:{VARIANTS[1]}-rel", mirrored)
+    docker.image.push(mirrored, quiet=True)
+    _, now = registry.manifest(REGISTRY, f"library/dlenv-hub-{RUN}", "1")
+    assert now != pinned
+    checked = dlenv(project, "lock", "--check", "--registry-mirror", REGISTRY)
+    assert checked.returncode == 1 and f"{hub}: moved upstream" in checked.stderr
+    out = dlenv(project, "build", "--locked", "--registry-mirror", REGISTRY, "--build-id", "pin", "--no-promote",
+                "--workdir", str(tmp_path / "w"))
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert f"docker-image://{mirrored}@{pinned}" in (tmp_path / "w/bake.json").read_text()
+    release = sh(docker, f"{REGISTRY}/{REPOSITORY}-pinned:13.0.2-base-hubos-pin", ". /etc/os-release; echo $VERSION_CODENAME")
+    assert release.strip() == "bookworm"   # the locked base, not what the tag names now
+
+
+def test_a_shard_rebuilt_on_a_machine_without_its_build_cache_reuses_the_registry_cache(rehearsed, docker, tmp_path):
+    if engine.find() is None or engine.find()[0] != engine.private_host():
+        pytest.skip("prunes the build cache: only on the engine dlenv started itself")
+    assert {"rootfs-debian12", "os-debian12", "13_0_2-base-debian12", "13_0_2-base-debian13"} <= \
+        set(registry.tags(REGISTRY, f"{REPOSITORY}-cache"))
+    # A fresh build machine: no local build cache at all.
+    subprocess.run(["docker", "buildx", "prune", "-af"], check=True, capture_output=True)
+    out = dlenv(rehearsed["project"], "build", "--shard", "1/2", "--cache", CACHE, "--build-id", "fresh",
+                "--no-promote", "--workdir", str(tmp_path / "w"))
+    assert out.returncode == 0, out.stderr[-3000:]
+    log = (tmp_path / "w/build.log").read_text().splitlines()
+    assert any("importing cache manifest from " + CACHE in line for line in log)
+    run_steps = {line.split(" ", 1)[0]: line for line in log if line.startswith("#") and "] RUN " in line}
+    cached = {line.split(" ", 1)[0] for line in log if line.endswith(" CACHED")}
+    assert run_steps, "the log shows no build steps at all"
+    ran = [line for vertex, line in run_steps.items() if vertex not in cached]
+    assert not ran, f"steps that ran again despite the registry cache: {ran[:5]}"
