@@ -42,7 +42,8 @@ def debian_packages(root: Path, distro: str) -> list:
     return out
 
 
-def python_packages(root: Path) -> list:
+def python_packages(root: Path, files: list | None = None) -> list:
+    """Python distributions under PYTHON_ROOTS; their METADATA paths are appended to files."""
     seen, out = set(), []
     for top in PYTHON_ROOTS:
         base = root / top
@@ -59,6 +60,8 @@ def python_packages(root: Path) -> list:
                 key = (name.lower().replace("_", "-"), version, folder)
                 if name and key not in seen:
                     seen.add(key)
+                    if files is not None:
+                        files.append(meta)
                     purl = f"pkg:pypi/{key[0]}@{version}"
                     out.append(("pypi", name, version, purl, fields.get("Author", "")))
             # dist-info folders hold no packages of their own; do not walk into them.
@@ -68,7 +71,8 @@ def python_packages(root: Path) -> list:
 
 def document(root: Path, name: str) -> dict:
     release = os_release(root)
-    found = debian_packages(root, release.get("ID", "debian")) + python_packages(root)
+    found_files: list = []
+    found = debian_packages(root, release.get("ID", "debian")) + python_packages(root, found_files)
     packages = []
     for kind, pkg, version, purl, supplier in sorted(found, key=lambda p: p[3]):
         ident = hashlib.sha256(purl.encode()).hexdigest()[:16]
@@ -80,9 +84,11 @@ def document(root: Path, name: str) -> dict:
         if supplier:
             entry["supplier"] = "Organization: " + supplier.replace("\n", " ")[:200]
         packages.append(entry)
-    # Rebuilds of the same image give the same document: its namespace and time come from
-    # its content and SOURCE_DATE_EPOCH (BuildKit passes build args to the scanner).
-    epoch = int(os.environ.get("SOURCE_DATE_EPOCH") or 0)
+    # The document's time is when the packages last changed (the newest package database or
+    # METADATA file; BuildKit gives the scanner no build time), its namespace follows from what
+    # it lists: the same image gives the same document.
+    stamps = [f.stat().st_mtime for f in [root / "var/lib/dpkg/status", *found_files] if f.is_file()]
+    epoch = int(max(stamps, default=0))
     content = hashlib.sha256(json.dumps(packages, sort_keys=True).encode()).hexdigest()
     return {
         "spdxVersion": "SPDX-2.3", "dataLicense": "CC0-1.0", "SPDXID": "SPDXRef-DOCUMENT", "name": name,
