@@ -200,8 +200,9 @@ def test_export_options_say_what_the_builder_cannot_do():
     assert options.provenance == "max" and options.sbom == "reg/scan:1" and not options.push
     assert not options.rewrite_timestamp and any("timestamps not rewritten" in n for n in notes)
     classic = Capabilities("default", "docker", False)
-    options, notes = export_options(BuildSettings(), classic, "reg/scan:1")
-    assert options.provenance == "off" and options.sbom is None and any("containerd" in n for n in notes)
+    options, notes = export_options(BuildSettings(cache="r.invalid/c"), classic, "reg/scan:1")
+    assert options.provenance == "off" and options.sbom is None and options.cache == ""
+    assert any(n.startswith("attestations and registry cache off") and "containerd" in n for n in notes)
     options, notes = export_options(BuildSettings(), DOCKER, None)
     assert options.sbom is None and any(n.startswith("SBOM off") for n in notes)
     remote = Capabilities("k8s", "kubernetes", False)
@@ -216,6 +217,12 @@ def test_a_password_in_a_build_arg_keeps_provenance_to_min(project):
     secret = dataclasses.replace(p, mirrors=dataclasses.replace(
         p.mirrors, proxies=(("HTTPS_PROXY", "http://user:pw@proxy.invalid:3128"),)))
     assert graph.credentials_in_args(secret)
+    token = dataclasses.replace(p, mirrors=dataclasses.replace(
+        p.mirrors, proxies=(("HTTPS_PROXY", "http://proxy.invalid:3128"),)))
+    assert not graph.credentials_in_args(token)
+    index = expand(project, select=["cuda=13.0.2 os=debian12 flavor=runtime stack=python"],
+                   mirrors=dataclasses.replace(p.mirrors, pypi="https://TOKEN@pypi.invalid/simple"))
+    assert graph.credentials_in_args(index)   # a bare token in a PyPI mirror URL counts too
     options, notes = export_options(BuildSettings(), DOCKER, "", graph.credentials_in_args(secret))
     assert options.provenance == "min" and any("mode=min" in n for n in notes)
 
@@ -272,6 +279,32 @@ def test_rehearsal_passes_everything_but_its_own_options_to_each_step():
            "--cache", "r/c", "--registry", "127.0.0.1:5000"]
     assert rehearsal.common_args(raw) == ["--matrix", "m.yaml", "--select", "cuda=13.*", "--registry",
                                           "127.0.0.1:5000"]
+
+
+def test_the_rehearsal_runs_every_shard_so_it_refuses_one(monkeypatch, capsys):
+    from dlenv.cli import main
+
+    monkeypatch.chdir(Path(__file__).resolve().parent.parent)
+    assert main(["rehearse", "--matrix", "tests/release-family.yaml", "--shard", "1/2"]) == 2
+    assert "--shards N" in capsys.readouterr().err
+
+
+def test_an_empty_registry_is_an_error_not_the_default(monkeypatch, capsys):
+    from dlenv.cli import main
+
+    monkeypatch.chdir(Path(__file__).resolve().parent.parent)
+    assert main(["list", "--registry", ""]) == 2
+    assert "--registry" in capsys.readouterr().err
+
+
+def test_a_build_suffix_is_appended_to_the_build_id(monkeypatch, capsys):
+    from dlenv.cli import main
+
+    monkeypatch.chdir(Path(__file__).resolve().parent.parent)
+    assert main(["list", "--matrix", "tests/release-family.yaml", "--build-id", "20260101-abc", "--build-suffix",
+                 "w7", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["build"] == "20260101-abc-w7"
+    assert main(["list", "--build-suffix", "/bad"]) == 2
 
 
 def test_the_shards_command_writes_the_matrix_for_github_actions(tmp_path, monkeypatch, capsys):

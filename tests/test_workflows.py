@@ -4,6 +4,7 @@ check-jsonschema vendors), and holding no logic beyond installing nox and callin
 from __future__ import annotations
 
 import ast
+import json
 import re
 import subprocess
 import sys
@@ -103,3 +104,21 @@ def test_release_builds_locked_with_a_registry_cache_and_moves_tags_only_after_g
     assert "gpu" in jobs["smoke"]["runs-on"] and "--require-gpu" in smoke and "--json" in smoke
     assert "nox -s promote" in promote and "--require-gpu" in promote
     assert "nox -s catalog" in run_lines(jobs["catalog"])
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=[p.name for p in WORKFLOWS])
+def test_conditions_only_read_jobs_they_directly_need(path):
+    # GitHub's `needs` context holds direct dependencies only: `needs.plan.result` in a job
+    # that needs plan only through another job is always empty, and the job never runs.
+    for name, job in yaml.safe_load(path.read_text())["jobs"].items():
+        needs = job.get("needs", [])
+        needs = {needs} if isinstance(needs, str) else set(needs)
+        text = json.dumps(job)
+        assert set(re.findall(r"needs\.([\w-]+)\.", text)) <= needs, name
+
+
+def test_release_inputs_reach_the_shell_through_the_environment_only():
+    # ${{ inputs.* }} inside a run: script is pasted into the shell before it runs.
+    for name, job in release()["jobs"].items():
+        for step in job["steps"]:
+            assert "inputs." not in step.get("run", ""), (name, step["run"])

@@ -38,7 +38,7 @@ def debian_packages(root: Path, distro: str) -> list:
             continue
         name, version, arch = fields["Package"], fields["Version"], fields.get("Architecture", "")
         purl = f"pkg:deb/{distro}/{name}@{version}" + (f"?arch={arch}" if arch else "")
-        out.append(("deb", name, version, purl, fields.get("Maintainer", "")))
+        out.append(("deb", name, version, purl, fields.get("Maintainer", ""), "dpkg"))
     return out
 
 
@@ -63,7 +63,8 @@ def python_packages(root: Path, files: list | None = None) -> list:
                     if files is not None:
                         files.append(meta)
                     purl = f"pkg:pypi/{key[0]}@{version}"
-                    out.append(("pypi", name, version, purl, fields.get("Author", "")))
+                    # Where it is installed: pip, for one, is often both in the OS and in a venv.
+                    out.append(("pypi", name, version, purl, fields.get("Author", ""), str(Path(folder).relative_to(root))))
             # dist-info folders hold no packages of their own; do not walk into them.
             dirs[:] = [d for d in dirs if not d.endswith(".dist-info")]
     return out
@@ -74,8 +75,8 @@ def document(root: Path, name: str) -> dict:
     found_files: list = []
     found = debian_packages(root, release.get("ID", "debian")) + python_packages(root, found_files)
     packages = []
-    for kind, pkg, version, purl, supplier in sorted(found, key=lambda p: p[3]):
-        ident = hashlib.sha256(purl.encode()).hexdigest()[:16]
+    for kind, pkg, version, purl, supplier, where in sorted(found, key=lambda p: (p[3], p[5])):
+        ident = hashlib.sha256(f"{purl} {where}".encode()).hexdigest()[:16]
         entry = {"SPDXID": f"SPDXRef-Package-{kind}-{ident}", "name": pkg, "versionInfo": version,
                  "downloadLocation": "NOASSERTION", "filesAnalyzed": False, "licenseConcluded": "NOASSERTION",
                  "licenseDeclared": "NOASSERTION", "copyrightText": "NOASSERTION",

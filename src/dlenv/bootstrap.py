@@ -28,7 +28,13 @@ class RootfsSpec:
     security: str = ""   # the security archive; "" when there is none to use
 
     def sources(self) -> list[str]:
-        """sources.list lines: the release, its updates and (where known) its security fixes."""
+        """sources.list lines: the release, its updates and (where known) its security fixes.
+
+        None without a mirror: mmdebstrap then uses its own default archive (and, for a stable
+        release, its -updates and -security suites), e.g. on an Ubuntu CI runner.
+        """
+        if not self.mirror:
+            return []
         lines = [f"deb {self.mirror} {self.suite} main", f"deb {self.mirror} {self.suite}-updates main"]
         if self.security:
             lines.append(f"deb {self.security} {self.suite}-security main")
@@ -54,17 +60,25 @@ def rootfs_dir(spec: RootfsSpec) -> Path:
 
 
 def ensure_rootfs(spec: RootfsSpec, say=print) -> Path:
+    """The folder of spec's rootfs.tar, bootstrapped now if the cache does not hold it yet."""
     folder = rootfs_dir(spec)
-    tar = folder / "rootfs.tar"
-    if tar.exists():
-        return folder
+    if not (folder / "rootfs.tar").exists():
+        make_rootfs(spec, folder / "rootfs.tar", say)
+    return folder
+
+
+def make_rootfs(spec: RootfsSpec, tar: Path, say=print) -> Path:
+    """Bootstrap spec into tar now, from the mirror as it is today."""
     if not shutil.which("mmdebstrap"):
-        raise EngineError("mmdebstrap is not installed (needed for OS rows with source: bootstrap)",
-                          "apt-get install mmdebstrap, or run `nox -s engine -- up` as root")
-    folder.mkdir(parents=True, exist_ok=True)
-    partial = folder / "rootfs.tar.partial"
+        from dlenv import engine
+
+        # debian-archive-keyring: on Ubuntu (a CI runner) mmdebstrap needs Debian's keys too.
+        engine.install_tools(["mmdebstrap", "debian-archive-keyring"], "OS rows with source: bootstrap", say)
+    tar.parent.mkdir(parents=True, exist_ok=True)
+    partial = tar.with_name(tar.name + ".partial")
     packages = ",".join(sorted(set(BASE_PACKAGES) | set(spec.packages)))
-    say(f"dlenv: bootstrapping {spec.suite} from {spec.mirror} with mmdebstrap")
+    source = spec.mirror or "mmdebstrap's default archive"
+    say(f"dlenv: bootstrapping {spec.suite} from {source} with mmdebstrap")
     started = time.monotonic()
     env = dict(os.environ)
     # Fixed timestamps in the tarball: the same inputs give the same rootfs layer.
@@ -77,8 +91,8 @@ def ensure_rootfs(spec: RootfsSpec, say=print) -> Path:
     if out.returncode != 0:
         partial.unlink(missing_ok=True)
         last = [line for line in out.stderr.splitlines() if line.strip()][-1:] or ["?"]
-        raise EngineError(f"mmdebstrap {spec.suite} from {spec.mirror} failed: {last[0]}",
+        raise EngineError(f"mmdebstrap {spec.suite} from {source} failed: {last[0]}",
                           "check the apt mirror (mirrors.apt in matrix.yaml)")
     partial.rename(tar)
     say(f"dlenv: {spec.suite} rootfs ready in {time.monotonic() - started:.0f}s ({tar.stat().st_size >> 20} MiB)")
-    return folder
+    return tar

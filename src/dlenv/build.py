@@ -13,6 +13,7 @@ import json
 import os
 import re
 import time
+import urllib.error
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -138,17 +139,22 @@ def export_options(settings: BuildSettings, caps: Capabilities, sbom_scanner: st
         notes.append("provenance mode=min: a proxy or mirror URL among the build args holds a password, which "
                      "mode=max would record")
         provenance = "min"
-    if not caps.attestations and (provenance != "off" or sbom is not None):
-        notes.append(f"attestations off: builder {caps.name} (docker driver, classic image store) cannot store "
-                     "them; enable the containerd image store (`\"features\": {\"containerd-snapshotter\": true}`)")
-        provenance, sbom = "off", None
+    cache = settings.cache
+    if not caps.attestations:
+        lost = [what for what, on in (("attestations", provenance != "off" or sbom is not None),
+                                      ("registry cache", bool(cache))) if on]
+        if lost:
+            notes.append(f"{' and '.join(lost)} off: builder {caps.name} (docker driver, classic image store) cannot "
+                         "export them; enable the containerd image store "
+                         "(`\"features\": {\"containerd-snapshotter\": true}`) or use another builder")
+        provenance, sbom, cache = "off", None, ""
     elif settings.sbom and sbom_scanner is None:
         notes.append(f"SBOM off: the scanner image {settings.sbom_generator or DEFAULT_SBOM_SCANNER} cannot be "
                      "pulled from here; set build.sbom_generator (or mirrors.registry) to a copy of it")
     if not caps.rewrite_timestamp:
         notes.append(f"layer timestamps not rewritten: builder {caps.name} (docker driver) cannot with its image "
                      "store; a docker-container, remote or kubernetes builder does it (docs/release.md)")
-    return graph.Options(cache=settings.cache, provenance=provenance, sbom=sbom,
+    return graph.Options(cache=cache, provenance=provenance, sbom=sbom,
                          rewrite_timestamp=caps.rewrite_timestamp, push=caps.driver != "docker"), notes
 
 
@@ -257,7 +263,13 @@ class Builder:
             # BuildKit pushes as it builds, so an immutable tag that exists is kept by not building
             # its variant again.
             for variant in list(remaining):
-                pushed = self._pushed(variant)
+                try:
+                    pushed = self._pushed(variant)
+                except DlenvError as exc:
+                    remaining.remove(variant)
+                    results[variant.id] = Result(variant.id, "failed", error=str(exc), node=variant.node)
+                    self.board.finish(variant.id, "failed")
+                    continue
                 if pushed:
                     remaining.remove(variant)
                     results[variant.id] = Result(variant.id, "built", (self.plan.ref(variant.immutable),), pushed[0],
@@ -318,38 +330,59 @@ class Builder:
         return Result(variant.id, "not attempted", error="\n".join([*lines[-10:], f"depends on {node}, which failed"]),
                       node=node)
 
-    def _pushed(self, variant: Variant) -> tuple[str, tuple[str, ...]] | None:
-        """(digest, layer diff ids) of what the immutable tag names in the registry, if it exists."""
+    def _pushed(self, variant: Variant) -> tuple[str, tuple] | None:
+        """(digest, identity) of what the immutable tag names in the registry; None if it names nothing.
+
+        identity: the layers (diff ids) and the run-time config (env, labels, entrypoint...).
+        A registry that cannot be read is an error: an immutable tag is never overwritten blind.
+        """
         model = self.plan.matrix.model
         try:
             _, digest = registry.manifest(model.registry, model.repository, variant.immutable)
             config = registry.image_manifest(model.registry, model.repository, digest)["config"]["digest"]
             image = json.loads(registry.blob(model.registry, model.repository, config))
-        except Exception:  # noqa: BLE001 - absent (404) or unreadable: nothing to protect here
-            return None
-        return digest, tuple(image.get("rootfs", {}).get("diff_ids", []))
+        except urllib.error.HTTPError as exc:
+            if exc.code == 404:
+                return None
+            raise DlenvError(f"cannot read {self.plan.ref(variant.immutable)}: HTTP {exc.code}",
+                             "log in to the registry (docker login) with a user that may read and push") from None
+        except (OSError, ValueError, KeyError) as exc:
+            raise DlenvError(f"cannot read {self.plan.ref(variant.immutable)}: {exc}", "check the registry") from None
+        c = image.get("config") or {}
+        return digest, (tuple(image.get("rootfs", {}).get("diff_ids", [])), c.get("Env") or [], c.get("Labels") or {},
+                        c.get("Entrypoint") or [], c.get("Cmd") or [], c.get("WorkingDir") or "", c.get("User") or "")
+
+    def _identity(self, variant: Variant) -> tuple:
+        """The same identity for the image this build left in the engine's store."""
+        found = self.client.image.inspect(self.plan.ref(variant.immutable))
+        c = found.config
+        return (tuple(found.root_fs.layers or ()), c.env or [], c.labels or {}, c.entrypoint or [], c.cmd or [],
+                str(c.working_dir or ""), c.user or "")
 
     def _keep_immutable(self, variant: Variant, digest: str) -> tuple[str, str | None]:
         """An immutable tag is a promise: never point it at another image.
 
-        The same image built again (same layers: its attestations record another build) keeps
-        the pushed one. Returns (the digest the tag names after this build, an error or None).
+        The same image built again (same layers and config: only its attestations, which record
+        the build, differ) keeps the pushed one. Returns (the digest the tag names after this
+        build, an error or None).
         """
-        pushed = self._pushed(variant)
+        try:
+            pushed = self._pushed(variant)
+        except DlenvError as exc:
+            return digest, str(exc)
         if pushed is None:
             return digest, None
-        current, layers = pushed
+        current, identity = pushed
         if current == digest:
             return digest, None
         try:
-            mine = tuple(self.client.image.inspect(self.plan.ref(variant.immutable)).root_fs.layers or ())
+            mine = self._identity(variant)
         except DockerException:
             mine = ()
-        if mine and mine == layers:
+        if mine == identity:
             return current, None
-        return current, (f"immutable tag {variant.immutable} already names {current[:19]}, an image with other "
-                         f"layers than this build's {digest[:19]}: refusing to move it (a new commit gives a new "
-                         "build id)")
+        return current, (f"immutable tag {variant.immutable} already names {current[:19]}, another image than this "
+                         f"build's {digest[:19]}: refusing to move it (a new commit gives a new build id)")
 
     def _push(self, variant: Variant) -> str | None:
         """Push a variant's immutable tag (floating tags move only after its smoke checks pass)."""

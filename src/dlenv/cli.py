@@ -35,6 +35,8 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--allow-eol", action="store_true",
                         help="also build CUDA releases past their end of life (src/dlenv/data/cuda_releases.toml)")
     parser.add_argument("--build-id", default=None, help="override the build id (default: commit date-sha)")
+    parser.add_argument("--build-suffix", default="", metavar="TEXT",
+                        help="append -TEXT to the build id, e.g. w42 for a scheduled rebuild of the same commit")
     parser.add_argument("--registry", default=None, help="override `registry:` of matrix.yaml")
     net = parser.add_argument_group("mirrors and proxies (override matrix.yaml's mirrors and proxy)")
     net.add_argument("--apt-mirror", default=None, metavar="URL", help="a Debian/Ubuntu archive mirror")
@@ -89,6 +91,8 @@ def make_parser() -> argparse.ArgumentParser:
     _common(p)
     p.add_argument("--check", action="store_true",
                    help="write nothing: report what moved upstream since the lock (exit 1 if anything did)")
+    p.add_argument("--add-missing", action="store_true",
+                   help="lock only the bases the lock file lacks; never move a locked one (a release's plan job)")
 
     p = sub.add_parser("smoke", help="run each variant's checks in its image (GPU checks where there is a GPU)")
     _common(p)
@@ -197,14 +201,18 @@ def mirrors_for(model: config.MatrixModel, proxies: tuple[tuple[str, str], ...] 
 def load_plan(args: argparse.Namespace) -> planmod.Plan:
     selection = Selection.parse(args.select, args.skip)
     matrix = config.load(args.matrix, root=args.root)
-    if args.registry:
+    if args.registry is not None:
+        if not args.registry:
+            raise ConfigError("--registry", None, "registry", "is empty (in a workflow: is the variable it reads set?)")
         if not config.REGISTRY.match(args.registry):
             raise ConfigError("--registry", None, "registry", f"a registry is host[:port][/path] (got {args.registry!r})")
         matrix = dataclasses.replace(matrix, model=matrix.model.model_copy(update={"registry": args.registry}))
     matrix = with_network_flags(matrix, args)
-    info = tags.build_info(matrix.root, args.build_id, matrix.model.source)
-    if args.build_id and not tags.valid_tag(args.build_id):
-        raise ConfigError("--build-id", None, "build id", f"{args.build_id!r} is not valid in a tag")
+    info = tags.build_info(matrix.root, args.build_id, matrix.model.source,
+                           f"-{args.build_suffix}" if args.build_suffix else "")
+    if (args.build_id or args.build_suffix) and not tags.valid_tag(info.build):
+        flag = "--build-suffix" if args.build_suffix else "--build-id"
+        raise ConfigError(flag, None, "build id", f"{info.build!r} is not valid in a tag")
     proxy = matrix.model.proxy
     extra_ca = Path(matrix.file).parent / proxy.ca_bundle if proxy.ca_bundle else None
     if extra_ca and not extra_ca.is_file():
@@ -212,8 +220,9 @@ def load_plan(args: argparse.Namespace) -> planmod.Plan:
         raise ConfigError(*where, "proxy.ca_bundle", f"no such file: {extra_ca}")
     proxies = hostconf.use_network(proxy.http_proxy, proxy.https_proxy, proxy.no_proxy, extra_ca)
     shard = shards.parse(args.shard) if args.shard else None
-    plan = planmod.expand(matrix, info, mirrors_for(matrix.model, proxies), selection,
-                          today=datetime.date.today(), allow_eol=args.allow_eol)
+    # End of life is judged on the commit's date (expand's default), not the clock: every job of
+    # a release, hours apart, splits the same plan.
+    plan = planmod.expand(matrix, info, mirrors_for(matrix.model, proxies), selection, allow_eol=args.allow_eol)
     return shards.only(plan, shard) if shard else plan
 
 
@@ -264,31 +273,41 @@ def cmd_shards(args: argparse.Namespace) -> int:
 
 
 def cmd_lock(args: argparse.Namespace) -> int:
+    args.allow_eol = True   # a later --allow-eol --locked build finds its bases locked too
     plan = load_plan(args)
     engine.ensure(say=report.say)
     path = lock.path_for(plan.matrix.file)
-    new, unresolved = lock.make(plan, report.say)
-    for problem in unresolved:
-        report.console.print(f"[yellow]not locked:[/] {escape(str(problem))}")
+    old = lock.read(path)
     if args.check:
-        old = lock.read(path)
         if old is None:
             raise DlenvError(f"no lock file {path}", lock.FIX)
+        new, unresolved = lock.make(plan, report.say, keep=False)
         moved = lock.compare(old, new)
+        for problem in unresolved:
+            report.console.print(f"[yellow]not checked:[/] {escape(str(problem))}")
         for problem in moved:
             report.console.print(f"[red]stale:[/] {escape(str(problem))}")
-        report.say(f"{path}: " + (f"{len(moved)} bases moved since the lock" if moved else "every base is as locked"))
-        return 1 if moved else 0
-    old = lock.read(path)
-    if old is not None:
+        if moved or unresolved:
+            report.say(f"{path}: {len(moved)} bases moved since the lock, {len(unresolved)} could not be checked")
+            return 1
+        report.say(f"{path}: every base is as locked")
+        return 0
+    new, unresolved = lock.make(plan, report.say, besides=old if args.add_missing else None)
+    for problem in unresolved:
+        report.console.print(f"[yellow]not locked:[/] {escape(str(problem))}")
+    if old is not None and not args.add_missing:
         # A base that cannot be resolved from here, or that a partial plan (--select, --shard)
         # does not use, keeps its entry.
-        partial = bool(args.select or args.skip or args.shard)
+        partial = any(s.strip() for s in [*args.select, *args.skip]) or bool(args.shard)
         keep = {p.what for p in unresolved}
         new = lock.Lock({**{k: v for k, v in old.images.items() if partial or k in keep}, **new.images},
                         {**(old.rootfs if partial else {}), **new.rootfs})
+    added = sorted(set(new.images) - set(old.images if old else {})) + \
+        sorted(set(new.rootfs) - set(old.rootfs if old else {}))
     lock.write(path, new)
-    report.say(f"wrote {path}: {len(new.images)} images, {len(new.rootfs)} OS bootstraps")
+    report.say(f"wrote {path}: {len(new.images)} images, {len(new.rootfs)} OS bootstraps"
+               + (f"; added {', '.join(added)} (commit the lock file to keep them)" if args.add_missing and added
+                  else ""))
     return 0
 
 
@@ -440,6 +459,7 @@ def cmd_promote(args: argparse.Namespace) -> int:
 def cmd_catalog(args: argparse.Namespace) -> int:
     from dlenv import catalog
 
+    args.allow_eol = True   # published images of a release past its end of life are listed, marked
     plan = load_plan(args)
     engine.ensure(say=report.say)
     entries, unpublished = catalog.gather(plan)

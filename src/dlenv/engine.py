@@ -153,6 +153,17 @@ def _installed(package: str) -> str | None:
     return None
 
 
+def install_tools(packages: list[str], why: str, say: Say = print) -> None:
+    """Install host tools dlenv needs (e.g. mmdebstrap on a CI runner), as root on Debian or Ubuntu."""
+    release = hostconf.os_release()
+    if os.geteuid() != 0 or release.get("ID") not in ("debian", "ubuntu"):
+        raise EngineError(f"{' and '.join(packages)} not installed ({why})",
+                          f"apt-get install {' '.join(packages)}, or run dlenv as root on Debian or Ubuntu")
+    say(f"dlenv: installing {', '.join(packages)} from the host's apt sources ({why})")
+    _apt("update", "-qq")
+    _apt("install", "-y", "-qq", "--no-install-recommends", *packages)
+
+
 def install(say: Say = print) -> None:
     """Install Docker 26 + buildx + compose, a registry and mmdebstrap from Debian packages."""
     _need_root_debian("install an engine")

@@ -41,11 +41,12 @@ class Options:
     push: bool = False              # BuildKit pushes (any driver but docker, whose store dlenv pushes from)
 
 
-CREDENTIALS = re.compile(r"://[^/@\s:]+:[^/@\s]*@")
+# Any userinfo in a URL: user:password@, or a bare token@.
+CREDENTIALS = re.compile(r"://[^/\s@]+@")
 
 
 def credentials_in_args(plan: Plan) -> bool:
-    """Does a build arg hold a URL with a password (a proxy's or a mirror's)?"""
+    """Does a build arg hold a URL with credentials (a proxy's or a mirror's)?"""
     values = [v for node in plan.nodes.values() for _, v in node.args] + [v for _, v in plan.mirrors.proxies]
     return any(CREDENTIALS.search(v) for v in values)
 

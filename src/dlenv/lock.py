@@ -15,6 +15,7 @@ import json
 import os
 import subprocess
 import tarfile
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -134,25 +135,47 @@ def _images(plan: Plan) -> dict[str, str]:
     return {n.upstream: n.base_image for n in plan.nodes.values() if n.upstream and n.base_image}
 
 
+def _rootfs_lock(suite: str, tar: Path) -> RootfsLock:
+    return RootfsLock(suite, dpkg_packages(tar), sha256_of(tar))
+
+
 def bootstrapped(plan: Plan, os_key: str, say=print) -> RootfsLock:
+    """What the build will use: the cached rootfs (bootstrapped now if there is none)."""
     spec = plan.nodes[_rootfs_nodes(plan)[os_key]].rootfs
     assert spec is not None
-    tar = bootstrap.ensure_rootfs(spec, say) / "rootfs.tar"
-    return RootfsLock(spec.suite, dpkg_packages(tar), sha256_of(tar))
+    return _rootfs_lock(spec.suite, bootstrap.ensure_rootfs(spec, say) / "rootfs.tar")
 
 
-def make(plan: Plan, say=print) -> tuple[Lock, list[Problem]]:
-    """Resolve every base of the plan now: the lock to write, and what could not be resolved."""
-    images: dict[str, str] = {}
+def make(plan: Plan, say=print, keep: bool = True, besides: Lock | None = None) -> tuple[Lock, list[Problem]]:
+    """Resolve the bases of the plan now: the lock to write, and what could not be resolved.
+
+    Each rootfs is bootstrapped afresh (the cache may be older than the mirror); keep: it then
+    replaces the cached one, so that builds use what the lock describes. besides: resolve only
+    what that lock lacks, and keep what it has.
+    """
+    have = besides or Lock({}, {})
+    images: dict[str, str] = dict(have.images)
     problems = []
     for name, ref in sorted(_images(plan).items()):
+        if name in have.images:
+            continue
         digest, why = resolve_image(ref)
         if digest:
             images[name] = digest
         else:
             through = f" through {ref}" if ref != name else ""
             problems.append(Problem(name, f"not resolved{through}: {why}; set mirrors.registry to a mirror that has it"))
-    rootfs = {os_key: bootstrapped(plan, os_key, say) for os_key in sorted(_rootfs_nodes(plan))}
+    rootfs = dict(have.rootfs)
+    for os_key in sorted(set(_rootfs_nodes(plan)) - set(have.rootfs)):
+        spec = plan.nodes[_rootfs_nodes(plan)[os_key]].rootfs
+        assert spec is not None
+        bootstrap.cache_root().mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=bootstrap.cache_root()) as tmp:
+            tar = bootstrap.make_rootfs(spec, Path(tmp) / "rootfs.tar", say)
+            rootfs[os_key] = _rootfs_lock(spec.suite, tar)
+            if keep:
+                bootstrap.rootfs_dir(spec).mkdir(parents=True, exist_ok=True)
+                os.replace(tar, bootstrap.rootfs_dir(spec) / "rootfs.tar")
     return Lock(images, rootfs), problems
 
 

@@ -67,8 +67,9 @@ def sources(plan: Plan, variant: Variant) -> list[Source]:
     model = plan.matrix.model
     out: list[Source] = []
     first = plan.nodes[variant.chain[0]]
-    if first.rootfs:
-        address = f"{first.rootfs.mirror}/dists/{first.rootfs.suite}/Release" if first.rootfs.mirror else ""
+    if first.rootfs and first.rootfs.mirror:
+        # Without a mirror mmdebstrap uses its own default archive: its failure says so.
+        address = f"{first.rootfs.mirror}/dists/{first.rootfs.suite}/Release"
         out.append(Source("apt", address, "set mirrors.apt in matrix.yaml to a reachable Debian mirror"))
     if first.base_image:
         out.append(Source("image", first.base_image,

@@ -1,7 +1,9 @@
 """A small client of the registry HTTP API (distribution v2): tags, manifests, sizes.
 
-Used to report what was pushed (compressed size = what users download) and by the tests to
-read tags back. Credentials come from the Docker client's config, as `docker login` left them.
+Used to report what was pushed (compressed size = what users download), to retag, and by the
+tests to read tags back. A registry may carry a path (host/team): repositories live under it.
+Credentials come from the Docker client's config, as `docker login` left them (plain or through
+a credential helper), and are traded for a token where the registry asks for one (Bearer).
 """
 
 from __future__ import annotations
@@ -9,7 +11,10 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
+import subprocess
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -23,29 +28,79 @@ ACCEPT = ", ".join([
 ])
 
 
-def _auth(registry: str) -> str | None:
+def _credentials(host: str) -> tuple[str, str] | None:
+    """(user, secret) for host as `docker login` left them: config.json's auths, or a credential helper."""
     config = Path(os.environ.get("DOCKER_CONFIG", Path.home() / ".docker")) / "config.json"
     try:
-        auths = json.loads(config.read_text()).get("auths", {})
+        data = json.loads(config.read_text())
     except (OSError, ValueError):
         return None
-    host = registry.split("/")[0]
-    for key, value in auths.items():
+    for key, value in data.get("auths", {}).items():
         if key.removeprefix("http://").removeprefix("https://").rstrip("/") == host and value.get("auth"):
-            return f"Basic {value['auth']}"
+            user, _, secret = base64.b64decode(value["auth"]).decode().partition(":")
+            return user, secret
+    helper = data.get("credHelpers", {}).get(host) or data.get("credsStore")
+    if helper:
+        try:
+            out = subprocess.run([f"docker-credential-{helper}", "get"], input=host, capture_output=True, text=True,
+                                 timeout=20)
+            found = json.loads(out.stdout) if out.returncode == 0 else {}
+        except (OSError, ValueError, subprocess.SubprocessError):
+            found = {}
+        if found.get("Secret"):
+            return found.get("Username", ""), found["Secret"]
     return None
+
+
+def _basic(user: tuple[str, str]) -> str:
+    return f"Basic {base64.b64encode(':'.join(user).encode()).decode()}"
+
+
+_TOKENS: dict[str, str] = {}
+
+
+def _bearer(challenge: str, user: tuple[str, str] | None) -> str | None:
+    """A token from the auth server a 401's `WWW-Authenticate: Bearer realm=...` names."""
+    params = dict(re.findall(r'(\w+)="([^"]*)"', challenge))
+    if "realm" not in params:
+        return None
+    query = urllib.parse.urlencode({k: v for k, v in params.items() if k in ("service", "scope")})
+    key = f"{params['realm']}?{query}"
+    if key not in _TOKENS:
+        request = urllib.request.Request(f"{params['realm']}?{query}")
+        if user:
+            request.add_header("Authorization", _basic(user))
+        with urllib.request.urlopen(request, timeout=30) as response:
+            data = json.loads(response.read())
+        _TOKENS[key] = f"Bearer {data.get('token') or data.get('access_token')}"
+    return _TOKENS[key]
+
+
+def _open(registry: str, path: str, accept: str = ACCEPT, method: str = "GET", data: bytes | None = None,
+          content_type: str | None = None, user: tuple[str, str] | None = None, timeout: int = 30):
+    """A response for /v2/<the registry's path prefix>/<path>, logged in the way the registry asks."""
+    host, _, prefix = registry.partition("/")
+    url = f"{registry_url(host)}/v2/{prefix + '/' if prefix else ''}{path}"
+    user = user or _credentials(host)
+    headers = {"Accept": accept, **({"Content-Type": content_type} if content_type else {})}
+    auth = _basic(user) if user else None
+    for _ in range(2):
+        request = urllib.request.Request(url, method=method, data=data, headers=headers)
+        if auth:
+            request.add_header("Authorization", auth)
+        try:
+            return urllib.request.urlopen(request, timeout=timeout)
+        except urllib.error.HTTPError as exc:
+            challenge = exc.headers.get("WWW-Authenticate", "") if exc.code == 401 else ""
+            if not challenge.startswith("Bearer") or (auth or "").startswith("Bearer"):
+                raise
+            auth = _bearer(challenge, user)
+    raise AssertionError("unreachable")
 
 
 def _request(registry: str, path: str, accept: str = ACCEPT, method: str = "GET", data: bytes | None = None,
              content_type: str | None = None, user: tuple[str, str] | None = None) -> tuple[bytes, dict]:
-    headers = {"Accept": accept}
-    if content_type:
-        headers["Content-Type"] = content_type
-    request = urllib.request.Request(f"{registry_url(registry)}/v2/{path}", method=method, data=data, headers=headers)
-    auth = f"Basic {base64.b64encode(':'.join(user).encode()).decode()}" if user else _auth(registry)
-    if auth:
-        request.add_header("Authorization", auth)
-    with urllib.request.urlopen(request, timeout=30) as response:
+    with _open(registry, path, accept, method, data, content_type, user) as response:
         return response.read(), dict(response.headers)
 
 
@@ -97,9 +152,5 @@ def compressed_size(registry: str, repository: str, reference: str) -> int:
 
 
 def blob(registry: str, repository: str, digest: str, user: tuple[str, str] | None = None) -> bytes:
-    request = urllib.request.Request(f"{registry_url(registry)}/v2/{repository}/blobs/{digest}")
-    auth = f"Basic {base64.b64encode(':'.join(user).encode()).decode()}" if user else _auth(registry)
-    if auth:
-        request.add_header("Authorization", auth)
-    with urllib.request.urlopen(request, timeout=120) as response:
+    with _open(registry, f"{repository}/blobs/{digest}", "*/*", user=user, timeout=120) as response:
         return response.read()

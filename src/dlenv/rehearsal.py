@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from rich.table import Table
 
 from dlenv import report
+from dlenv.errors import ConfigError
 
 
 @dataclass
@@ -62,6 +63,8 @@ def _call(step: Step) -> Step:
 def run(args: argparse.Namespace) -> int:
     from dlenv.cli import load_plan
 
+    if args.shard:
+        raise ConfigError("--shard", None, "shard", "the rehearsal builds every shard: give --shards N instead")
     plan = load_plan(args)   # bad input stops here, before anything is built
     common = common_args(args.raw)
     work = args.workdir.resolve()

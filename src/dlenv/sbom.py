@@ -16,8 +16,9 @@ from pathlib import Path
 from python_on_whales import DockerClient
 from python_on_whales.exceptions import DockerException
 
-from dlenv import graph, reach, registry
+from dlenv import bootstrap, graph, reach, registry
 from dlenv.build import DEFAULT_SBOM_SCANNER, Capabilities, working_dir
+from dlenv.errors import DlenvError
 from dlenv.plan import Plan, with_mirror
 
 FOLDER = "images/sbom-scanner"
@@ -25,13 +26,17 @@ TARGET = "sbom-scanner"
 
 
 def _os_node(plan: Plan) -> str:
-    """The OS set-up node the scanner is built on: the first variant's."""
-    return next(n for n in plan.variants[0].chain if plan.nodes[n].kind == "os")
+    """The OS set-up node the scanner is built on: a bootstrapped one if the plan has one (small,
+    and needing no registry), else the first variant's."""
+    chains = sorted((v.chain for v in plan.variants), key=lambda c: plan.nodes[c[0]].kind != "rootfs")
+    return next(n for n in chains[0] if plan.nodes[n].kind == "os")
 
 
 def scanner_ref(plan: Plan) -> str:
-    """Named by its inputs (its files and the OS layer's): a scanner that exists is reused."""
-    digest = hashlib.sha256(_os_node(plan).encode())
+    """Named by its inputs (its files, and every node it is built on): a scanner that exists is reused."""
+    digest = hashlib.sha256()
+    for name in graph.ancestors(plan, _os_node(plan)):
+        digest.update(repr(plan.nodes[name]).encode())
     for path in sorted((plan.matrix.root / FOLDER).iterdir()):
         digest.update(path.name.encode() + path.read_bytes())
     return f"{plan.image}-sbom-scanner:{digest.hexdigest()[:16]}"
@@ -62,6 +67,9 @@ def build_scanner(plan: Plan, caps: Capabilities, workdir: Path) -> str:
     if _exists(ref):
         return ref
     workdir.mkdir(parents=True, exist_ok=True)
+    for name in graph.ancestors(plan, _os_node(plan)):
+        if plan.nodes[name].rootfs:
+            bootstrap.ensure_rootfs(plan.nodes[name].rootfs, lambda _: None)
     file = workdir / "bake-sbom-scanner.json"
     file.write_text(graph.render(definition(plan, ref, push=caps.driver != "docker")))
     client = DockerClient()
@@ -85,9 +93,9 @@ def scanner(plan: Plan, caps: Capabilities, workdir: Path, say: Callable[[str], 
         return None   # the maintainer named one: do not swap it for another
     try:
         ref = build_scanner(plan, caps, workdir)
-    except DockerException as exc:
-        lines = (exc.stderr or "").strip().splitlines() if isinstance(exc.stderr, str) else []
-        say(f"dlenv's SBOM scanner did not build: {(lines or ['?'])[-1]}")
+    except (DockerException, DlenvError) as exc:
+        detail = str(exc) if isinstance(exc, DlenvError) else ((exc.stderr or "") if isinstance(exc.stderr, str) else "")
+        say(f"dlenv's own SBOM scanner did not build: {(detail.strip().splitlines() or ['?'])[-1]}")
         return None
     say(f"SBOMs by dlenv's scanner ({ref}): {image} cannot be pulled from here")
     return ref

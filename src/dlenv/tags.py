@@ -34,13 +34,17 @@ class BuildInfo:
 
 def _git(root: Path, *args: str) -> str | None:
     try:
-        out = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=20)
+        # safe.directory: run as root (sudo, in CI) in a checkout another user owns, git would
+        # refuse, and the build id would silently differ from the other jobs' of the same commit.
+        out = subprocess.run(["git", "-c", f"safe.directory={root}", "-C", str(root), *args],
+                             capture_output=True, text=True, timeout=20)
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip() if out.returncode == 0 else None
 
 
-def build_info(root: Path, override: str | None = None, source: str | None = None) -> BuildInfo:
+def build_info(root: Path, override: str | None = None, source: str | None = None, suffix: str = "") -> BuildInfo:
+    """override replaces the build id; suffix is appended to it (a scheduled rebuild of a commit)."""
     revision = _git(root, "rev-parse", "HEAD") or ""
     epoch = int(_git(root, "log", "-1", "--format=%ct") or 0)
     date = datetime.fromtimestamp(epoch, timezone.utc).strftime("%Y%m%d") if epoch else "00000000"
@@ -61,7 +65,7 @@ def build_info(root: Path, override: str | None = None, source: str | None = Non
     remote = source or _git(root, "remote", "get-url", "origin") or ""
     remote = re.sub(r"^git@([^:]+):", r"https://\1/", remote).removesuffix(".git")
     remote = re.sub(r"//[^/@]+@", "//", remote)  # never a token from a remote URL
-    build = override or f"{date}-{sha}"
+    build = (override or f"{date}-{sha}") + suffix
     return BuildInfo(build, date, sha, revision, epoch, remote)
 
 
