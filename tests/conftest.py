@@ -18,6 +18,16 @@ REPO = Path(__file__).resolve().parent.parent
 REGISTRY = engine.DEFAULT_REGISTRY
 
 
+@pytest.fixture(autouse=True)
+def _environment_restored():
+    """dlenv makes proxies its process's own (hostconf.use_network): a test that runs it in
+    this process must not leave them to the tests after it (mmdebstrap would use a dead proxy)."""
+    saved = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
+
+
 @pytest.fixture
 def project(tmp_path: Path) -> Path:
     """A project folder: the repository's images/ and a copy of its recipes/ to break at will."""

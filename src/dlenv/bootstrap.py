@@ -90,8 +90,12 @@ def make_rootfs(spec: RootfsSpec, tar: Path, say=print) -> Path:
     )
     if out.returncode != 0:
         partial.unlink(missing_ok=True)
-        last = [line for line in out.stderr.splitlines() if line.strip()][-1:] or ["?"]
-        raise EngineError(f"mmdebstrap {spec.suite} from {source} failed: {last[0]}",
+        log = cache_root() / f"mmdebstrap-{spec.key}.log"
+        log.write_text(out.stderr)
+        # The first error says what went wrong; mmdebstrap's last line only that it failed.
+        errors = [line for line in out.stderr.splitlines() if line.startswith("E:")] or \
+            [line for line in out.stderr.splitlines() if line.strip()][-1:] or ["?"]
+        raise EngineError(f"mmdebstrap {spec.suite} from {source} failed: {errors[0]} (log: {log})",
                           "check the apt mirror (mirrors.apt in matrix.yaml)")
     partial.rename(tar)
     say(f"dlenv: {spec.suite} rootfs ready in {time.monotonic() - started:.0f}s ({tar.stat().st_size >> 20} MiB)")
