@@ -157,7 +157,10 @@ def test_a_shard_rebuilt_on_a_machine_without_its_build_cache_reuses_the_registr
         pytest.skip("prunes the build cache: only on the engine dlenv started itself")
     assert {"rootfs-debian12", "os-debian12", "13_0_2-base-debian12", "13_0_2-base-debian13"} <= \
         set(registry.tags(PREFIXED, f"{REPOSITORY}-cache"))
-    # A fresh build machine: no local build cache at all.
+    # A fresh build machine: no images and no build cache at all. (Pruning only the build cache
+    # leaves the containerd image store naming snapshots that are gone: "parent snapshot does
+    # not exist" on the next export.)
+    subprocess.run(["docker", "image", "prune", "-af"], check=True, capture_output=True)
     subprocess.run(["docker", "buildx", "prune", "-af"], check=True, capture_output=True)
     out = dlenv(rehearsed["project"], "build", "--shard", "1/2", "--cache", CACHE, "--build-id", "fresh",
                 "--no-promote", "--workdir", str(tmp_path / "w"))
