@@ -15,10 +15,11 @@ os_name=$( (. /etc/os-release && printf '%s' "${PRETTY_NAME:-}") 2>/dev/null)
 # CUDA from wheels keeps the wheels' metadata (images/cuda-pip); NVIDIA's images name the
 # library file after its full version (libcudart.so.12.6.77).
 cudart=""
-for d in /usr/local/cuda/python/nvidia_cuda_runtime-*.dist-info; do
+# (nvidia_cuda_runtime-13.0.96 for CUDA 13, nvidia_cuda_runtime_cu12-12.8.90 for CUDA 12).
+for d in /usr/local/cuda/python/nvidia_cuda_runtime-*.dist-info /usr/local/cuda/python/nvidia_cuda_runtime_cu*-*.dist-info; do
     [ -d "$d" ] || continue
-    cudart=${d##*/nvidia_cuda_runtime-}
-    cudart=${cudart%.dist-info}
+    cudart=${d%.dist-info}
+    cudart=${cudart##*-}
 done
 if [ -z "$cudart" ]; then
     for f in /usr/local/cuda/lib64/libcudart.so.*.*.* /usr/local/cuda/targets/*/lib/libcudart.so.*.*.*; do
