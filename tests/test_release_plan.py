@@ -297,6 +297,16 @@ def test_an_empty_registry_is_an_error_not_the_default(monkeypatch, capsys):
     assert "--registry" in capsys.readouterr().err
 
 
+def test_a_bad_cache_is_one_line_before_anything_starts(monkeypatch, capsys):
+    from dlenv.cli import main
+
+    monkeypatch.chdir(Path(__file__).resolve().parent.parent)
+    monkeypatch.setenv("DOCKER_HOST", "unix:///nonexistent.sock")   # nothing may be reached for
+    assert main(["build", "--matrix", "tests/family.yaml", "--cache", "bad ref"]) == 2
+    err = capsys.readouterr().err
+    assert "--cache: build.cache: a cache is a registry repository" in err and "Traceback" not in err
+
+
 def test_a_build_suffix_is_appended_to_the_build_id(monkeypatch, capsys):
     from dlenv.cli import main
 

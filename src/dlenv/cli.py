@@ -226,17 +226,19 @@ def load_plan(args: argparse.Namespace) -> planmod.Plan:
     return shards.only(plan, shard) if shard else plan
 
 
-def pinned_plan(plan: planmod.Plan, strict: bool) -> planmod.Plan:
-    """The plan with its bases pulled by locked digests; what the lock lacks is said (or, strict, an error)."""
+def pinned_plan(plan: planmod.Plan, strict: bool) -> tuple[planmod.Plan, lock.Lock | None]:
+    """The plan with its bases pulled by locked digests, and the lock; what the lock lacks is said
+    (or, strict, an error)."""
     path = lock.path_for(plan.matrix.file)
-    pinned, problems = lock.pin(plan, lock.read(path), path)
+    found = lock.read(path)
+    pinned, problems = lock.pin(plan, found, path)
     if problems:
         if strict:
             raise DlenvError(f"--locked: {problems[0]}" + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""),
                              lock.FIX)
         for problem in problems:
             report.console.print(f"[yellow]lock:[/] {escape(str(problem))}")
-    return pinned
+    return pinned, found
 
 
 def build_secrets() -> tuple[graph.Secret, ...]:
@@ -312,10 +314,18 @@ def cmd_lock(args: argparse.Namespace) -> int:
 
 
 def cmd_bake(args: argparse.Namespace) -> int:
-    plan = pinned_plan(load_plan(args), strict=False)
+    plan, _ = pinned_plan(load_plan(args), strict=False)
     sys.stdout.write(graph.render(graph.definition(plan, "load" if args.load else "push", build_secrets(),
                                                    graph.Options(cache=plan.matrix.model.build.cache))))
     return 0
+
+
+def build_cache(value: str) -> str:
+    """--cache, validated like build.cache in matrix.yaml."""
+    try:
+        return config.BuildSettings(cache=value).cache
+    except ValidationError as exc:
+        raise ConfigError("--cache", None, "build.cache", exc.errors()[0]["msg"].removeprefix("Value error, ")) from None
 
 
 def cmd_build(args: argparse.Namespace) -> int:
@@ -323,6 +333,7 @@ def cmd_build(args: argparse.Namespace) -> int:
     from dlenv.build import Builder, capabilities, export_options
 
     plan = load_plan(args)
+    cache = build_cache(args.cache) if args.cache is not None else None   # bad input: before anything starts
     if not plan.variants:
         raise DlenvError("nothing to build: every combination is left out", "see `nox -s list`")
     say = report.say
@@ -345,8 +356,7 @@ def cmd_build(args: argparse.Namespace) -> int:
             if not plan.variants:
                 raise DlenvError("every selected variant has unreachable sources", "see the fixes above")
             say(f"building the {len(plan.variants)} reachable variants (--strict makes this an error)")
-    plan = pinned_plan(plan, args.locked)
-    found = lock.read(lock.path_for(plan.matrix.file))
+    plan, found = pinned_plan(plan, args.locked)
     if found:
         stale = lock.verify_rootfs(plan, found, say)
         if stale and args.locked:
@@ -357,7 +367,7 @@ def cmd_build(args: argparse.Namespace) -> int:
     if not args.load:
         settings = plan.matrix.model.build
         if args.cache is not None:
-            settings = settings.model_copy(update={"cache": config.BuildSettings(cache=args.cache).cache})
+            settings = settings.model_copy(update={"cache": cache})
         caps = capabilities(args.builder)
         scanner = sbom.scanner(plan, caps, args.workdir, say) if caps.attestations else None
         options, notes = export_options(settings, caps, scanner, graph.credentials_in_args(plan))

@@ -10,7 +10,6 @@ reported with its fix; `--locked` (the release pipeline) makes any of them an er
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 import subprocess
@@ -22,6 +21,7 @@ from pathlib import Path
 from dlenv import bootstrap
 from dlenv.errors import ConfigError
 from dlenv.plan import Plan
+from dlenv.rootfs_run import sha256
 
 VERSION = 1
 FIX = "run `nox -s lock` and commit the lock file"
@@ -100,14 +100,6 @@ def dpkg_packages(tar: Path) -> tuple[str, ...]:
     return tuple(sorted(out))
 
 
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def resolve_image(ref: str) -> tuple[str | None, str]:
     """(digest, "") of what ref names now, or (None, why not)."""
     try:
@@ -136,7 +128,7 @@ def _images(plan: Plan) -> dict[str, str]:
 
 
 def _rootfs_lock(suite: str, tar: Path) -> RootfsLock:
-    return RootfsLock(suite, dpkg_packages(tar), sha256_of(tar))
+    return RootfsLock(suite, dpkg_packages(tar), sha256(str(tar)))
 
 
 def bootstrapped(plan: Plan, os_key: str, say=print) -> RootfsLock:
