@@ -13,11 +13,8 @@ import subprocess
 
 import pytest
 
-from conftest import REGISTRY, REPO, dlenv, new_project
 from dlenv import engine, lock, registry, sbom
-from test_engine import RUN, sh
-
-pytestmark = pytest.mark.engine
+from helpers import REGISTRY, REPO, RUN, dlenv, new_project, sh
 
 # A registry with a path, as most hosted ones are (host/team/...): every registry call of the
 # pipeline (digests, retags, the catalog, the immutable-tag check) goes through that path.

@@ -8,9 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import REPO, SMALL, write
 from dlenv import graph
-from test_plan import expand
+from helpers import REPO, SMALL, expand, write
 
 
 def test_shared_prefixes_appear_once(project):

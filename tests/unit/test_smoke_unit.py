@@ -8,7 +8,7 @@ import xml.etree.ElementTree as ET
 from dlenv.config import Check
 from dlenv.smoke import Verdict, junit
 from dlenv.smoke import judge as judge_dict
-from test_plan import expand
+from helpers import expand
 
 
 def check(**kw) -> Check:

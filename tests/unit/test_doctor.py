@@ -130,7 +130,7 @@ def test_the_command_reports_this_host_as_json_and_exits_by_what_blocks(tmp_path
     import subprocess
     import sys
 
-    from conftest import REPO
+    from helpers import REPO
 
     out = subprocess.run([sys.executable, "-m", "dlenv.doctor", "--json", str(tmp_path / "d.json")],
                          capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(REPO / "src")))

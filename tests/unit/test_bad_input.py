@@ -10,8 +10,8 @@ import sys
 
 import pytest
 
-from conftest import REPO, SMALL, write
 from dlenv.cli import main
+from helpers import REPO, SMALL, write
 
 GOOD = SMALL
 

@@ -2,33 +2,15 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
-from conftest import SMALL, write
-from dlenv import config, plan
+from dlenv import plan
 from dlenv.errors import ConfigError
-from dlenv.selection import Selection
-from dlenv.tags import BuildInfo
-
-BUILD = BuildInfo("20260101-abcdef0", "20260101", "abcdef0", "abcdef0" * 5 + "abcde", 1767225600,
-                  "https://example.invalid/dlenv")
-MIRRORS = plan.Mirrors(bootstrap_apt="http://apt.invalid/debian")
-
-
-def expand(project: Path, text: str = SMALL, select=(), skip=(), mirrors=MIRRORS) -> plan.Plan:
-    write(project / "matrix.yaml", text)
-    matrix = config.load(project / "matrix.yaml", root=project)
-    return plan.expand(matrix, BUILD, mirrors, Selection.parse(select, skip))
+from helpers import SMALL, expand, reasons, write
 
 
 def ids(p: plan.Plan) -> list[str]:
     return [v.id for v in p.variants]
-
-
-def reasons(p: plan.Plan) -> dict[str, str]:
-    return {x.id: x.reason for x in p.left_out}
 
 
 def test_axes_expand_in_declaration_order(project):

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import REPO
+from helpers import REPO
 
 WORKFLOWS = sorted((REPO / ".github/workflows").glob("*.yml"))
 # Set-up and hand-over only: checking out, Python, a buildx builder, a registry login, artifacts

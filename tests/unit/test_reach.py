@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dlenv import plan, reach
-from test_plan import expand
+from helpers import expand
 
 
 def test_sources_per_variant(project, monkeypatch):

@@ -57,7 +57,7 @@ def test_an_extra_ca_bundle_that_is_no_pem_is_refused(clean_env, tmp_path):
 
 
 def test_proxies_reach_every_bake_target_as_predefined_args(project):
-    from test_plan import MIRRORS, expand
+    from helpers import MIRRORS, expand
 
     mirrors = MIRRORS.__class__(**{**MIRRORS.__dict__, "proxies": (("HTTPS_PROXY", "http://p.invalid:3128"),
                                                                    ("https_proxy", "http://p.invalid:3128"))})

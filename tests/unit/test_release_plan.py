@@ -11,12 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from conftest import SMALL
 from dlenv import graph, lock, rehearsal, shards
 from dlenv.build import Capabilities, export_options
 from dlenv.config import BuildSettings
 from dlenv.errors import ConfigError
-from test_plan import expand, reasons
+from helpers import REPO, SMALL, expand, reasons
 
 # --- shards -----------------------------------------------------------------------------------
 
@@ -148,7 +147,7 @@ def test_differences_and_compare_say_what_moved():
 
 
 def test_the_repositorys_own_locks_are_valid_and_cover_their_bootstraps():
-    root = Path(__file__).resolve().parent.parent
+    root = REPO
     for matrix in (root / "matrix.yaml", root / "tests/family.yaml", root / "tests/release-family.yaml"):
         found = lock.read(lock.path_for(matrix))
         assert found and "debian12" in found.rootfs, matrix
@@ -244,7 +243,7 @@ def test_bad_build_settings_name_the_field(project, field, value, expected):
 def test_cuda_past_its_end_of_life_is_left_out_unless_allowed(project):
     from dlenv import config, plan
     from dlenv.selection import Selection
-    from test_plan import BUILD, MIRRORS
+    from helpers import BUILD, MIRRORS
 
     expand(project)  # writes matrix.yaml
     matrix = config.load(project / "matrix.yaml", root=project)
@@ -263,7 +262,7 @@ def test_cuda_past_its_end_of_life_is_left_out_unless_allowed(project):
 def test_allow_eol_on_a_cuda_row_builds_it(project):
     from dlenv import config, plan
     from dlenv.selection import Selection
-    from test_plan import BUILD, MIRRORS
+    from helpers import BUILD, MIRRORS
 
     expand(project, SMALL.replace('"12.8.1": {source: pip}', '"12.8.1": {source: pip, allow_eol: true}'))
     matrix = config.load(project / "matrix.yaml", root=project)
@@ -284,7 +283,7 @@ def test_rehearsal_passes_everything_but_its_own_options_to_each_step():
 def test_the_rehearsal_runs_every_shard_so_it_refuses_one(monkeypatch, capsys):
     from dlenv.cli import main
 
-    monkeypatch.chdir(Path(__file__).resolve().parent.parent)
+    monkeypatch.chdir(REPO)
     assert main(["rehearse", "--matrix", "tests/release-family.yaml", "--shard", "1/2"]) == 2
     assert "--shards N" in capsys.readouterr().err
 
@@ -292,7 +291,7 @@ def test_the_rehearsal_runs_every_shard_so_it_refuses_one(monkeypatch, capsys):
 def test_an_empty_registry_is_an_error_not_the_default(monkeypatch, capsys):
     from dlenv.cli import main
 
-    monkeypatch.chdir(Path(__file__).resolve().parent.parent)
+    monkeypatch.chdir(REPO)
     assert main(["list", "--registry", ""]) == 2
     assert "--registry" in capsys.readouterr().err
 
@@ -300,7 +299,7 @@ def test_an_empty_registry_is_an_error_not_the_default(monkeypatch, capsys):
 def test_a_bad_cache_is_one_line_before_anything_starts(monkeypatch, capsys):
     from dlenv.cli import main
 
-    monkeypatch.chdir(Path(__file__).resolve().parent.parent)
+    monkeypatch.chdir(REPO)
     monkeypatch.setenv("DOCKER_HOST", "unix:///nonexistent.sock")   # nothing may be reached for
     assert main(["build", "--matrix", "tests/family.yaml", "--cache", "bad ref"]) == 2
     err = capsys.readouterr().err
@@ -310,7 +309,7 @@ def test_a_bad_cache_is_one_line_before_anything_starts(monkeypatch, capsys):
 def test_a_build_suffix_is_appended_to_the_build_id(monkeypatch, capsys):
     from dlenv.cli import main
 
-    monkeypatch.chdir(Path(__file__).resolve().parent.parent)
+    monkeypatch.chdir(REPO)
     assert main(["list", "--matrix", "tests/release-family.yaml", "--build-id", "20260101-abc", "--build-suffix",
                  "w7", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["build"] == "20260101-abc-w7"
@@ -320,7 +319,7 @@ def test_a_build_suffix_is_appended_to_the_build_id(monkeypatch, capsys):
 def test_the_shards_command_writes_the_matrix_for_github_actions(tmp_path, monkeypatch, capsys):
     from dlenv.cli import main
 
-    root = Path(__file__).resolve().parent.parent
+    root = REPO
     output = tmp_path / "github-output"
     monkeypatch.setenv("GITHUB_OUTPUT", str(output))
     monkeypatch.chdir(root)

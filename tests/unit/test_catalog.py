@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO
 from dlenv import catalog, config, lifecycle, plan, registry
 from dlenv.errors import DlenvError
 from dlenv.tags import BuildInfo
+from helpers import REPO
 
 # What checks/inventory.sh printed in two images of the test family (built 2026-11-29): a base
 # image without Python, and the torch image (its package list shortened).

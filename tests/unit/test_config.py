@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from conftest import REPO, write
 from dlenv import config, hostconf
+from helpers import REPO, write
 
 
 def test_repository_matrix_loads():

@@ -21,22 +21,16 @@ import time
 from pathlib import Path
 
 import pytest
-from python_on_whales import DockerClient
-
-from conftest import REGISTRY, dlenv, new_project, write
-from dlenv import engine, hostconf, registry
 from netserver import MirrorProxy
 
-pytestmark = pytest.mark.engine
+from dlenv import engine, hostconf, registry
+from helpers import REGISTRY, REPO, RUN, dlenv, new_project, sh, write
 
 BUILD_ID = "test-" + time.strftime("%Y%m%d")
-# Repositories of their own per test run: an immutable tag is never moved, and a rebuild with a
-# pruned cache (or changed recipes) under the same tag would have to move it.
-RUN = secrets.token_hex(3)
 FAMILY_REPO = f"dlenv-test/family-{RUN}"
 TINY_REPO = f"dlenv-test/tiny-{RUN}"
 
-FAMILY = (Path(__file__).parent / "family.yaml").read_text().replace("repository: dlenv-test/family",
+FAMILY = (REPO / "tests/family.yaml").read_text().replace("repository: dlenv-test/family",
                                                                     f"repository: {FAMILY_REPO}")
 VARIANTS = ["13.0.2-runtime-debian12", "13.0.2-runtime-debian12-py-ssh",
             "13.0.2-devel-debian12", "13.0.2-devel-debian12-py-ssh", "13.0.2-runtime-debian12-py-torch"]
@@ -95,11 +89,6 @@ def ssh(key: Path, port: int | str, login: str, command: str, wait: float = 0) -
         if out.returncode == 0 or time.monotonic() > deadline:
             return out
         time.sleep(1)
-
-
-def sh(docker: DockerClient, image: str, script: str, **kwargs) -> str:
-    """Run a shell script in image, past any entrypoint (the ssh image's makes host keys)."""
-    return docker.run(image, ["-c", script], entrypoint="/bin/sh", remove=True, **kwargs)
 
 
 def test_every_variant_built_and_pushed_with_all_its_tags(family):
