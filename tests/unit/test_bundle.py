@@ -37,7 +37,7 @@ def test_large_files_the_host_has_stay_behind_and_come_back_by_hash(tmp_path):
     (donor / "libbig-renamed.so").write_bytes(big)            # same bytes, any name
     (donor / "unrelated.bin").write_bytes(os.urandom(BIG))
     have = rootfs_run.inventory([str(tmp_path / "donor")])
-    assert len(have["files"]) == 2
+    assert len(have["files"]) == len(list(donor.iterdir()))
 
     donated = smoke.leave_out(archive, set(have["files"]))
     assert sorted(d["path"] for d in donated) == ["/usr/lib/libbig-hardlink.so.1", "/usr/lib/libbig.so.1"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import xml.etree.ElementTree as ET
 
-from dlenv.config import Check
+from dlenv.config import Check, builtin_checks
 from dlenv.smoke import Verdict, junit
 from dlenv.smoke import judge as judge_dict
 from helpers import expand
@@ -43,7 +43,8 @@ def test_checks_are_inherited_along_the_chain(project):
     assert [c.origin for c in p.variant("13.0.2-devel-debian12-py-dev-ssh").checks][-3:] == [
         "recipes/python.toml", "recipes/devtools.toml", "recipes/ssh.toml"]
     gpu = [c.name for c in p.variant("13.0.2-devel-debian12").checks if c.gpu]
-    assert len(gpu) == 3
+    shipped = builtin_checks()
+    assert gpu == [c.name for slot in ("global", "base", "runtime", "devel") for c in shipped[slot] if c.gpu]
 
 
 def test_junit_reports_skips_as_skips_not_passes():
