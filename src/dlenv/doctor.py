@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from dlenv import engine, lifecycle  # standard library only, like this module
+from dlenv import engine, gpuarch, lifecycle  # standard library only, like this module
 from dlenv.errors import DlenvError
 
 Status = Literal["ok", "warn", "fail", "skip"]
@@ -261,7 +261,9 @@ def judge_image(host: Host, image: Image, table: dict) -> list[Finding]:
                 out.append(Finding(f"{gpu.name} vs CUDA {mm}", "fail",
                                    f"compute capability {gpu.compute} is older than CUDA {mm} supports "
                                    f"({release['min_compute']}+)", "pick a tag of an older CUDA (e.g. 12.x)"))
-            elif cc > version(release["max_compute"]):
+            # Past the newest architecture, the release's cubins still run within its major.
+            elif cc > version(release["max_compute"]) and not gpuarch.kernels(
+                    gpu.compute, ["sm_" + release["max_compute"].replace(".", "")]).runs:
                 out.append(Finding(f"{gpu.name} vs CUDA {mm}", "warn",
                                    f"compute capability {gpu.compute} is newer than CUDA {mm} has native code for "
                                    f"({release['max_compute']}); kernels need PTX JIT", "pick a tag of a newer CUDA"))
@@ -271,19 +273,10 @@ def judge_image(host: Host, image: Image, table: dict) -> list[Finding]:
         out.append(Finding(f"torch {image.torch}", "skip", "the image's torch names no CUDA architectures (a CPU build?)"))
     elif image.torch:
         for gpu in host.gpus:
-            arch = "sm_" + gpu.compute.replace(".", "")
-            ptx = [a for a in image.torch_archs if a.startswith("compute_") and version(a) <= version(arch)]
-            if arch in image.torch_archs:
-                out.append(Finding(f"{gpu.name} vs torch {image.torch}", "ok", f"{arch} is in torch's architecture list"))
-            elif ptx:
-                out.append(Finding(f"{gpu.name} vs torch {image.torch}", "warn",
-                                   f"{arch} has no native torch kernels; {ptx[-1]} PTX is JIT-compiled at first use",
-                                   "pick a torch build for this GPU (a newer CUDA tag)"))
-            else:
-                out.append(Finding(f"{gpu.name} vs torch {image.torch}", "fail",
-                                   f"{arch} is not in torch's architectures ({' '.join(image.torch_archs)}): "
-                                   "CUDA kernels fail with `no kernel image is available`",
-                                   "pick a tag whose torch supports this GPU"))
+            found = gpuarch.kernels(gpu.compute, image.torch_archs)
+            status, fix = {"native": ("ok", ""), "ptx": ("warn", "pick a torch build for this GPU (a newer CUDA tag)"),
+                           "none": ("fail", "pick a tag whose torch supports this GPU")}[found.kind]
+            out.append(Finding(f"{gpu.name} vs torch {image.torch}", status, f"torch: {found.detail}", fix))
     return out
 
 

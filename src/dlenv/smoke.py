@@ -23,7 +23,7 @@ from typing import Literal
 from python_on_whales import DockerClient
 from python_on_whales.exceptions import DockerException
 
-from dlenv import registry, rootfs_run
+from dlenv import gpuarch, registry, rootfs_run
 from dlenv.config import CHECKS_DIR, Check
 from dlenv.errors import DlenvError
 from dlenv.graph import LABEL
@@ -50,9 +50,11 @@ class Verdict:
 
 
 def checks_folder() -> Path:
-    """What /dlenv-checks holds: the CUDA probe (built here) and the test kernel's source."""
+    """What /dlenv-checks holds: the CUDA probe (built here), the test kernel's source, and
+    gpuarch.py, so checks judge a GPU against an architecture list by doctor's own rule."""
     folder = Path(tempfile.mkdtemp(prefix="dlenv-checks-"))
     shutil.copy(CHECKS_DIR / "kernel.cu", folder / "kernel.cu")
+    shutil.copy(gpuarch.__file__, folder / "gpuarch.py")
     compiler = shutil.which("cc") or shutil.which("gcc")
     if not compiler:
         raise DlenvError("no C compiler on this host to build the CUDA probe", "apt-get install gcc")

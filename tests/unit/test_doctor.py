@@ -105,11 +105,41 @@ def test_torch_architectures_against_the_gpu():
     archs = ("sm_75", "sm_80", "sm_86", "sm_90", "sm_100", "sm_120")
     assert by_check(doctor.judge_image(READY, image(torch="2.11.0", archs=archs), TABLE))[
         "NVIDIA H200 vs torch 2.11.0"].status == "ok"
-    turing = Host(gpus=(Gpu("T4", "580.65.06", "7.0"),), driver_cuda="13.0")
-    f = by_check(doctor.judge_image(turing, image(torch="2.11.0", archs=archs), TABLE))["T4 vs torch 2.11.0"]
+    volta = Host(gpus=(Gpu("Tesla V100", "580.65.06", "7.0"),), driver_cuda="13.0")
+    f = by_check(doctor.judge_image(volta, image(torch="2.11.0", archs=archs), TABLE))["Tesla V100 vs torch 2.11.0"]
     assert f.status == "fail" and "no kernel image is available" in f.detail
     jit = by_check(doctor.judge_image(READY, image(torch="2.11.0", archs=("sm_80", "compute_80")), TABLE))
     assert jit["NVIDIA H200 vs torch 2.11.0"].status == "warn"
+    assert "compute_80 PTX is JIT-compiled" in jit["NVIDIA H200 vs torch 2.11.0"].detail
+
+
+TORCH_2_11 = ("sm_75", "sm_80", "sm_86", "sm_90", "sm_100", "sm_120")   # torch 2.11.0+cu130, read on the H200
+
+
+@pytest.mark.parametrize("name,compute,status,entry", [
+    ("NVIDIA L4", "8.9", "ok", "sm_86"),            # binary compatible within Ada/Ampere's major
+    ("NVIDIA GeForce RTX 4090", "8.9", "ok", "sm_86"),
+    ("NVIDIA GH200 480GB", "9.0", "ok", "sm_90"),
+    ("NVIDIA GB200", "10.0", "ok", "sm_100"),
+    ("NVIDIA GB300", "10.3", "ok", "sm_100"),
+    ("NVIDIA GB10", "12.1", "ok", "sm_120"),
+    ("Tesla P100-PCIE-16GB", "6.0", "fail", ""),
+])
+def test_gpus_against_torch_2_11_by_the_compatibility_rule(name, compute, status, entry):
+    host = Host(gpus=(Gpu(name, "580.95.05", compute),), driver_cuda="13.0")
+    f = by_check(doctor.judge_image(host, image(torch="2.11.0+cu130", archs=TORCH_2_11), TABLE))[
+        f"{name} vs torch 2.11.0+cu130"]
+    assert f.status == status, f
+    if entry:
+        assert f.detail.startswith(f"torch: {entry} ")
+    else:
+        assert "no kernel image is available" in f.detail and f.fix
+
+
+def test_a_gpu_past_the_cudas_newest_architecture_in_the_same_major_is_supported():
+    spark = Host(gpus=(Gpu("NVIDIA GB10", "580.95.05", "12.1"),), driver_cuda="13.0")
+    assert TABLE["release"]["12.8"]["max_compute"] == "12.0"   # the premise: 12.8's newest is sm_120
+    assert by_check(doctor.judge_image(spark, image("12.8.1"), TABLE))["NVIDIA GB10 vs CUDA 12.8"].status == "ok"
 
 
 def test_an_image_that_cannot_be_inspected_or_is_no_cuda_image_is_skipped():
