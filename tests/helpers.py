@@ -12,7 +12,7 @@ import textwrap
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from dlenv import config, engine, plan
+from dlenv import config, engine, plan, registry
 from dlenv.selection import Selection
 from dlenv.tags import BuildInfo
 
@@ -99,6 +99,18 @@ def new_project(path: Path, matrix: str, images: dict[str, str] | None = None,
     for args in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "test project"]):
         subprocess.run(["git", "-C", str(path), *args], check=True, capture_output=True, env=dict(os.environ, **when))
     return path
+
+
+def attestations(reg: str, repository: str, reference: str, user: tuple[str, str] | None = None):
+    """(predicate type, statement bytes) of each attestation pushed with an image (provenance, SBOM)."""
+    index, _ = registry.manifest(reg, repository, reference, user=user)
+    for entry in index.get("manifests", []):
+        if entry.get("annotations", {}).get("vnd.docker.reference.type") != "attestation-manifest":
+            continue
+        attestation, _ = registry.manifest(reg, repository, entry["digest"], user=user)
+        for layer in attestation["layers"]:
+            yield (layer.get("annotations", {}).get("in-toto.io/predicate-type", ""),
+                   registry.blob(reg, repository, layer["digest"], user=user))
 
 
 def sh(docker: DockerClient, image: str, script: str, **kwargs) -> str:

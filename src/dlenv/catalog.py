@@ -263,14 +263,6 @@ def to_json(entries: list[Entry], left_out: list[NotPublished], generated_at: da
             "not_published": [asdict(n) for n in left_out]}
 
 
-def from_json(data: dict) -> tuple[list[Entry], list[NotPublished], datetime.datetime]:
-    """What to_json wrote, read back (JSON has lists where Entry has tuples)."""
-    entries = [Entry(**{**e, "floating": tuple(e["floating"]), "recipes": tuple(e["recipes"]),
-                        "packages": tuple(e["packages"])}) for e in data["images"]]
-    return (entries, [NotPublished(**n) for n in data["not_published"]],
-            datetime.datetime.fromisoformat(data["generated_at"]))
-
-
 def write(folder: Path, entries: list[Entry], left_out: list[NotPublished],
           generated_at: datetime.datetime) -> tuple[Path, Path]:
     """catalog.md and catalog.json in folder."""

@@ -340,11 +340,6 @@ def ensure_registry(registry: str, say: Say = print) -> None:
                       f"see {state / 'registry.log'} (is port 5000 taken?)")
 
 
-def registry_root() -> Path:
-    """Where dlenv's own registry keeps its blobs (tests look there)."""
-    return state_dir() / "registry/data"
-
-
 def down(say: Say = print) -> list[str]:
     """Stop the processes dlenv started (by their recorded pids) and nothing else."""
     stopped = []

@@ -72,10 +72,6 @@ class Variant:
     def tags(self) -> tuple[str, ...]:
         return (self.immutable, *self.floating)
 
-    def axes(self) -> dict[str, object]:
-        return {"id": self.id, "cuda": self.cuda, "flavor": self.flavor, "os": self.os,
-                "stack": "+".join(self.stack) or "none", "recipe": self.stack}
-
 
 @dataclass(frozen=True)
 class LeftOut:

@@ -9,7 +9,6 @@ OS layer, pushes it next to the family, and hands that to BuildKit instead.
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -99,22 +98,3 @@ def scanner(plan: Plan, caps: Capabilities, workdir: Path, say: Callable[[str], 
         return None
     say(f"SBOMs by dlenv's scanner ({ref}): {image} cannot be pulled from here")
     return ref
-
-
-def packages(statement: dict) -> list[str]:
-    """The package URLs an SBOM attestation lists (for tests and the curious)."""
-    return [ref["referenceLocator"] for p in statement.get("predicate", {}).get("packages", [])
-            for ref in p.get("externalRefs", []) if ref.get("referenceType") == "purl"]
-
-
-def read_attestation(reg: str, repo: str, reference: str) -> dict | None:
-    """The SBOM attestation pushed with an image (the in-toto statement), if there is one."""
-    index, _ = registry.manifest(reg, repo, reference)
-    for entry in index.get("manifests", []):
-        if entry.get("annotations", {}).get("vnd.docker.reference.type") != "attestation-manifest":
-            continue
-        manifest, _ = registry.manifest(reg, repo, entry["digest"])
-        for layer in manifest.get("layers", []):
-            if layer.get("annotations", {}).get("in-toto.io/predicate-type") == "https://spdx.dev/Document":
-                return json.loads(registry.blob(reg, repo, layer["digest"]))
-    return None

@@ -21,10 +21,11 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 from netserver import MirrorProxy
 
 from dlenv import engine, hostconf, registry
-from helpers import REGISTRY, REPO, RUN, dlenv, new_project, sh, write
+from helpers import REGISTRY, REPO, RUN, attestations, dlenv, new_project, sh, write
 
 BUILD_ID = "test-" + time.strftime("%Y%m%d")
 FAMILY_REPO = f"dlenv-test/family-{RUN}"
@@ -192,7 +193,9 @@ def test_ssh_login_with_a_key_given_at_run_time(docker, family, tmp_path):
 
 
 def _blob_count() -> int:
-    blobs = engine.registry_root() / "docker/registry/v2/blobs"
+    """The blobs in dlenv's own registry, where the configuration dlenv gave it stores them."""
+    config = yaml.safe_load((engine.state_dir() / "registry/config.yml").read_text())
+    blobs = Path(config["storage"]["filesystem"]["rootdirectory"]) / "docker/registry/v2/blobs"
     return sum(1 for _ in blobs.rglob("data"))
 
 
@@ -230,15 +233,8 @@ def _layers_and_configs(repository: str, tags: list[str], user=None):
             seen.add(layer["digest"])
             yield f"layer {layer['digest'][:19]} of {tag}", gzip.decompress(registry.blob(reg, repository,
                                                                                           layer["digest"], user=cred))
-        # The attestations pushed with the image (provenance, SBOM).
-        index, _ = registry.manifest(reg, repository, tag, user=cred)
-        for entry in index.get("manifests", []):
-            if entry.get("annotations", {}).get("vnd.docker.reference.type") != "attestation-manifest":
-                continue
-            attestation, _ = registry.manifest(reg, repository, entry["digest"], user=cred)
-            for layer in attestation["layers"]:
-                kind = layer.get("annotations", {}).get("in-toto.io/predicate-type")
-                yield f"attestation {kind} of {tag}", registry.blob(reg, repository, layer["digest"], user=cred)
+        for kind, statement in attestations(reg, repository, tag, user=cred):
+            yield f"attestation {kind} of {tag}", statement
 
 
 def test_torch_reuses_the_cuda_wheels_of_the_image(docker, family):
