@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from dlenv import hostconf
 from helpers import REPO
 
 ENGINE_TESTS = Path(__file__).resolve().parent / "engine"
@@ -25,14 +26,16 @@ def pytest_collection_modifyitems(items):
     items.sort(key=lambda item: item.path.is_relative_to(ENGINE_TESTS))
 
 
+NETWORK_VARIABLES = [*hostconf.PROXY_NAMES, *(n.lower() for n in hostconf.PROXY_NAMES), "SSL_CERT_FILE"]
+
+
 @pytest.fixture(autouse=True)
-def _environment_restored():
-    """dlenv makes proxies its process's own (hostconf.use_network): a test that runs it in
-    this process must not leave them to the tests after it (mmdebstrap would use a dead proxy)."""
-    saved = dict(os.environ)
+def _network_environment_untouched():
+    """dlenv passes proxies and CA bundles as data to what it starts, never through its own
+    environment: no test that runs it in this process may find them changed afterwards."""
+    before = {n: os.environ.get(n) for n in NETWORK_VARIABLES}
     yield
-    os.environ.clear()
-    os.environ.update(saved)
+    assert {n: os.environ.get(n) for n in NETWORK_VARIABLES} == before, "dlenv changed its own environment"
 
 
 @pytest.fixture

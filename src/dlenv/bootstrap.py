@@ -59,16 +59,17 @@ def rootfs_dir(spec: RootfsSpec) -> Path:
     return cache_root() / "rootfs" / spec.key
 
 
-def ensure_rootfs(spec: RootfsSpec, say=print) -> Path:
+def ensure_rootfs(spec: RootfsSpec, say=print, env: dict[str, str] | None = None) -> Path:
     """The folder of spec's rootfs.tar, bootstrapped now if the cache does not hold it yet."""
     folder = rootfs_dir(spec)
     if not (folder / "rootfs.tar").exists():
-        make_rootfs(spec, folder / "rootfs.tar", say)
+        make_rootfs(spec, folder / "rootfs.tar", say, env)
     return folder
 
 
-def make_rootfs(spec: RootfsSpec, tar: Path, say=print) -> Path:
-    """Bootstrap spec into tar now, from the mirror as it is today."""
+def make_rootfs(spec: RootfsSpec, tar: Path, say=print, env: dict[str, str] | None = None) -> Path:
+    """Bootstrap spec into tar now, from the mirror as it is today (env: the run's environment,
+    whose proxies reach mmdebstrap's apt)."""
     if not shutil.which("mmdebstrap"):
         from dlenv import engine
 
@@ -80,7 +81,7 @@ def make_rootfs(spec: RootfsSpec, tar: Path, say=print) -> Path:
     source = spec.mirror or "mmdebstrap's default archive"
     say(f"dlenv: bootstrapping {spec.suite} from {source} with mmdebstrap")
     started = time.monotonic()
-    env = dict(os.environ)
+    env = dict(os.environ if env is None else env)
     # Fixed timestamps in the tarball: the same inputs give the same rootfs layer.
     env.setdefault("SOURCE_DATE_EPOCH", "0")
     out = subprocess.run(

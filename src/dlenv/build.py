@@ -22,9 +22,10 @@ from typing import Literal, Protocol
 from python_on_whales import DockerClient
 from python_on_whales.exceptions import DockerException
 
-from dlenv import bootstrap, graph, registry
+from dlenv import bootstrap, engine, graph, lock, reach, registry
 from dlenv.config import BuildSettings
 from dlenv.errors import DlenvError
+from dlenv.options import BuildRequest
 from dlenv.plan import Plan, Variant
 
 Status = Literal["built", "failed", "not attempted", "skipped"]
@@ -253,7 +254,7 @@ class Builder:
         for name, node in self.plan.nodes.items():
             if node.kind == "rootfs" and node.rootfs:
                 try:
-                    bootstrap.ensure_rootfs(node.rootfs, self.say)
+                    bootstrap.ensure_rootfs(node.rootfs, self.say, self.plan.network.env())
                 except DlenvError as exc:
                     failed_nodes[name] = [str(exc)]
         self.bakefile.write_text(graph.render(graph.definition(self.plan, self.output, self.secrets, self.options)))
@@ -417,3 +418,59 @@ class Builder:
             size = None
         tags = (self.plan.ref(variant.immutable),) if self.output == "push" else tuple(self.plan.ref(t) for t in variant.tags)
         return Result(variant.id, "built", tags, digest, size, seconds, node=variant.node)
+
+
+@dataclass(frozen=True)
+class BuildReport:
+    plan: Plan                    # as built: bases pinned, unreachable variants left out
+    results: tuple[Result, ...]   # one per variant, the unreachable ones "skipped"
+
+
+def run(plan: Plan, request: BuildRequest, board: Board, say: Callable[[str], None],
+        warn: Callable[[str], None]) -> BuildReport:
+    """The build stage's front door: engine and registry up, sources probed, bases pinned by the
+    lock, attestations set up, one bake graph built and pushed (or loaded), a result per variant."""
+    if not plan.variants:
+        raise DlenvError("nothing to build: every combination is left out", "see `nox -s list`")
+    engine.ensure(say=say, env=plan.network.env())
+    if not request.load:
+        engine.ensure_registry(plan.matrix.model.registry, say=say)
+    if not request.no_check:
+        gone, _ = reach.check(plan)
+        if gone:
+            if request.strict:
+                first = next(iter(gone.values()))
+                raise DlenvError(f"{len(gone)} variants have unreachable sources, e.g. {first.id}: {first.detail}",
+                                 first.fix)
+            rows: dict[tuple[str, str], list[str]] = {}
+            for left in gone.values():
+                rows.setdefault((left.detail, left.fix), []).append(left.id)
+            for (detail, fix), ids in rows.items():
+                warn(f"skipping {len(ids)} variants: {detail}\n  fix: {fix}")
+            plan = plan.without(gone)
+            if not plan.variants:
+                raise DlenvError("every selected variant has unreachable sources", "see the fixes above")
+            say(f"building the {len(plan.variants)} reachable variants (--strict makes this an error)")
+    plan, found, problems = lock.pinned(plan, request.locked)
+    for problem in problems:
+        warn(f"lock: {problem}")
+    if found:
+        stale = lock.verify_rootfs(plan, found, say)
+        if stale and request.locked:
+            raise DlenvError(f"--locked: {stale[0]}", lock.FIX)
+        for problem in stale:
+            warn(f"lock: {problem}")
+    options = None
+    if not request.load:
+        from dlenv import sbom  # TODO(restructure): top-level once capabilities live below build
+
+        caps = capabilities(request.builder)
+        scanner = sbom.scanner(plan, caps, request.workdir, say) if caps.attestations else None
+        options, notes = export_options(plan.matrix.model.build, caps, scanner, graph.credentials_in_args(plan))
+        for note in notes:
+            warn(note)
+    results = Builder(plan, request.workdir, "load" if request.load else "push", graph.secrets(plan),
+                      request.builder, board, say, options).run()
+    results += [Result(left.id, "skipped", error=f"unreachable: {left.detail}")
+                for left in plan.left_out if left.reason == "unreachable"]
+    return BuildReport(plan, tuple(results))

@@ -22,9 +22,10 @@ from pathlib import Path
 from python_on_whales import DockerClient
 from python_on_whales.exceptions import DockerException
 
-from dlenv import lifecycle, registry
+from dlenv import engine, lifecycle, registry
 from dlenv.config import FLAVORS
 from dlenv.errors import DlenvError
+from dlenv.options import CatalogRequest
 from dlenv.plan import Plan, Variant
 from dlenv.report import human_size
 
@@ -271,3 +272,21 @@ def write(folder: Path, entries: list[Entry], left_out: list[NotPublished],
     markdown.write_text(render_markdown(entries, left_out, generated_at))
     machine.write_text(json.dumps(to_json(entries, left_out, generated_at), indent=2) + "\n")
     return markdown, machine
+
+
+@dataclass(frozen=True)
+class CatalogReport:
+    markdown: Path
+    machine: Path
+    entries: int          # published variants
+    unpublished: int
+
+
+def run(plan: Plan, request: CatalogRequest, say=print) -> CatalogReport:
+    """The catalog's front door: the published family read from the registry and from inside
+    each image, written as catalog.md and catalog.json."""
+    engine.ensure(say=say)
+    entries, unpublished = gather(plan)
+    now = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0)
+    markdown, machine = write(request.output, entries, unpublished, now)
+    return CatalogReport(markdown, machine, len(entries), len(unpublished))

@@ -6,6 +6,7 @@ Nothing here touches an engine or the network.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import re
 import string
@@ -34,7 +35,8 @@ REGISTRY = re.compile(r"^[A-Za-z0-9.-]+(:\d+)?(/[a-z0-9._/-]+)?$")
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # A docstring under a field is its description in matrix.schema.json (editors show it).
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
 
 def _url(value: str | None, what: str) -> str | None:
@@ -46,11 +48,20 @@ def _url(value: str | None, what: str) -> str | None:
 
 
 class Mirrors(_Strict):
+    """Where sources are fetched from; empty means the host's own defaults."""
+
     apt: str | None = None
+    """A Debian/Ubuntu archive (http[s]://); bootstrap fetches from it and every OS layer's sources are rewritten to it.
+    Empty: the host's own Debian mirror."""
     pypi: str | None = None
+    """A PyPI simple index URL for every pip/uv step. Empty: the host's pip index-url, else pip's default."""
     pytorch: str | None = None
+    """A PyTorch wheel index root holding cu130/, cu128/, ... folders. Empty: torch from PyPI where
+    recipes/pytorch.toml says PyPI has that CUDA build."""
     registry: str | None = None
-    huggingface: str | None = None     # HF_ENDPOINT in containers (compose), never in an image
+    """A registry mirror (host[:port][/path]) base images are pulled through. Empty: straight from their registry."""
+    huggingface: str | None = None
+    """A Hugging Face endpoint: HF_ENDPOINT in containers (dlenv compose), never in an image."""
 
     @field_validator("apt", "pypi", "pytorch", "huggingface")
     @classmethod
@@ -73,9 +84,13 @@ class Proxy(_Strict):
     """Proxies for builds (passed as BuildKit's predefined proxy args: in no image or history)."""
 
     http_proxy: str | None = None
+    """HTTP_PROXY for builds and dlenv's own requests. Empty: the environment's."""
     https_proxy: str | None = None
-    no_proxy: str | None = None        # comma separated hosts, domains, CIDRs
-    ca_bundle: str | None = None       # extra CA certificates (PEM) for a TLS-intercepting proxy
+    """HTTPS_PROXY for builds and dlenv's own requests. Empty: the environment's."""
+    no_proxy: str | None = None
+    """NO_PROXY: comma separated hosts, domains, CIDRs. Empty: the environment's."""
+    ca_bundle: str | None = None
+    """A PEM file (relative to matrix.yaml) of extra CA certificates for a TLS-intercepting proxy; in no layer."""
 
     @field_validator("http_proxy", "https_proxy")
     @classmethod
@@ -101,13 +116,20 @@ def _simple(value: str, what: str) -> str:
 
 
 class OsSpec(_Strict):
+    """An OS release; its name is used in tags and in nvidia/cuda tags."""
+
     source: Literal["image", "bootstrap"]
+    """bootstrap: mmdebstrap from the apt mirror into a FROM scratch layer; image: a base image."""
     image: str | None = None
+    """For source image: the base image, e.g. ubuntu:24.04."""
     suite: str | None = None
+    """For source bootstrap: the release codename, e.g. bookworm."""
     family: Literal["debian", "ubuntu"] | None = None
+    """debian or ubuntu; guessed from the image name when not given."""
     packages: list[str] = []
-    # The OS part of NVIDIA's image tags, where it differs from the OS's key in matrix.yaml.
+    """For source bootstrap: extra packages in the rootfs (ca-certificates always)."""
     cuda_image_os: str | None = None
+    """The OS part of NVIDIA's image tags, where it differs from the OS's name in matrix.yaml."""
 
     @field_validator("suite", "cuda_image_os")
     @classmethod
@@ -139,11 +161,15 @@ class OsSpec(_Strict):
 
 
 class CudaSpec(_Strict):
+    """A CUDA version (a quoted "X.Y.Z") and where it comes from."""
+
     source: Literal["image", "pip"]
+    """pip: NVIDIA's wheels from PyPI on top of the OS layer; image: NVIDIA's image."""
     image: str = "nvidia/cuda:{version}-{flavor}-{os}"
-    # Build this release after its end of life (src/dlenv/data/cuda_releases.toml): an explicit,
-    # reviewed choice, like --allow-eol on the command line.
+    """For source image: the image template; placeholders {version}, {flavor}, {os}."""
     allow_eol: bool = False
+    """Build this release after its end of life (src/dlenv/data/cuda_releases.toml): an explicit,
+    reviewed choice, like --allow-eol on the command line."""
 
     @field_validator("image")
     @classmethod
@@ -166,10 +192,15 @@ class Rule(_Strict):
     """A pattern over the axes; every given key must match (shell-style globs)."""
 
     cuda: str | None = None
+    """A glob over CUDA versions, e.g. "12.6.*"."""
     flavor: str | None = None
+    """A glob over flavors."""
     os: str | None = None
+    """A glob over OS names, e.g. "debian*"."""
     stack: str | None = None
+    """A glob over stacks: recipe names joined by +, none for bare CUDA."""
     recipe: str | None = None
+    """A glob matching any recipe of the stack."""
 
     @model_validator(mode="after")
     def _not_empty(self):
@@ -179,10 +210,15 @@ class Rule(_Strict):
 
 
 class Include(_Strict):
+    """A combination to add (it wins over exclude)."""
+
     cuda: str
+    """A CUDA version declared under cuda."""
     flavor: Literal["base", "runtime", "devel"]
     os: str
+    """An OS declared under os."""
     stack: list[str] = []
+    """Recipe names, layered in order; [] is bare CUDA."""
 
 
 def _check_template(v: str) -> str:
@@ -203,8 +239,13 @@ def _check_template(v: str) -> str:
 
 
 class Tags(_Strict):
+    """Tag templates. Placeholders: {id}, {cuda}, {cuda_mm}, {cuda_major}, {flavor}, {os}, {stack},
+    {recipes}, {build}, {date}, {sha}."""
+
     immutable: str = "{id}-{build}"
+    """The tag that never moves: must contain {build} or {sha}."""
     floating: list[str] = ["{id}", "{cuda_mm}-{flavor}-{os}{stack}"]
+    """Tags moved to a variant's newest digest that passed its smoke checks."""
 
     @field_validator("immutable")
     @classmethod
@@ -223,14 +264,15 @@ class Tags(_Strict):
 class BuildSettings(_Strict):
     """How the family is built and published, beyond what is in it."""
 
-    # A registry repository (host[:port]/path) for BuildKit's cache, one tag per layer node:
-    # shards and later releases import it and export to it. "" keeps the cache local.
     cache: str = ""
-    # Attestations pushed with each image (where the builder can store them).
+    """A registry repository (host[:port]/path) for BuildKit's cache, one tag per layer node:
+    shards and later releases import it and export to it. Empty keeps the cache local."""
     provenance: Literal["off", "min", "max"] = "max"
+    """The provenance attestation pushed with each image (max drops to min when a build arg holds a password)."""
     sbom: bool = True
-    # The SBOM scanner image (BuildKit's SBOM protocol); "" is BuildKit's default scanner.
+    """An SPDX SBOM attestation pushed with each image."""
     sbom_generator: str = ""
+    """The SBOM scanner image (BuildKit's SBOM protocol). Empty: BuildKit's, else dlenv's own where that is out of reach."""
 
     @field_validator("cache")
     @classmethod
@@ -241,19 +283,33 @@ class BuildSettings(_Strict):
 
 
 class MatrixModel(_Strict):
+    """A family of images: the product os x cuda x flavors x stacks, minus exclude, plus include
+    (docs/matrix.md)."""
+
     registry: str = DEFAULT_REGISTRY
+    """Where images are pushed (host[:port][/path]); the default is the registry dlenv starts."""
     repository: str = "dlenv"
+    """The image name under the registry: <registry>/<repository>:<tag>."""
     source: str | None = None
+    """URL for the org.opencontainers.image.source label. Empty: the git remote."""
     timezone: str = "Etc/UTC"
+    """TZ in every image (tzdata installed)."""
     locale: str = "C.UTF-8"
+    """LANG and LC_ALL; anything but C/POSIX is compiled with locales."""
     mirrors: Mirrors = Mirrors()
     proxy: Proxy = Proxy()
     os: dict[str, OsSpec]
+    """OS releases by name (lowercase, e.g. ubuntu24.04)."""
     cuda: dict[str, CudaSpec]
+    """CUDA versions, quoted ("13.0.2"), and their source."""
     flavors: list[Literal["base", "runtime", "devel"]] = list(FLAVORS)
+    """Which CUDA flavors to build."""
     stacks: list[list[str]] = [[]]
+    """Lists of recipe names (recipes/NAME.toml), layered in order; [] is bare CUDA."""
     include: list[Include] = []
+    """Combinations to add (they win over exclude)."""
     exclude: list[Rule] = []
+    """Rules: a combination matching every key of a rule is left out."""
     tags: Tags = Tags()
     build: BuildSettings = BuildSettings()
 
@@ -716,3 +772,25 @@ def load(matrix_path: Path, root: Path | None = None, recipes_dir: Path | None =
 
     record(data, "")
     return Matrix(label, root, model, recipes, components, lines, builtin_checks())
+
+
+def override(matrix: Matrix, values: dict[str, tuple[Any, str]]) -> Matrix:
+    """matrix with command-line values put over its fields ({"mirrors.apt": (value, "--apt-mirror")}),
+    validated as matrix.yaml's own values are; a bad value is an error naming its flag."""
+    if not values:
+        return matrix
+    data = matrix.model.model_dump()
+    for path, (value, _flag) in values.items():
+        *sections, key = path.split(".")
+        node = data
+        for section in sections:
+            node = node[section]
+        node[key] = value
+    try:
+        model = MatrixModel.model_validate(data)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        path = ".".join(str(p) for p in error["loc"])
+        flag = values.get(path, (None, next(iter(values.values()))[1]))[1]
+        raise ConfigError(flag, None, path, error["msg"].removeprefix("Value error, ")) from None
+    return dataclasses.replace(matrix, model=model)

@@ -105,14 +105,15 @@ def buildx_version(host: str) -> str:
     return out.stdout.split()[1] if len(out.stdout.split()) > 1 else out.stdout.strip()
 
 
-def ensure(start: bool = True, say: Say = print) -> Engine:
-    """Return a usable engine, starting dlenv's private one where none is reachable."""
+def ensure(start: bool = True, say: Say = print, env: dict[str, str] | None = None) -> Engine:
+    """Return a usable engine, starting dlenv's private one where none is reachable (with env:
+    the run's proxies, for pulling base images)."""
     found = find()
     if not found:
         if not start:
             raise EngineError("no Docker engine is reachable (DOCKER_HOST, /var/run/docker.sock)",
                               "start one, set DOCKER_HOST, or run `nox -s engine -- up`")
-        _start_private(say)
+        _start_private(say, env)
         found = find()
         if not found:
             raise EngineError("dlenv started dockerd but it does not answer",
@@ -253,15 +254,15 @@ def _read_pid(name: str) -> int | None:
     return pid if _alive(pid) else None
 
 
-def _spawn(name: str, argv: list[str]) -> int:
+def _spawn(name: str, argv: list[str], env: dict[str, str] | None = None) -> int:
     log = open(state_dir() / f"{name}.log", "ab")
     proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                            start_new_session=True)
+                            start_new_session=True, env=env)
     _pidfile(name).write_text(f"{proc.pid}\n")
     return proc.pid
 
 
-def _start_private(say: Say) -> None:
+def _start_private(say: Say, env: dict[str, str] | None = None) -> None:
     if not shutil.which("dockerd") or not shutil.which("docker-registry"):
         install(say)
     else:
@@ -279,7 +280,7 @@ def _start_private(say: Say) -> None:
     if not _read_pid("dockerd"):
         _spawn("dockerd", ["dockerd", "--config-file", str(config), "--data-root", str(state / "docker"),
                            "--exec-root", str(run / "exec"), "--host", private_host(),
-                           "--pidfile", str(run / "dockerd.pid")])
+                           "--pidfile", str(run / "dockerd.pid")], env)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if _probe(private_host()):

@@ -155,3 +155,15 @@ def definition(plan: Plan, output: Output = "push", secrets: tuple[Secret, ...] 
 
 def render(definition_: dict) -> str:
     return json.dumps(definition_, indent=2, sort_keys=True) + "\n"
+
+
+def secrets(plan: Plan) -> tuple[Secret, ...]:
+    """The CA bundle pip trusts, as a BuildKit secret: in no layer."""
+    bundle = plan.network.ca()
+    return (Secret("cacert", bundle),) if bundle else ()
+
+
+def bake_file(plan: Plan, output: Output = "push") -> str:
+    """The graph stage's front door: the plan as a bake file. What depends on the builder
+    (attestations, timestamp rewriting) is decided when a build starts."""
+    return render(definition(plan, output, secrets(plan), Options(cache=plan.matrix.model.build.cache)))

@@ -13,6 +13,10 @@ import re
 import ssl
 import subprocess
 import tempfile
+import urllib.parse
+import urllib.request
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 from dlenv.errors import DlenvError
@@ -117,9 +121,10 @@ def pip_default_index() -> str:
         return ""
 
 
-def ca_bundle() -> Path | None:
+def ca_bundle(environ: Mapping[str, str] | None = None) -> Path | None:
     """The CA bundle the host trusts (it may include a TLS-intercepting proxy's CA)."""
-    candidates = [os.environ.get("SSL_CERT_FILE"), os.environ.get("PIP_CERT"),
+    environ = os.environ if environ is None else environ
+    candidates = [environ.get("SSL_CERT_FILE"), environ.get("PIP_CERT"),
                   ssl.get_default_verify_paths().openssl_cafile, "/etc/ssl/certs/ca-certificates.crt"]
     for candidate in candidates:
         if candidate and Path(candidate).is_file():
@@ -131,38 +136,74 @@ PROXY_NAMES = ("HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY")
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
-def use_network(http: str | None, https: str | None, no: str | None,
-                extra_ca: Path | None) -> tuple[tuple[str, str], ...]:
-    """Make proxies and an extra CA bundle this process's own, and return the proxy build args.
+@dataclass(frozen=True)
+class Network:
+    """Proxies and CA trust for one run, as data: handed to the processes and requests that go
+    out (mmdebstrap, buildx, dockerd, urllib), never written into this process's environment."""
 
-    Each proxy comes from the argument (command line or matrix.yaml) or else the environment.
-    They are put in this process's environment, so urllib (reachability, the registry API),
-    mmdebstrap and docker use them too, with loopback kept direct (the local registry). An
-    extra CA bundle is appended to the host's in a file that SSL_CERT_FILE then names: pip's
-    build secret (ca_bundle()) and the reachability checks trust it.
+    proxies: tuple[tuple[str, str], ...] = ()   # HTTP(S)_PROXY, NO_PROXY in both spellings
+    ca_file: Path | None = None                  # the host's bundle plus an extra CA, if one was given
+
+    def env(self, base: Mapping[str, str] | None = None) -> dict[str, str]:
+        """An environment for a child process: base (default: this process's) with the proxies
+        and CA bundle over it."""
+        out = dict(os.environ if base is None else base)
+        out.update(self.proxies)
+        if self.ca_file:
+            out["SSL_CERT_FILE"] = str(self.ca_file)
+        return out
+
+    def ca(self) -> Path | None:
+        """The bundle builds and requests trust."""
+        return self.ca_file or ca_bundle()
+
+    def urlopen(self, request: str | urllib.request.Request, timeout: float):
+        """urllib's urlopen through these proxies (loopback direct) and this CA bundle."""
+        mine = dict(self.proxies)
+        bypass = mine.get("NO_PROXY", "")
+        url = request.full_url if isinstance(request, urllib.request.Request) else request
+        host = urllib.parse.urlsplit(url).hostname or ""
+        proxies = {} if _bypassed(host, bypass) else {
+            scheme: value for scheme, name in (("http", "HTTP_PROXY"), ("https", "HTTPS_PROXY"))
+            if (value := mine.get(name))}
+        context = ssl.create_default_context(cafile=str(self.ca()) if self.ca() else None)
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler(proxies),
+                                             urllib.request.HTTPSHandler(context=context))
+        return opener.open(request, timeout=timeout)
+
+
+def _bypassed(host: str, no_proxy: str) -> bool:
+    for entry in filter(None, (e.strip() for e in no_proxy.split(","))):
+        if entry == "*" or host == entry or host.endswith("." + entry.lstrip(".*")):
+            return True
+    return False
+
+
+def network(http: str | None, https: str | None, no: str | None, extra_ca: Path | None,
+            environ: Mapping[str, str] | None = None) -> Network:
+    """The run's proxies (each already resolved: flag, else matrix.yaml, else the environment)
+    and CA bundle. Loopback stays direct (the local registry). An extra CA bundle is appended
+    to the host's in a file of its own: pip's build secret and the reachability checks trust it.
     """
+    environ = os.environ if environ is None else environ
     given = {"HTTP_PROXY": http, "HTTPS_PROXY": https, "NO_PROXY": no}
-    args = []
-    for name, value in given.items():
-        value = value or os.environ.get(name) or os.environ.get(name.lower())
-        if value:
-            args += [(name, value), (name.lower(), value)]
-            os.environ[name] = os.environ[name.lower()] = value
-    if os.environ.get("HTTP_PROXY") or os.environ.get("HTTPS_PROXY"):
-        direct = [h for h in os.environ.get("NO_PROXY", "").split(",") if h]
-        os.environ["NO_PROXY"] = os.environ["no_proxy"] = ",".join(direct + [h for h in LOOPBACK if h not in direct])
-    if extra_ca:
-        try:
-            extra = extra_ca.read_text()
-        except (OSError, UnicodeDecodeError) as exc:
-            raise DlenvError(f"CA bundle {extra_ca}: cannot be read ({exc.__class__.__name__})",
-                             "give a PEM file (--ca-bundle, proxy.ca_bundle)") from None
-        if "-----BEGIN CERTIFICATE-----" not in extra:
-            raise DlenvError(f"CA bundle {extra_ca}: no PEM certificate in it", "give a PEM file of CA certificates")
-        host = ca_bundle()
-        text = (host.read_text() if host else "") + "\n" + extra
-        # Named by content and kept: `dlenv bake` prints a definition that names this file.
-        combined = Path(tempfile.gettempdir()) / f"dlenv-ca-{hashlib.sha256(text.encode()).hexdigest()[:16]}.pem"
-        combined.write_text(text)
-        os.environ["SSL_CERT_FILE"] = str(combined)
-    return tuple(args)
+    values = {name: value for name, value in given.items() if value}
+    if values.get("HTTP_PROXY") or values.get("HTTPS_PROXY"):
+        direct = [h for h in values.get("NO_PROXY", "").split(",") if h]
+        values["NO_PROXY"] = ",".join(direct + [h for h in LOOPBACK if h not in direct])
+    proxies = tuple(pair for name, value in values.items() for pair in ((name, value), (name.lower(), value)))
+    if not extra_ca:
+        return Network(proxies)
+    try:
+        extra = extra_ca.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DlenvError(f"CA bundle {extra_ca}: cannot be read ({exc.__class__.__name__})",
+                         "give a PEM file (--ca-bundle, proxy.ca_bundle)") from None
+    if "-----BEGIN CERTIFICATE-----" not in extra:
+        raise DlenvError(f"CA bundle {extra_ca}: no PEM certificate in it", "give a PEM file of CA certificates")
+    host = ca_bundle(environ)
+    text = (host.read_text() if host else "") + "\n" + extra
+    # Named by content and kept: `dlenv bake` prints a definition that names this file.
+    combined = Path(tempfile.gettempdir()) / f"dlenv-ca-{hashlib.sha256(text.encode()).hexdigest()[:16]}.pem"
+    combined.write_text(text)
+    return Network(proxies, combined)

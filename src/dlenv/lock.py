@@ -19,7 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dlenv import bootstrap
-from dlenv.errors import ConfigError
+from dlenv.errors import ConfigError, DlenvError
+from dlenv.options import LockRequest
 from dlenv.plan import Plan
 from dlenv.rootfs_run import sha256
 
@@ -100,11 +101,11 @@ def dpkg_packages(tar: Path) -> tuple[str, ...]:
     return tuple(sorted(out))
 
 
-def resolve_image(ref: str) -> tuple[str | None, str]:
-    """(digest, "") of what ref names now, or (None, why not)."""
+def resolve_image(ref: str, env: dict[str, str] | None = None) -> tuple[str | None, str]:
+    """(digest, "") of what ref names now, or (None, why not); env: the run's proxies."""
     try:
         out = subprocess.run(["docker", "buildx", "imagetools", "inspect", "--format", "{{json .Manifest}}", ref],
-                             capture_output=True, text=True, timeout=60, env=dict(os.environ))
+                             capture_output=True, text=True, timeout=60, env=env)
     except (OSError, subprocess.TimeoutExpired) as exc:
         return None, str(exc)
     try:
@@ -135,7 +136,7 @@ def bootstrapped(plan: Plan, os_key: str, say=print) -> RootfsLock:
     """What the build will use: the cached rootfs (bootstrapped now if there is none)."""
     spec = plan.nodes[_rootfs_nodes(plan)[os_key]].rootfs
     assert spec is not None
-    return _rootfs_lock(spec.suite, bootstrap.ensure_rootfs(spec, say) / "rootfs.tar")
+    return _rootfs_lock(spec.suite, bootstrap.ensure_rootfs(spec, say, plan.network.env()) / "rootfs.tar")
 
 
 def make(plan: Plan, say=print, keep: bool = True, besides: Lock | None = None) -> tuple[Lock, list[Problem]]:
@@ -151,7 +152,7 @@ def make(plan: Plan, say=print, keep: bool = True, besides: Lock | None = None) 
     for name, ref in sorted(_images(plan).items()):
         if name in have.images:
             continue
-        digest, why = resolve_image(ref)
+        digest, why = resolve_image(ref, plan.network.env())
         if digest:
             images[name] = digest
         else:
@@ -163,7 +164,7 @@ def make(plan: Plan, say=print, keep: bool = True, besides: Lock | None = None) 
         assert spec is not None
         bootstrap.cache_root().mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=bootstrap.cache_root()) as tmp:
-            tar = bootstrap.make_rootfs(spec, Path(tmp) / "rootfs.tar", say)
+            tar = bootstrap.make_rootfs(spec, Path(tmp) / "rootfs.tar", say, plan.network.env())
             rootfs[os_key] = _rootfs_lock(spec.suite, tar)
             if keep:
                 bootstrap.rootfs_dir(spec).mkdir(parents=True, exist_ok=True)
@@ -224,3 +225,49 @@ def compare(old: Lock, new: Lock) -> list[Problem]:
         elif diff := differences(old.rootfs[os_key], now):
             problems.append(Problem(os_key, diff))
     return problems
+
+
+@dataclass(frozen=True)
+class LockReport:
+    path: Path
+    checked: bool                      # --check: nothing written
+    moved: tuple[Problem, ...] = ()    # --check: what moved upstream
+    unresolved: tuple[Problem, ...] = ()
+    lock: Lock | None = None           # what was written
+    added: tuple[str, ...] = ()        # --add-missing: the entries it added
+
+
+def pinned(plan: Plan, strict: bool, say=print) -> tuple[Plan, Lock | None, list[Problem]]:
+    """The plan with its bases pulled by locked digests, the lock, and what it lacks (strict: an
+    error before anything is built)."""
+    path = path_for(plan.matrix.file)
+    found = read(path)
+    plan, problems = pin(plan, found, path)
+    if problems and strict:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise DlenvError(f"--locked: {problems[0]}{more}", FIX)
+    return plan, found, problems
+
+
+def update(plan: Plan, request: LockRequest, say=print) -> LockReport:
+    """The lock's front door: write the plan's bases into the lock file, or (check) report what
+    moved upstream since it was written."""
+    path = path_for(plan.matrix.file)
+    old = read(path)
+    if request.check:
+        if old is None:
+            raise DlenvError(f"no lock file {path}", FIX)
+        new, unresolved = make(plan, say, keep=False)
+        return LockReport(path, True, tuple(compare(old, new)), tuple(unresolved))
+    new, unresolved = make(plan, say, besides=old if request.add_missing else None)
+    if old is not None and not request.add_missing:
+        # A base that cannot be resolved from here, or that a partial plan (--select, --shard)
+        # does not use, keeps its entry.
+        partial = any(left.reason == "unselected" for left in plan.left_out)
+        keep = {p.what for p in unresolved}
+        new = Lock({**{k: v for k, v in old.images.items() if partial or k in keep}, **new.images},
+                   {**(old.rootfs if partial else {}), **new.rootfs})
+    added = sorted(set(new.images) - set(old.images if old else {})) + \
+        sorted(set(new.rootfs) - set(old.rootfs if old else {}))
+    write(path, new)
+    return LockReport(path, False, (), tuple(unresolved), new, tuple(added))

@@ -8,15 +8,20 @@ builds each once. Every combination left out is kept with its reason.
 from __future__ import annotations
 
 import datetime
-from dataclasses import dataclass, field
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from fnmatch import fnmatchcase
+from pathlib import Path
 from typing import Literal
 
-from dlenv import bootstrap, lifecycle
+from dlenv import bootstrap, config, hostconf, lifecycle, options, shards
 from dlenv.config import FLAVORS, Check, Matrix, Recipe
 from dlenv.errors import ConfigError
+from dlenv.hostconf import Network
+from dlenv.options import PlanRequest
 from dlenv.selection import Selection
-from dlenv.tags import BuildInfo, render, valid_tag
+from dlenv.tags import BuildInfo, build_info, render, valid_tag
 
 Kind = Literal["rootfs", "os", "cuda", "recipe"]
 Reason = Literal["excluded", "constraint", "unsupported", "eol", "unselected", "unreachable"]
@@ -32,9 +37,13 @@ class Mirrors:
     pypi: str = ""        # "" is pip's built-in default
     pytorch: str = ""     # a PyTorch wheel index root (<root>/cu130, ...); "" uses PyPI where it can
     registry: str = ""    # prefix for base images pulled from a registry
-    # HTTP(S)_PROXY and NO_PROXY (both spellings): BuildKit's predefined proxy args, which no
-    # image config or history keeps.
-    proxies: tuple[tuple[str, str], ...] = ()
+    network: Network = Network()   # proxies and CA trust, for everything that goes out
+
+    @property
+    def proxies(self) -> tuple[tuple[str, str], ...]:
+        """HTTP(S)_PROXY and NO_PROXY (both spellings): BuildKit's predefined proxy args, which
+        no image config or history keeps."""
+        return self.network.proxies
 
 
 @dataclass(frozen=True)
@@ -63,6 +72,8 @@ class Variant:
     cuda_source: str
     # Inherited along the chain: global, then each CUDA flavor up to this one, then each recipe.
     checks: tuple[Check, ...] = ()
+    # Floating tags it renders that name a newer CUDA's variant instead: (tag, that variant).
+    newer: tuple[tuple[str, str], ...] = ()
 
     @property
     def node(self) -> str:
@@ -99,6 +110,14 @@ class Plan:
 
     def variant(self, variant_id: str) -> Variant:
         return next(v for v in self.variants if v.id == variant_id)
+
+    @property
+    def network(self) -> Network:
+        return self.mirrors.network
+
+    def unselect(self, ids: set[str], why: str) -> Plan:
+        """The same plan with the variants ids moved to left_out as unselected."""
+        return self.without({i: LeftOut(i, "unselected", why) for i in ids})
 
     def without(self, gone: dict[str, LeftOut]) -> Plan:
         """The same plan with some variants moved to left_out (e.g. unreachable sources)."""
@@ -250,6 +269,7 @@ def expand(matrix: Matrix, build: BuildInfo, mirrors: Mirrors, selection: Select
             inc.cuda, inc.flavor, inc.os, tuple(inc.stack), f"include.{index}")
 
     variants: list[Variant] = []
+    family: list[tuple[str, str, str, tuple[str, ...]]] = []   # every variant built if selected, and its tags
     left: list[LeftOut] = []
     all_axes = []
     for vid, (cuda, flavor, os_key, stack, included) in combos.items():
@@ -282,14 +302,6 @@ def expand(matrix: Matrix, build: BuildInfo, mirrors: Mirrors, selection: Select
                                 f"pass --allow-eol, or set cuda.\"{cuda}\".allow_eol: true in {matrix.file}"))
             continue
         all_axes.append(axes)
-        if not selection.wants(axes):
-            left.append(LeftOut(vid, "unselected", "not matched by --select/--skip"))
-            continue
-        chain = builder.cuda_chain(os_key, cuda, flavor)
-        prefix = f"{cuda}-{flavor}-{os_key}"
-        for recipe in recipes:
-            prefix += f"-{recipe.tag}"
-            chain.append(builder.recipe_node(chain[-1], recipe, cuda, prefix))
         values = {"id": vid, "cuda": cuda, "cuda_mm": ".".join(cuda.split(".")[:2]),
                   "cuda_major": cuda.split(".")[0], "flavor": flavor, "os": os_key,
                   "stack": "".join(f"-{r.tag}" for r in recipes), "recipes": "-".join(stack) or "none",
@@ -302,22 +314,92 @@ def expand(matrix: Matrix, build: BuildInfo, mirrors: Mirrors, selection: Select
                 where = matrix.where(*path)
                 raise ConfigError(where.file, where.line, ".".join(map(str, path)),
                                   f"renders the invalid tag {tag!r} for {vid} (letters, digits, . _ - only)")
+        floating = tuple(t for t in floating if t != immutable)
+        family.append((vid, cuda, immutable, floating))
+        if not selection.wants(axes):
+            left.append(LeftOut(vid, "unselected", "not matched by --select/--skip"))
+            continue
+        chain = builder.cuda_chain(os_key, cuda, flavor)
+        prefix = f"{cuda}-{flavor}-{os_key}"
+        for recipe in recipes:
+            prefix += f"-{recipe.tag}"
+            chain.append(builder.recipe_node(chain[-1], recipe, cuda, prefix))
         checks = matrix.checks.get("global", ()) + tuple(
             c for step in FLAVORS[: FLAVORS.index(flavor) + 1] for c in matrix.checks.get(step, ()))
         checks += tuple(c for r in recipes for c in r.checks)
-        variants.append(Variant(vid, cuda, flavor, os_key, stack, tuple(chain), immutable,
-                                tuple(t for t in floating if t != immutable), cuda_spec.source, checks))
+        variants.append(Variant(vid, cuda, flavor, os_key, stack, tuple(chain), immutable, floating,
+                                cuda_spec.source, checks))
 
     known = {"cuda": list(model.cuda), "flavor": list(model.flavors), "os": list(model.os),
              "recipe": list(matrix.recipes)}
     selection.check_possible(known, all_axes)
-    owners: dict[str, str] = {}
-    for variant in variants:
-        for index, tag in enumerate(variant.tags):
-            if tag in owners and owners[tag] != variant.id:
-                path = ("tags", "immutable") if index == 0 else ("tags", "floating")
-                where = matrix.where(*path)
-                raise ConfigError(where.file, where.line, ".".join(path),
-                                  f"tag {tag!r} would name both {owners[tag]} and {variant.id}")
-            owners[tag] = variant.id
+    owner = _tag_owners(matrix, family)
+    variants = [replace(v, floating=tuple(t for t in v.floating if owner[t] == v.id),
+                        newer=tuple((t, owner[t]) for t in v.floating if owner[t] != v.id)) for v in variants]
     return Plan(matrix, build, mirrors, tuple(variants), builder.nodes, tuple(left))
+
+
+def _tag_owners(matrix: Matrix, family: list[tuple[str, str, str, tuple[str, ...]]]) -> dict[str, str]:
+    """The variant each tag names. family: (id, CUDA, immutable, floating) of every variant the
+    matrix builds, selected or not, so that `--select cuda=13.0.1` never hands 13.0.2's alias to
+    13.0.1. A floating tag several variants render is an alias of the newest CUDA among them
+    (docker-library's convention: `13.0-...` names 13.0.2, not 13.0.1); two of the newest, or
+    an immutable tag rendered twice, is an error."""
+    renders: dict[str, list[tuple[tuple[int, ...], str, bool]]] = {}
+    for vid, cuda, immutable, floating in family:
+        version = tuple(int(part) for part in cuda.split("."))
+        for tag in (immutable, *floating):
+            renders.setdefault(tag, []).append((version, vid, tag == immutable))
+    owner: dict[str, str] = {}
+    for tag, by in renders.items():
+        top = max(r[0] for r in by)
+        newest = [r for r in by if r[0] == top]
+        clash = by if any(r[2] for r in by) else newest
+        if len(clash) > 1:
+            path = ("tags", "immutable") if clash[1][2] else ("tags", "floating")
+            where = matrix.where(*path)
+            raise ConfigError(where.file, where.line, ".".join(path),
+                              f"tag {tag!r} would name both {clash[0][1]} and {clash[1][1]}")
+        owner[tag] = newest[0][1]
+    return owner
+
+
+def mirrors(model: config.MatrixModel, network: Network | None = None) -> Mirrors:
+    """matrix.yaml's mirrors, with the host's own apt sources and pip index as defaults."""
+    m = model.mirrors
+    return Mirrors(
+        apt=m.apt or "",
+        bootstrap_apt=m.apt or hostconf.debian_mirror() or "",
+        bootstrap_security="" if m.apt else hostconf.debian_security_mirror() or "",
+        pypi=m.pypi or hostconf.pip_index() or "",
+        pytorch=m.pytorch or "",
+        registry=m.registry or "",
+        network=network or Network(),
+    )
+
+
+def load(request: PlanRequest, *more: object, environ: Mapping[str, str] | None = None) -> Plan:
+    """The plan stage's front door: the matrix, with the flags of request (and of a command's own
+    request, more) put over its fields, expanded, selected and sharded. Bad input raises ConfigError before anything is touched;
+    nothing here writes this process's environment (environ is only read, for the proxies)."""
+    environ = os.environ if environ is None else environ
+    selection = Selection.parse(list(request.select), list(request.skip))
+    matrix = config.load(request.matrix, root=request.root)
+    matrix = config.override(matrix, {k: v for r in (request, *more) for k, v in options.overrides(r).items()})
+    info = build_info(matrix.root, request.build_id, matrix.model.source,
+                      f"-{request.build_suffix}" if request.build_suffix else "")
+    if (request.build_id or request.build_suffix) and not valid_tag(info.build):
+        flag = "--build-suffix" if request.build_suffix else "--build-id"
+        raise ConfigError(flag, None, "build id", f"{info.build!r} is not valid in a tag")
+    proxy = matrix.model.proxy
+    extra_ca = Path(matrix.file).parent / proxy.ca_bundle if proxy.ca_bundle else None
+    if extra_ca and not extra_ca.is_file():
+        where = ("--ca-bundle", None) if request.ca_bundle else (matrix.file, matrix.where("proxy", "ca_bundle").line)
+        raise ConfigError(*where, "proxy.ca_bundle", f"no such file: {extra_ca}")
+    net = hostconf.network(*(options.fallback(PlanRequest, name, getattr(proxy, name), environ)
+                             for name in ("http_proxy", "https_proxy", "no_proxy")), extra_ca, environ)
+    shard = shards.parse(request.shard) if request.shard else None
+    # End of life is judged on the commit's date (expand's default), not the clock: every job of
+    # a release, hours apart, splits the same plan.
+    plan = expand(matrix, info, mirrors(matrix.model, net), selection, allow_eol=request.allow_eol)
+    return shards.only(plan, shard) if shard else plan

@@ -7,15 +7,14 @@ Variants whose sources do not answer are left out with the reason and the settin
 
 from __future__ import annotations
 
-import os
-import ssl
 import subprocess
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from dlenv import hostconf
+from dlenv import engine, hostconf
+from dlenv.hostconf import Network
 from dlenv.plan import LeftOut, Plan, Variant
 
 
@@ -33,10 +32,10 @@ class Verdict:
     detail: str
 
 
-def image_ok(image: str) -> tuple[bool, str]:
+def image_ok(image: str, network: Network) -> tuple[bool, str]:
     try:
         out = subprocess.run(["docker", "buildx", "imagetools", "inspect", "--raw", image],
-                             capture_output=True, text=True, timeout=30, env=dict(os.environ))
+                             capture_output=True, text=True, timeout=30, env=network.env())
     except subprocess.TimeoutExpired:
         return False, "no answer in 30s"
     except OSError as exc:
@@ -49,13 +48,9 @@ def image_ok(image: str) -> tuple[bool, str]:
     return False, last[0].rsplit(": ", 1)[-1][:160]
 
 
-def _url_ok(url: str) -> tuple[bool, str]:
-    context = None
-    bundle = hostconf.ca_bundle()
-    if url.startswith("https://"):
-        context = ssl.create_default_context(cafile=str(bundle) if bundle else None)
+def _url_ok(url: str, network: Network) -> tuple[bool, str]:
     try:
-        with urllib.request.urlopen(url, timeout=15, context=context) as response:
+        with network.urlopen(url, timeout=15) as response:
             return True, f"HTTP {response.status}"
     except urllib.error.HTTPError as exc:
         return False, f"HTTP {exc.code}"
@@ -94,7 +89,7 @@ def check(plan: Plan) -> tuple[dict[str, LeftOut], list[Verdict]]:
     def probe(source: Source) -> Verdict:
         if not source.address:
             return Verdict(source, False, f"none configured, and the host's {source.kind} sources name none")
-        ok, detail = image_ok(source.address) if source.kind == "image" else _url_ok(source.address)
+        ok, detail = (image_ok if source.kind == "image" else _url_ok)(source.address, plan.network)
         return Verdict(source, ok, detail)
 
     with ThreadPoolExecutor(max_workers=8) as pool:
@@ -107,3 +102,10 @@ def check(plan: Plan) -> tuple[dict[str, LeftOut], list[Verdict]]:
             what = f"{bad.source.kind} {bad.source.address}" if bad.source.address else f"{bad.source.kind} mirror"
             gone[variant_id] = LeftOut(variant_id, "unreachable", f"{what}: {bad.detail}", bad.source.fix)
     return gone, verdicts
+
+
+def reachable(plan: Plan, say=print) -> Plan:
+    """The plan without the variants whose sources do not answer (`list --check`)."""
+    engine.ensure(say=say)
+    gone, _ = check(plan)
+    return plan.without(gone)

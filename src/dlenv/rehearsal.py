@@ -1,26 +1,35 @@
 """A dress rehearsal of .github/workflows/release.yml on one machine, against the local registry.
 
-The same commands as the workflow's jobs, in the same order and with the same options: the
-shard matrix through $GITHUB_OUTPUT, each shard built with --locked and the registry cache and
-pushed without moving floating tags, each shard smoke-tested to JSON, one promotion from all the
-results, then the catalog. A step that fails does not stop the later ones (the workflow's jobs
-do not either); the exit code says whether every step passed.
+The same steps as the workflow's jobs, in the same order and with the same options, through the
+stages' own front doors: the shard matrix through $GITHUB_OUTPUT's format, each shard built with
+--locked and the registry cache and pushed without moving floating tags, each shard smoke-tested
+to JSON, one promotion from all the results, then the catalog. A step that fails does not stop
+the later ones (the workflow's jobs do not either); the exit code says whether every step passed.
+Each step is shown as the command line the workflow runs, derived from its requests.
 """
 
 from __future__ import annotations
 
-import argparse
-import contextlib
-import io
 import json
-import os
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 
 from rich.table import Table
 
-from dlenv import report
-from dlenv.errors import ConfigError
+from dlenv import catalog, main_job, release, report, shards, smoke
+from dlenv import plan as planmod
+from dlenv.errors import ConfigError, DlenvError
+from dlenv.options import (
+    BuildRequest,
+    CatalogRequest,
+    PlanRequest,
+    PromoteRequest,
+    RehearseRequest,
+    ShardsRequest,
+    SmokeRequest,
+    argv,
+)
 
 
 @dataclass
@@ -31,89 +40,83 @@ class Step:
     seconds: float = 0.0
 
 
-# The options of `dlenv rehearse` itself; everything else goes to every step.
-OWN = {"--shards": True, "--workdir": True, "--cache": True, "--require-gpu": False}
-
-
-def common_args(raw: list[str]) -> list[str]:
-    """raw (what followed `rehearse`) without rehearse's own options."""
-    out, skip = [], False
-    for index, arg in enumerate(raw):
-        if skip:
-            skip = False
-            continue
-        name = arg.split("=", 1)[0]
-        if name in OWN:
-            skip = OWN[name] and "=" not in arg and index + 1 < len(raw)
-            continue
-        out.append(arg)
-    return out
-
-
-def _call(step: Step) -> Step:
-    from dlenv.cli import main
-
-    report.console.rule(f"[bold]{step.name}[/]: dlenv {' '.join(step.argv)}")
+def _call(name: str, command: str, plan_request: PlanRequest, request: object, work: Callable[[], int]) -> Step:
+    step = Step(name, [command, *argv(plan_request), *argv(request)])
+    report.console.rule(f"[bold]{name}[/]: dlenv {' '.join(step.argv)}")
     started = time.monotonic()
-    step.rc = main(step.argv)
+    try:
+        step.rc = work()
+    except DlenvError as exc:
+        report.error(exc)
+        step.rc = exc.exit_code
     step.seconds = time.monotonic() - started
     return step
 
 
-def run(args: argparse.Namespace) -> int:
-    from dlenv.cli import load_plan
-
-    if args.shard:
+def run(plan_request: PlanRequest, request: RehearseRequest) -> int:
+    if plan_request.shard:
         raise ConfigError("--shard", None, "shard", "the rehearsal builds every shard: give --shards N instead")
-    plan = load_plan(args)   # bad input stops here, before anything is built
-    common = common_args(args.raw)
-    work = args.workdir.resolve()
+    family = planmod.load(plan_request, request)   # bad input stops here, before anything is built
+    work = request.workdir.resolve()
     work.mkdir(parents=True, exist_ok=True)
-    cache = args.cache or f"{plan.matrix.model.registry}/{plan.matrix.model.repository}-cache"
-    gpu = ["--require-gpu"] if args.require_gpu else []
+    cache = request.cache or f"{family.matrix.model.registry}/{family.matrix.model.repository}-cache"
     steps: list[Step] = []
 
+    # The plan job: the shard matrix, written as `shards --github-output` writes it.
     output = work / "github-output"
-    output.write_text("")
-    plan_step = Step("plan", ["shards", "--count", str(args.shards), "--github-output", *common])
-    with contextlib.redirect_stdout(io.StringIO()):
-        old = os.environ.get("GITHUB_OUTPUT")
-        os.environ["GITHUB_OUTPUT"] = str(output)
-        try:
-            steps.append(_call(plan_step))
-        finally:
-            if old is None:
-                os.environ.pop("GITHUB_OUTPUT")
-            else:
-                os.environ["GITHUB_OUTPUT"] = old
-    lines = [line for line in output.read_text().splitlines() if line.startswith("matrix=")]
-    shards = json.loads(lines[-1].removeprefix("matrix="))["include"] if plan_step.rc == 0 and lines else []
+    wanted = ShardsRequest(count=request.shards, github_output=True)
 
-    for index, entry in enumerate(shards):
-        shard = entry["shard"]
-        steps.append(_call(Step(f"build {shard}", [
-            "build", "--shard", shard, *common, "--cache", cache, "--locked", "--no-promote",
-            "--workdir", str(work / f"build-{index}"), "--metadata", str(work / f"build-{index}.json")])))
+    def plan_job() -> int:
+        output.write_text(f"matrix={json.dumps(shards.matrix(family, wanted.count), separators=(',', ':'))}\n")
+        return 0
+
+    steps.append(_call("plan", "shards", plan_request, wanted, plan_job))
+    lines = [line for line in output.read_text().splitlines() if line.startswith("matrix=")] \
+        if steps[-1].rc == 0 else []
+    parts = json.loads(lines[-1].removeprefix("matrix="))["include"] if lines else []
+
+    for index, entry in enumerate(parts):
+        part = replace(plan_request, shard=entry["shard"])
+        build = BuildRequest(cache=cache, locked=True, no_promote=True, workdir=work / f"build-{index}",
+                             metadata=work / f"build-{index}.json")
+        steps.append(_call(f"build {entry['shard']}", "build", part, build,
+                           lambda part=part, build=build: main_job.run(planmod.load(part, build), build).exit_code))
     results = []
-    for index, entry in enumerate(shards):
+    for index, entry in enumerate(parts):
+        part = replace(plan_request, shard=entry["shard"])
         results.append(work / f"smoke-{index}.json")
-        steps.append(_call(Step(f"smoke {entry['shard']}", [
-            "smoke", "--shard", entry["shard"], *common, *gpu, "--json", str(results[-1]),
-            "--junit", str(work / f"smoke-{index}.xml")])))
-    found = [str(p) for p in results if p.exists()]
-    if found:
-        steps.append(_call(Step("promote", ["promote", *common, *gpu, *found])))
-    else:
-        steps.append(Step("promote", ["promote"], rc=1))
-    steps.append(_call(Step("catalog", ["catalog", *common, "--output", str(work / "catalog")])))
+        test = SmokeRequest(require_gpu=request.require_gpu, json=results[-1], junit=work / f"smoke-{index}.xml")
 
-    table = Table(title=f"release rehearsal: {len(shards)} shards, results in {work}", title_justify="left")
+        def smoke_job(part=part, test=test) -> int:
+            result = smoke.run(planmod.load(part), test, report.say)
+            report.smoke_table(list(result.verdicts))
+            return 1 if result.failed else 0
+
+        steps.append(_call(f"smoke {entry['shard']}", "smoke", part, test, smoke_job))
+    found = tuple(p for p in results if p.exists())
+    promote = PromoteRequest(verdicts=found, require_gpu=request.require_gpu)
+
+    def promote_job() -> int:
+        if not found:
+            return 1
+        promotions = release.run(planmod.load(plan_request), promote)
+        report.promotions(promotions)
+        return 1 if any(not p.promoted for p in promotions) else 0
+
+    steps.append(_call("promote", "promote", plan_request, promote, promote_job))
+    listed = CatalogRequest(output=work / "catalog")
+    # The catalog lists releases past their end of life too (as `dlenv catalog` does).
+    everything = replace(plan_request, allow_eol=True)
+    steps.append(_call("catalog", "catalog", everything, listed,
+                       lambda: 0 if catalog.run(planmod.load(everything), listed, report.say).entries else 1))
+
+    table = Table(title=f"release rehearsal: {len(parts)} shards, results in {work}", title_justify="left")
     for column in ("step", "status", "seconds", "command"):
         table.add_column(column)
     for step in steps:
         table.add_row(step.name, "[green]passed[/]" if step.rc == 0 else f"[red]failed ({step.rc})[/]",
                       f"{step.seconds:.0f}", "dlenv " + " ".join(step.argv))
     report.console.print(table)
-    report.write_json(work / "rehearsal.json", {"shards": shards, "steps": [
+    report.write_json(work / "rehearsal.json", {"shards": parts, "steps": [
         {"name": s.name, "argv": s.argv, "rc": s.rc, "seconds": round(s.seconds, 1)} for s in steps]})
     return 0 if all(s.rc == 0 for s in steps) else 1

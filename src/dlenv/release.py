@@ -16,8 +16,9 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from dlenv import registry
+from dlenv import engine, registry, report
 from dlenv.errors import DlenvError
+from dlenv.options import PromoteRequest
 from dlenv.plan import Plan, Variant
 
 
@@ -104,3 +105,23 @@ def read_verdicts(paths: list[Path]) -> tuple[dict[str, list[str]], dict[str, st
     for variant in conflicts:
         digests[variant] = ""
     return statuses, digests, gpu
+
+
+def run(plan: Plan, request: PromoteRequest) -> list[Promotion]:
+    """The release stage's front door for a promote job of its own: floating tags move to the
+    digests the smoke results (files) tested, for the variants that passed. With require_gpu,
+    a variant one of whose GPU checks was skipped in every result is held back."""
+    statuses, digests, gpu = read_verdicts(list(request.verdicts))
+    model = plan.matrix.model
+    if not engine.registry_answers(model.registry):
+        raise DlenvError(f"registry {model.registry} is unreachable",
+                         "promote against the registry the variants were pushed to (--registry)")
+    held = {vid: "a GPU check was skipped in every result (--require-gpu): floating tags left where they were"
+            for vid, checks in gpu.items()
+            if request.require_gpu and any(all(s == "skipped" for s in states) for states in checks.values())}
+    promotions = promote(plan, [v for v in plan.variants if v.id not in held], statuses, digests)
+    promotions += [Promotion(vid, False, "", (), why) for vid, why in held.items()
+                   if any(v.id == vid for v in plan.variants)]
+    if request.json:
+        report.write_json(request.json, {"image": plan.image, "promotions": [p.to_json() for p in promotions]})
+    return promotions

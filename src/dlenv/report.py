@@ -28,6 +28,17 @@ def say(text: str) -> None:
     console.print(text, markup=False)
 
 
+def warn(text: str) -> None:
+    """A line about something left out or stale, in yellow: the run goes on."""
+    head, sep, rest = text.partition(": ")
+    console.print(Text.assemble((head + sep, "yellow"), rest))
+
+
+def error(exc: Exception) -> None:
+    """An error as one line, however long: machines and people grep for it."""
+    console.print(Text.assemble(("dlenv: error: ", "bold red"), " ".join(str(exc).split())), soft_wrap=True)
+
+
 STYLE = {"built": "green", "passed": "green", "failed": "bold red", "not attempted": "yellow", "skipped": "dim",
          "building": "cyan", "waiting": "dim"}
 
@@ -49,7 +60,10 @@ def plan_json(plan: Plan) -> dict:
         "image": plan.image,
         "variants": [{"id": v.id, "cuda": v.cuda, "flavor": v.flavor, "os": v.os, "stack": list(v.stack),
                       "tags": [plan.ref(t) for t in v.tags], "immutable": plan.ref(v.immutable),
-                      "chain": list(v.chain), "target": v.node} for v in plan.variants],
+                      "chain": list(v.chain), "target": v.node,
+                      # only where it applies, so plans without such aliases read as before
+                      **({"aliases_of_newer": {plan.ref(t): newer for t, newer in v.newer}}
+                         if v.newer else {})} for v in plan.variants],
         "left_out": [{"id": left.id, "reason": left.reason, "detail": left.detail, "fix": left.fix}
                      for left in plan.left_out],
     }
@@ -71,7 +85,9 @@ def plan_table(plan: Plan) -> None:
     table.add_column("tags")
     table.add_column("layer chain")
     for v in plan.variants:
-        table.add_row(v.id, "\n".join(v.tags), " > ".join(_short(plan.nodes[n]) for n in v.chain))
+        # An alias several variants render names the newest CUDA's: say so under the others.
+        tags = [*v.tags, *(f"({tag} names the newer {newer})" for tag, newer in v.newer)]
+        table.add_row(v.id, "\n".join(tags), " > ".join(_short(plan.nodes[n]) for n in v.chain))
     console.print(table)
     left = [x for x in plan.left_out if x.reason != "unselected"]
     if left:

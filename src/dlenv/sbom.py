@@ -68,7 +68,7 @@ def build_scanner(plan: Plan, caps: Capabilities, workdir: Path) -> str:
     workdir.mkdir(parents=True, exist_ok=True)
     for name in graph.ancestors(plan, _os_node(plan)):
         if plan.nodes[name].rootfs:
-            bootstrap.ensure_rootfs(plan.nodes[name].rootfs, lambda _: None)
+            bootstrap.ensure_rootfs(plan.nodes[name].rootfs, lambda _: None, plan.network.env())
     file = workdir / "bake-sbom-scanner.json"
     file.write_text(graph.render(definition(plan, ref, push=caps.driver != "docker")))
     client = DockerClient()
@@ -86,7 +86,7 @@ def scanner(plan: Plan, caps: Capabilities, workdir: Path, say: Callable[[str], 
     if not settings.sbom:
         return None
     image = settings.sbom_generator or with_mirror(DEFAULT_SBOM_SCANNER, plan.mirrors.registry)
-    if reach.image_ok(image)[0]:
+    if reach.image_ok(image, plan.network)[0]:
         return "" if image == DEFAULT_SBOM_SCANNER else image
     if settings.sbom_generator:
         return None   # the maintainer named one: do not swap it for another

@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from dlenv.errors import ConfigError
-from dlenv.plan import LeftOut, Plan, Variant
+
+if TYPE_CHECKING:   # the plan stage calls this module: types only, no import cycle
+    from dlenv.plan import Plan, Variant
 
 SPEC = re.compile(r"^(\d+)/(\d+)$")
 
@@ -56,12 +59,13 @@ def split(plan: Plan, count: int) -> list[list[Variant]]:
 def only(plan: Plan, shard: Shard) -> Plan:
     """The plan with every variant outside shard moved to left_out (as unselected)."""
     mine = {v.id for v in split(plan, shard.count)[shard.index - 1]}
-    return plan.without({v.id: LeftOut(v.id, "unselected", f"in another shard than {shard}")
-                         for v in plan.variants if v.id not in mine})
+    return plan.unselect({v.id for v in plan.variants if v.id not in mine}, f"in another shard than {shard}")
 
 
 def matrix(plan: Plan, count: int) -> dict:
     """GitHub Actions' strategy.matrix: one entry per non-empty shard."""
+    if count < 1:
+        raise ConfigError("--count", None, "count", f"at least one job (got {count})")
     parts = split(plan, count)
     return {"include": [{"shard": str(Shard(i + 1, count)), "variants": " ".join(v.id for v in part),
                          "count": len(part)} for i, part in enumerate(parts) if part]}

@@ -16,6 +16,7 @@ import tempfile
 import time
 import weakref
 import xml.etree.ElementTree as ET
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -23,10 +24,11 @@ from typing import Literal
 from python_on_whales import DockerClient
 from python_on_whales.exceptions import DockerException
 
-from dlenv import gpuarch, registry, rootfs_run
+from dlenv import gpuarch, registry, report, rootfs_run
 from dlenv.config import CHECKS_DIR, Check
 from dlenv.errors import DlenvError
 from dlenv.graph import LABEL
+from dlenv.options import SmokeRequest
 from dlenv.plan import Plan, Variant
 from dlenv.rootfs_run import judge  # the one judge, shared with the standalone rootfs runner
 
@@ -255,3 +257,55 @@ def junit(verdicts: list[Verdict]) -> str:
                 ET.SubElement(case, "system-out").text = v.output
     ET.indent(suites)
     return ET.tostring(suites, encoding="unicode", xml_declaration=True) + "\n"
+
+
+@dataclass(frozen=True)
+class SmokeReport:
+    image: str
+    verdicts: tuple[Verdict, ...] = ()
+    digests: dict[str, str] = dataclasses.field(default_factory=dict)   # variant -> the digest tested
+    bundles: tuple[Path, ...] = ()                                      # with --export
+
+    @property
+    def failed(self) -> bool:
+        return any(v.status == "failed" for v in self.verdicts)
+
+    def to_json(self) -> dict:
+        return {"image": self.image, "digests": self.digests, "verdicts": [v.to_json() for v in self.verdicts]}
+
+
+def run(plan: Plan, request: SmokeRequest, say: Callable[[str], None]) -> SmokeReport:
+    """The smoke stage's front door: every variant's checks in its image (or, with --export, a
+    bundle per variant for a GPU host without an engine); JUnit and JSON where asked."""
+    if request.export:
+        return SmokeReport(plan.image, bundles=tuple(export(plan, request.export, request.have, say)))
+    runner = DockerRunner(plan, request.require_gpu)
+    verdicts: list[Verdict] = []
+    for variant in plan.variants:
+        mine = runner.variant(variant)
+        verdicts += mine
+        say(f"{variant.id}: " + ", ".join(f"{n} {s}" for s in ("passed", "failed", "skipped")
+                                          if (n := sum(v.status == s for v in mine))))
+    result = SmokeReport(plan.image, tuple(verdicts), dict(runner.digests))
+    if request.junit:
+        request.junit.parent.mkdir(parents=True, exist_ok=True)
+        request.junit.write_text(junit(verdicts))
+    if request.json:
+        report.write_json(request.json, result.to_json())
+    return result
+
+
+def export(plan: Plan, dest: Path, have_file: Path | None, say: Callable[[str], None]) -> list[Path]:
+    """A bundle per variant (rootfs, checks, rootfs_run.py) for a GPU host without an engine."""
+    have = read_inventory(have_file) if have_file else None
+    folder = checks_folder()
+    for devel in (v for v in plan.variants if v.flavor == "devel" and not v.stack):
+        say(f"compiled {build_kernel(plan, devel, folder).name} with {devel.id}'s nvcc")
+    bundles = []
+    for variant in plan.variants:
+        bundle = export_bundle(plan, variant, dest, folder, have)
+        size = sum(f.stat().st_size for f in bundle.rglob("*") if f.is_file())
+        donor = " --donor DIR" if (bundle / "donated.json").exists() else ""
+        say(f"{bundle}: {report.human_size(size)} (run: python3 {bundle.name}/rootfs_run.py {bundle.name}{donor})")
+        bundles.append(bundle)
+    return bundles

@@ -22,8 +22,8 @@ def test_sources_per_variant(project, monkeypatch):
 
 def test_unreachable_sources_leave_variants_out(project, monkeypatch):
     monkeypatch.setattr(reach.hostconf, "pip_default_index", lambda: "https://pypi.invalid/simple")
-    monkeypatch.setattr(reach, "image_ok", lambda image: (False, "no such host"))
-    monkeypatch.setattr(reach, "_url_ok", lambda url: (True, "HTTP 200"))
+    monkeypatch.setattr(reach, "image_ok", lambda image, network: (False, "no such host"))
+    monkeypatch.setattr(reach, "_url_ok", lambda url, network: (True, "HTTP 200"))
     p = expand(project)
     gone, verdicts = reach.check(p)
     assert all("ubuntu" in vid for vid in gone)
@@ -37,7 +37,7 @@ def test_unreachable_sources_leave_variants_out(project, monkeypatch):
 def test_without_an_apt_mirror_mmdebstrap_uses_its_own_default_archive(project, monkeypatch):
     monkeypatch.setattr(reach.hostconf, "pip_default_index", lambda: "https://pypi.invalid/simple")
     probed = []
-    monkeypatch.setattr(reach, "_url_ok", lambda url: probed.append(url) or (True, "HTTP 200"))
+    monkeypatch.setattr(reach, "_url_ok", lambda url, network: probed.append(url) or (True, "HTTP 200"))
     p = expand(project, select=["os=debian12"], mirrors=plan.Mirrors(bootstrap_apt=""))
     gone, _ = reach.check(p)
     # A host whose apt sources name no Debian mirror (an Ubuntu CI runner): nothing to probe,

@@ -11,10 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from dlenv import graph, lock, rehearsal, shards
+from dlenv import graph, hostconf, lock, options, shards
 from dlenv.build import Capabilities, export_options
+from dlenv.cli import make_parser
 from dlenv.config import BuildSettings
 from dlenv.errors import ConfigError
+from dlenv.options import BuildRequest, PlanRequest, PromoteRequest
 from helpers import REPO, SMALL, expand, reasons
 
 # --- shards -----------------------------------------------------------------------------------
@@ -216,10 +218,10 @@ def test_a_password_in_a_build_arg_keeps_provenance_to_min(project):
     p = expand(project, select=["cuda=13.0.2 os=debian12 flavor=runtime stack=none"])
     assert not graph.credentials_in_args(p)
     secret = dataclasses.replace(p, mirrors=dataclasses.replace(
-        p.mirrors, proxies=(("HTTPS_PROXY", "http://user:pw@proxy.invalid:3128"),)))
+        p.mirrors, network=hostconf.Network((("HTTPS_PROXY", "http://user:pw@proxy.invalid:3128"),))))
     assert graph.credentials_in_args(secret)
     token = dataclasses.replace(p, mirrors=dataclasses.replace(
-        p.mirrors, proxies=(("HTTPS_PROXY", "http://proxy.invalid:3128"),)))
+        p.mirrors, network=hostconf.Network((("HTTPS_PROXY", "http://proxy.invalid:3128"),))))
     assert not graph.credentials_in_args(token)
     index = expand(project, select=["cuda=13.0.2 os=debian12 flavor=runtime stack=python"],
                    mirrors=dataclasses.replace(p.mirrors, pypi="https://TOKEN@pypi.invalid/simple"))
@@ -275,11 +277,20 @@ def test_allow_eol_on_a_cuda_row_builds_it(project):
 # --- the rehearsal's arguments ----------------------------------------------------------------
 
 
-def test_rehearsal_passes_everything_but_its_own_options_to_each_step():
-    raw = ["--matrix", "m.yaml", "--shards", "3", "--select", "cuda=13.*", "--workdir=out/r", "--require-gpu",
-           "--cache", "r/c", "--registry", "127.0.0.1:5000"]
-    assert rehearsal.common_args(raw) == ["--matrix", "m.yaml", "--select", "cuda=13.*", "--registry",
-                                          "127.0.0.1:5000"]
+def test_each_step_of_the_rehearsal_is_shown_as_the_command_line_that_gives_its_requests():
+    """The rehearsal calls the stages' front doors; the command it shows parses back to the same
+    requests (the options are declared once)."""
+    plan_request = PlanRequest(matrix=Path("m.yaml"), select=("cuda=13.*",), registry="127.0.0.1:5000",
+                               shard="1/2")
+    build = BuildRequest(cache="r/c", locked=True, no_promote=True, workdir=Path("out/r/build-0"))
+    line = ["build", *options.argv(plan_request), *options.argv(build)]
+    assert line[:3] == ["build", "--matrix", "m.yaml"]
+    args = make_parser().parse_args(line)
+    assert options.from_args(PlanRequest, args) == plan_request
+    assert options.from_args(BuildRequest, args) == build
+    promote = PromoteRequest(verdicts=(Path("a.json"), Path("b.json")), require_gpu=True)
+    args = make_parser().parse_args(["promote", *options.argv(promote)])
+    assert options.from_args(PromoteRequest, args) == promote
 
 
 def test_the_rehearsal_runs_every_shard_so_it_refuses_one(monkeypatch, capsys):

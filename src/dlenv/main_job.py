@@ -1,0 +1,62 @@
+"""The main job (`nox -s build-matrix`): build the family, smoke-test what was built at the
+digest it was pushed at, and promote what passed, printing each stage's table as it ends.
+
+It only chains the stages' front doors (build.run, smoke, release.promote); the release
+pipeline runs the same stages as separate jobs instead (see rehearsal.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from dlenv import build, release, report, smoke
+from dlenv.options import BuildRequest
+from dlenv.plan import Plan
+
+
+@dataclass(frozen=True)
+class JobReport:
+    build: build.BuildReport
+    verdicts: tuple[smoke.Verdict, ...] = ()
+    promotions: tuple[release.Promotion, ...] = ()
+
+    @property
+    def failed(self) -> list[build.Result]:
+        return [r for r in self.build.results if r.status in ("failed", "not attempted")]
+
+    @property
+    def held(self) -> list[release.Promotion]:
+        return [p for p in self.promotions if not p.promoted]
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.failed or self.held else 0
+
+    def to_json(self) -> dict:
+        data = report.results_json(self.build.plan, list(self.build.results))
+        if self.promotions or self.verdicts:
+            data["smoke"] = [v.to_json() for v in self.verdicts]
+            data["promotions"] = [p.to_json() for p in self.promotions]
+        return data
+
+
+def run(plan: Plan, request: BuildRequest) -> JobReport:
+    with report.LiveBoard(plan) as board:
+        built = build.run(plan, request, board, report.say, report.warn)
+    plan = built.plan
+    report.summary_table(plan, list(built.results))
+    done = {r.variant for r in built.results if r.status == "built"}
+    result = JobReport(built)
+    if done and not request.load and not request.no_promote:
+        runner = smoke.DockerRunner(plan, request.require_gpu)
+        verdicts = [v for variant in plan.variants if variant.id in done for v in runner.variant(variant)]
+        report.smoke_table(verdicts)
+        statuses: dict[str, list[str]] = {}
+        for v in verdicts:
+            statuses.setdefault(v.variant, []).append(v.status)
+        promotions = release.promote(plan, [v for v in plan.variants if v.id in done], statuses, runner.digests)
+        report.promotions(promotions)
+        result = JobReport(built, tuple(verdicts), tuple(promotions))
+    if request.metadata:
+        report.write_json(request.metadata, result.to_json())
+    return result
