@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -104,26 +105,58 @@ def plan_table(plan: Plan) -> None:
 
 
 class LiveBoard:
-    """A live table: one row per variant, its status and what is being built for it."""
+    """A live table: one row per variant, its status and what is being built for it.
 
-    def __init__(self, plan: Plan):
+    Off a terminal (CI logs, pipes) there is no table: a line per layer node and per variant as
+    each finishes, and a heartbeat line naming what is running at least every `heartbeat`
+    seconds, so that a log is never silent for long."""
+
+    def __init__(self, plan: Plan, heartbeat: float = 60):
         self.order = [v.id for v in plan.variants]
         self.status = {v: "waiting" for v in self.order}
         self.current = {v: "" for v in self.order}
         self.started = time.monotonic()
         self.done_at: dict[str, float] = {}
-        # On a terminal: a live table. In a log (CI): one line per variant as it finishes.
+        self.nodes_done: set[str] = set()
         self.live = Live(self._render(), console=console, refresh_per_second=4, transient=True) \
             if console.is_terminal else None
+        self.heartbeat = heartbeat
+        self._stop = threading.Event()
+        self._beats = threading.Thread(target=self._beat, daemon=True) if not self.live else None
 
     def __enter__(self) -> LiveBoard:
         if self.live:
             self.live.__enter__()
+        else:
+            say(f"building {len(self.order)} variants (a line as each layer and variant finishes, "
+                f"and what is running every {self.heartbeat:.0f}s)")
+            assert self._beats is not None
+            self._beats.start()
         return self
 
     def __exit__(self, *exc) -> None:
         if self.live:
             self.live.__exit__(*exc)
+        else:
+            self._stop.set()
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.heartbeat):
+            running = [f"{v} ({self.current[v]})" if self.current[v] else v
+                       for v in self.order if self.status[v] == "building"]
+            waiting = sum(1 for v in self.order if self.status[v] == "waiting")
+            done = len(self.order) - len(running) - waiting
+            say(f"... {time.monotonic() - self.started:.0f}s: {done} done, {waiting} waiting"
+                + (f", running: {'; '.join(running)}" if running else ""))
+
+    def node_done(self, node: str, seconds: float | None = None) -> None:
+        """A layer node finished building (in a log: a line, once per node)."""
+        if node in self.nodes_done:
+            return
+        self.nodes_done.add(node)
+        if not self.live:
+            took = f" in {seconds:.0f}s" if seconds is not None else ""
+            say(f"layer {node} built{took} ({time.monotonic() - self.started:.0f}s since the start)")
 
     def _render(self) -> Table:
         table = Table(box=None, show_header=False, pad_edge=False)

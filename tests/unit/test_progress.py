@@ -1,0 +1,25 @@
+"""Progress in a log (no terminal): a line per finished layer and a heartbeat naming what runs."""
+
+from __future__ import annotations
+
+import time
+
+from dlenv import report
+from helpers import expand
+
+
+def test_off_a_terminal_a_heartbeat_names_what_is_running_and_each_layer_gets_a_line(project, capsys):
+    plan = expand(project, select=["os=debian12 cuda=13.0.2 flavor=base"])
+    first = plan.variants[0]
+    with report.LiveBoard(plan, heartbeat=0.2) as board:
+        board.step(first.id, "[3/5] RUN pip install")
+        time.sleep(0.7)
+        board.node_done(first.chain[0], 12)
+        board.node_done(first.chain[0], 12)   # BuildKit may say it twice: one line
+        board.finish(first.id, "built")
+    err = capsys.readouterr().err
+    beats = [line for line in err.splitlines() if line.startswith("... ")]
+    assert len(beats) >= 2, err
+    assert f"running: {first.id} ([3/5] RUN pip install)" in beats[0]
+    assert err.count(f"layer {first.chain[0]} built in 12s") == 1
+    assert any(line.startswith("built") and first.id in line for line in err.splitlines())
