@@ -58,9 +58,17 @@ def engine(session):
 @nox.session
 def tests(session):
     """Unit tests, then tests against a real engine and registry (started if needed)."""
-    # check-jsonschema: the workflows are checked against GitHub's schema, offline.
-    _install(session, "pytest>=8", "check-jsonschema")
+    # check-jsonschema: the workflows are checked against GitHub's schema, offline; jsonschema:
+    # the matrices against matrix.schema.json.
+    _install(session, "pytest>=8", "check-jsonschema", "jsonschema")
     session.run("pytest", *session.posargs)
+
+
+@nox.session
+def schema(session):
+    """Regenerate matrix.schema.json (editors check matrix.yaml with it) from the model in config.py."""
+    _install(session)
+    session.run("python", "-m", "dlenv.schema", *session.posargs)
 
 
 @nox.session
