@@ -11,12 +11,13 @@ import difflib
 import re
 import string
 import typing
+import unicodedata
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError, ValidationInfo, field_validator, model_validator
 
 from dlenv.errors import ConfigError
 from dlenv.sources import LineDict, LineList, TomlDoc, load_toml, load_yaml
@@ -103,6 +104,30 @@ class Proxy(_Strict):
         if v and not re.fullmatch(r"[A-Za-z0-9.*:/_\[\]-]+(,[A-Za-z0-9.*:/_\[\]-]+)*", v.replace(" ", "")):
             raise ValueError(f"NO_PROXY is a comma separated list of hosts, domains or CIDRs (got {v!r})")
         return v.replace(" ", "") if v else v
+
+    @field_validator("ca_bundle")
+    @classmethod
+    def _pem(cls, v, info: ValidationInfo):
+        # A relative path is relative to matrix.yaml, whose folder only load() knows (context);
+        # a flag's value is absolute. A missing file is the plan's error, with its line.
+        folder = (info.context or {}).get("folder")
+        if v and (folder is not None or Path(v).is_absolute()):
+            path = Path(folder or ".") / v
+            problem = pem_problem(path) if path.exists() else None
+            if problem:
+                raise ValueError(problem)
+        return v
+
+
+def pem_problem(path: Path) -> str | None:
+    """Why path is not a PEM file of certificates (a CA bundle), or None."""
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        return f"{path} cannot be read as a PEM file ({exc.__class__.__name__})"
+    if not re.search(r"-----BEGIN CERTIFICATE-----\s+[A-Za-z0-9+/=\s]+-----END CERTIFICATE-----", text):
+        return f"{path} is not a PEM file of CA certificates (no BEGIN/END CERTIFICATE block)"
+    return None
 
 
 SIMPLE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")   # suites, packages, OS tags
@@ -416,13 +441,25 @@ def _build_args(v: dict[str, str]) -> dict[str, str]:
     return v
 
 
+def _arg_value(v: str) -> str:
+    # A line break or control character would end a bake argument or a log line early, or hide
+    # what follows it from whoever reads them.
+    bad = next((c for c in v if unicodedata.category(c) in ("Cc", "Zl", "Zp")), None)
+    if bad is not None:
+        raise ValueError(f"a build arg holds the control character {bad!r} (one line of printable text only)")
+    return v
+
+
+ArgValue = Annotated[str, AfterValidator(_arg_value)]
+
+
 class CompatModel(_Strict):
     """One row of a recipe's compatibility table: which wheels to install for which CUDA."""
 
     cuda: str                       # a pattern of CUDA versions, e.g. "13.0.*"
     index: str                      # the sub-index under mirrors.pytorch, e.g. "cu130"
     pypi: bool = False              # PyPI's wheels of these versions are this CUDA build
-    args: dict[str, str]            # build args, e.g. TORCH_VERSION
+    args: dict[str, ArgValue]       # build args, e.g. TORCH_VERSION
     note: str = ""
 
     @field_validator("index")
@@ -443,7 +480,7 @@ class RecipeModel(_Strict):
     dockerfile: str
     tag: str
     requires: list[str] = []
-    args: dict[str, str] = {}
+    args: dict[str, ArgValue] = {}
     constraints: Constraints = Constraints()
     # Wheels built per CUDA release: a variant whose CUDA matches no row is left out.
     compat: list[CompatModel] = []
@@ -716,7 +753,7 @@ def load(matrix_path: Path, root: Path | None = None, recipes_dir: Path | None =
     label = _label(matrix_path, Path.cwd())
     data = load_yaml(matrix_path, label)
     try:
-        model = MatrixModel.model_validate(dict(data))
+        model = MatrixModel.model_validate(dict(data), context={"folder": matrix_path.parent})
     except ValidationError as exc:
         _raise_first(exc, label, MatrixModel, lambda loc: _line_in_yaml(data, loc))
 

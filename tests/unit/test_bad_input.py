@@ -144,6 +144,21 @@ CASES = [
      "comma separated"),
     ("ca-bundle-missing", GOOD + "proxy: {ca_bundle: certs/proxy-ca.pem}\n", {}, [], "matrix.yaml", 16,
      "proxy.ca_bundle", "no such file"),
+    # A file that is there but holds no certificate (relative to matrix.yaml; the flag's to the
+    # current folder): any text file of the project will do.
+    ("ca-bundle-not-pem", GOOD + "proxy:\n  ca_bundle: recipes/python.toml\n", {}, [], "matrix.yaml", 17,
+     "proxy.ca_bundle", "not a PEM file"),
+    ("ca-bundle-option-not-pem", None, {}, ["--ca-bundle", "recipes/python.toml"], "--ca-bundle", None,
+     "proxy.ca_bundle", "not a PEM file"),
+    ("ca-bundle-binary", GOOD + "proxy: {ca_bundle: /proc/self/exe}\n", {}, [], "matrix.yaml", 16,
+     "proxy.ca_bundle", "cannot be read as a PEM file"),
+    ("recipe-arg-newline", None, {"extra.toml": 'description = "x"\ndockerfile = "images/python"\ntag = "x"\n'
+                                                '[args]\nGOOD = "1"\nEVIL = "1\\nRUN rm -rf /"\n'}, [],
+     "recipes/extra.toml", 6, "args.EVIL", "control character '\\n'"),
+    ("compat-arg-control-character", None, {"extra.toml": 'description = "x"\ndockerfile = "images/python"\n'
+                                                          'tag = "x"\n[[compat]]\ncuda = "13.0.*"\nindex = "cu130"\n'
+                                                          'args = { TORCH = "2.11\\u001b[2K" }\n'}, [],
+     "recipes/extra.toml", 7, "compat.0.args.TORCH", "control character '\\x1b'"),
     ("hf-mirror-not-url", GOOD + "mirrors: {huggingface: hf-mirror}\n", {}, [], "matrix.yaml", 16,
      "mirrors.huggingface", "URL"),
 ]
