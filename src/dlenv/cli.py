@@ -19,7 +19,7 @@ from typing import Any
 
 from rich.markup import escape
 
-from dlenv import __version__, config, engine, options, report
+from dlenv import __version__, compose, config, engine, options, report
 from dlenv import plan as planmod
 from dlenv.errors import ConfigError, DlenvError
 from dlenv.options import (
@@ -183,25 +183,7 @@ def make_parser() -> argparse.ArgumentParser:
         options.add_arguments(p, command.request)
 
     p = sub.add_parser("compose", help="write a docker-compose.yaml to work in one of the family's images")
-    p.add_argument("image", help="a tag of the family in --matrix (e.g. 13.0-runtime-debian12-py-dev-ssh) or a full reference")
-    p.add_argument("--matrix", type=Path, default=Path("matrix.yaml"), help="the family a bare tag belongs to")
-    p.add_argument("--output", "-o", type=Path, default=Path("docker-compose.yaml"), help="the file to write")
-    p.add_argument("--name", default="dlenv", help="the compose project and service name")
-    p.add_argument("--gpus", default="all", help="all, a count (2) or device ids (0,2)")
-    p.add_argument("--host-ip", default="", help="publish ports on this address only (e.g. 127.0.0.1)")
-    p.add_argument("--ssh-port", type=int, default=2222, help="host port for ssh (container port 22)")
-    p.add_argument("--web-port", type=int, default=8888, help="host and container port of a web service")
-    p.add_argument("--models", default="./models", help="host folder mounted at /models")
-    p.add_argument("--code", default=".", help="host folder mounted at /workspace (the working directory)")
-    p.add_argument("--cache", default="~/.cache", help="host folder mounted as the user's ~/.cache (pip, Hugging Face)")
-    p.add_argument("--restart", default="unless-stopped", choices=["no", "always", "on-failure", "unless-stopped"])
-    p.add_argument("--ssh-key", default=None, metavar="FILE", help="public key to log in with (default: ~/.ssh/id_*.pub)")
-    p.add_argument("--user", action="store_true", help="work as a non-root user with your uid/gid (files keep their owner)")
-    p.add_argument("--uid", type=int, default=None, help="that user's uid (implies --user)")
-    p.add_argument("--gid", type=int, default=None, help="that user's gid (default: the uid's)")
-    p.add_argument("--sudo", action="store_true", help="let that user sudo without a password")
-    p.add_argument("--hf-endpoint", default="", metavar="URL", help="a Hugging Face mirror (HF_ENDPOINT)")
-    p.add_argument("--pip-index", default="", metavar="URL", help="a PyPI mirror for pip in the container")
+    options.add_arguments(p, compose.Request)
 
     p = sub.add_parser("doctor", help="check this host for running the family's images on its GPUs, with fixes")
     p.add_argument("image", nargs="?", default=None,
@@ -215,8 +197,9 @@ def make_parser() -> argparse.ArgumentParser:
 
 
 def family(matrix: Path) -> config.MatrixModel | None:
-    """The family in --matrix, for commands that also work without one."""
-    return config.load(matrix).model if matrix.exists() else None
+    """The family in --matrix, for commands that also work without one; its recipes and images
+    are in the matrix's folder, wherever the command runs."""
+    return config.load(matrix, root=matrix.parent).model if matrix.exists() else None
 
 
 def image_ref(image: str | None, matrix: Path, model: config.MatrixModel | None) -> str | None:
@@ -235,37 +218,14 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 
 def cmd_compose(args: argparse.Namespace) -> int:
-    import subprocess
-
-    from dlenv import compose
-
-    for port in (args.ssh_port, args.web_port):
-        if not 1 <= port <= 65535:
-            raise ConfigError("--ssh-port/--web-port", None, "port", f"{port} is not a port number")
     model = family(args.matrix)
     mirrors = model.mirrors if model else config.Mirrors()
-    if (args.sudo or args.gid is not None) and not (args.user or args.uid is not None):
-        raise ConfigError("--sudo/--gid", None, "user", "they are about the non-root user: add --user or --uid")
-    uid = args.uid if args.uid is not None else (os.getuid() if args.user else None)
-    gid = args.gid if args.gid is not None else (os.getgid() if args.user and args.uid is None else None)
-    options = compose.ComposeOptions(
-        image=image_ref(args.image, args.matrix, model), name=args.name, gpus=args.gpus, host_ip=args.host_ip,
-        ssh_port=args.ssh_port, web_port=args.web_port, models=args.models, code=args.code, cache=args.cache,
-        restart=args.restart, ssh_key=compose.find_ssh_key(args.ssh_key), uid=uid, gid=gid, sudo=args.sudo,
-        environment=compose.run_environment(args.hf_endpoint or mirrors.huggingface or "",
-                                            args.pip_index or mirrors.pypi or ""))
-    text = compose.render(options)   # a bad --gpus is an error here, before anything is written
-    found = engine.find()
-    if found:
-        check = subprocess.run(["docker", "compose", "-f", "-", "config", "-q"], input=text, capture_output=True,
-                               text=True, env=dict(os.environ, DOCKER_HOST=found[0]))
-        if "is not a docker command" in check.stderr:
-            report.say("docker compose is not installed here: the file was not validated")
-        elif check.returncode != 0:
-            raise DlenvError(f"docker compose rejects the file: {' '.join(check.stderr.split())[:300]}")
-    path = compose.write(options, text, args.output)
-    report.say(f"wrote {path}: `docker compose -f {path} up -d` (no GPU: `up -d {args.name}-cpu`), "
-               f"then `ssh -p {args.ssh_port} {'dev' if uid is not None else 'root'}@localhost`")
+    request = options.from_args(compose.Request, args, image=image_ref(args.image, args.matrix, model),
+                                hf_endpoint=args.hf_endpoint or mirrors.huggingface or "",
+                                pip_index=args.pip_index or mirrors.pypi or "")
+    written = compose.run(request, report.say)
+    if isinstance(written, str):
+        sys.stdout.write(written)
     return 0
 
 

@@ -1,12 +1,16 @@
-"""The compose file dlenv writes: GPUs, ports, volumes, keys, mirrors and proxies, a CPU profile."""
+"""The compose file dlenv writes: GPUs (or none), ports, volumes, keys, mirrors, proxies and CA trust, the
+user under sudo, standard output, a matrix in another folder."""
 
 from __future__ import annotations
+
+import os
 
 import pytest
 import yaml
 
 from dlenv import compose
-from dlenv.errors import DlenvError
+from dlenv.errors import ConfigError, DlenvError
+from helpers import SMALL, write
 
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIB7 user@host"
 
@@ -31,11 +35,12 @@ def test_bad_gpus_is_an_error(gpus):
         compose.gpu_reservation(gpus)
 
 
-def test_the_cpu_service_is_the_same_without_the_reservation_under_a_profile():
-    services = doc()["services"]
-    gpu, cpu = services["dlenv"], services["dlenv-cpu"]
-    assert "deploy" not in cpu and cpu["profiles"] == ["cpu"] and "profiles" not in gpu
-    assert {k: v for k, v in gpu.items() if k != "deploy"} == {k: v for k, v in cpu.items() if k != "profiles"}
+def test_one_service_without_profiles_and_gpus_none_reserves_nothing():
+    # `docker compose down` stops only services of active profiles: with none, it stops them all.
+    gpu, cpu = doc()["services"], doc(gpus="none")["services"]
+    assert list(gpu) == list(cpu) == ["dlenv"]
+    assert "profiles" not in gpu["dlenv"] and "deploy" not in cpu["dlenv"]
+    assert {k: v for k, v in gpu["dlenv"].items() if k != "deploy"} == cpu["dlenv"]
 
 
 def test_ports_volumes_restart_key_and_working_dir():
@@ -90,6 +95,8 @@ def test_write_makes_the_mounted_folders_and_a_yaml_file(tmp_path):
     (["--ssh-port", "70000"], "port"),
     (["--sudo"], "--sudo/--gid"),
     (["--ssh-key", "/nonexistent/id.pub"], "--ssh-key"),
+    (["--ca-bundle", "/nonexistent/ca.pem"], "--ca-bundle: ca_bundle: no such file"),
+    (["--ca-bundle", "id.pub"], "--ca-bundle: ca_bundle: "),   # there, but no certificate in it
 ])
 def test_bad_compose_options_exit_2_in_one_line_and_write_nothing(argv, field, tmp_path, capsys, monkeypatch):
     from dlenv.cli import main
@@ -113,3 +120,90 @@ def test_a_bare_tag_without_a_matrix_is_one_clear_error(tmp_path, capsys, monkey
     monkeypatch.chdir(tmp_path)
     assert main(["compose", "13.0-runtime-debian12-py-ssh", "--ssh-key", "/dev/null"]) == 2
     assert "matrix.yaml: file: not found, so the bare tag" in capsys.readouterr().err
+
+
+CERT = "-----BEGIN CERTIFICATE-----\nMIIBdGVzdA==\n-----END CERTIFICATE-----\n"
+# What reads a CA bundle from the environment: OpenSSL, Python's ssl and uv; pip; requests; curl; git.
+CLIENTS = ("SSL_CERT_FILE", "PIP_CERT", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "GIT_SSL_CAINFO")
+
+
+def test_a_ca_bundle_is_mounted_read_only_and_every_client_points_at_it():
+    service = doc(ca_bundle="/etc/corp/ca.pem")["services"]["dlenv"]
+    mount = [v for v in service["volumes"] if v.startswith("/etc/corp/ca.pem:")]
+    assert len(mount) == 1 and mount[0].endswith(":ro")
+    target = mount[0].split(":")[1]
+    assert {name: service["environment"].get(name) for name in CLIENTS} == dict.fromkeys(CLIENTS, target)
+    plain = doc()["services"]["dlenv"]
+    assert not set(CLIENTS) & set(plain["environment"]) and len(plain["volumes"]) == len(service["volumes"]) - 1
+
+
+def test_the_ca_bundle_is_a_pem_file_or_the_hosts(tmp_path, monkeypatch):
+    pem = tmp_path / "proxy-ca.pem"
+    pem.write_text(CERT)
+    monkeypatch.chdir(tmp_path)
+    assert compose.trust_bundle("proxy-ca.pem") == str(pem)          # absolute: compose reads it elsewhere
+    assert compose.trust_bundle("host", {"SSL_CERT_FILE": str(pem)}) == str(pem)
+    assert compose.trust_bundle(None) == ""
+    (tmp_path / "key.txt").write_text("not a certificate")
+    with pytest.raises(ConfigError, match="not a PEM file"):
+        compose.trust_bundle("key.txt")
+
+
+def _request(**kw):
+    return compose.Request(image="r/x:t", **kw)
+
+
+def test_user_is_the_caller_and_under_sudo_the_user_who_ran_sudo(monkeypatch):
+    monkeypatch.setattr(os, "getuid", lambda: 1234)
+    monkeypatch.setattr(os, "getgid", lambda: 1235)
+    assert compose.user_ids(_request(user=True), {}) == (1234, 1235)
+    monkeypatch.setattr(os, "getuid", lambda: 0)
+    monkeypatch.setattr(os, "getgid", lambda: 0)
+    sudo = {"SUDO_UID": "1000", "SUDO_GID": "1001", "SUDO_USER": "me"}
+    assert compose.user_ids(_request(user=True), sudo) == (1000, 1001)
+    assert compose.user_ids(_request(user=True, gid=50), sudo) == (1000, 50)
+    assert compose.user_ids(_request(uid=7), sudo) == (7, None)          # given ids win
+    assert compose.user_ids(_request(), sudo) == (None, None)             # no --user: root
+    with pytest.raises(ConfigError, match="--user: user: you are root"):
+        compose.user_ids(_request(user=True), {})
+
+
+def test_user_as_plain_root_exits_2_in_one_line(tmp_path, capsys, monkeypatch):
+    from dlenv.cli import main
+
+    monkeypatch.setattr(os, "getuid", lambda: 0)
+    monkeypatch.delenv("SUDO_UID", raising=False)
+    key = tmp_path / "id.pub"
+    key.write_text(KEY)
+    assert main(["compose", "r/x:t", "--user", "--ssh-key", str(key), "-o", str(tmp_path / "dc.yaml")]) == 2
+    lines = [x for x in capsys.readouterr().err.splitlines() if x.strip()]
+    assert len(lines) == 1 and "--user" in lines[0] and "--uid" in lines[0], lines
+    assert not (tmp_path / "dc.yaml").exists()
+
+
+def test_output_dash_is_standard_output(tmp_path, capsys, monkeypatch):
+    from dlenv.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    key = tmp_path / "id.pub"
+    key.write_text(KEY)
+    assert main(["compose", "r/x:t", "-o", "-", "--ssh-key", str(key), "--gpus", "none"]) == 0
+    written = yaml.safe_load(capsys.readouterr().out)
+    assert written["services"]["dlenv"]["image"] == "r/x:t"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["id.pub"]   # no file named '-', no folders
+
+
+def test_a_bare_tag_of_a_matrix_in_another_folder(project, tmp_path, capsys, monkeypatch):
+    from dlenv.cli import main
+
+    matrix = write(project / "matrix.yaml", SMALL)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    key = elsewhere / "id.pub"
+    key.write_text(KEY)
+    tag = "13.0.2-base-debian12-py"
+    assert main(["compose", tag, "--matrix", str(matrix), "-o", "-", "--ssh-key", str(key)]) == 0, capsys.readouterr().err
+    family = yaml.safe_load(SMALL)
+    image = yaml.safe_load(capsys.readouterr().out)["services"]["dlenv"]["image"]
+    assert image == f"{family['registry']}/{family['repository']}:{tag}"
