@@ -17,7 +17,16 @@ from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from dlenv.errors import ConfigError
 from dlenv.sources import LineDict, LineList, TomlDoc, load_toml, load_yaml
@@ -298,6 +307,16 @@ class BuildSettings(_Strict):
     """An SPDX SBOM attestation pushed with each image."""
     sbom_generator: str = ""
     """The SBOM scanner image (BuildKit's SBOM protocol). Empty: BuildKit's, else dlenv's own where that is out of reach."""
+    compression: Literal["gzip", "zstd"] = "gzip"
+    """How pushed layers are compressed. zstd is faster both ways; pulling it needs Docker 23, containerd 1.5 or podman."""
+    compression_level: int | None = Field(default=None, ge=0, le=22)
+    """The compression level (gzip 0-9, zstd 0-22); empty: BuildKit's default for the method."""
+
+    @model_validator(mode="after")
+    def _level(self):
+        if self.compression == "gzip" and self.compression_level is not None and self.compression_level > 9:
+            raise ValueError(f"gzip levels are 0-9 (got {self.compression_level})")
+        return self
 
     @field_validator("cache")
     @classmethod

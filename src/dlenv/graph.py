@@ -39,6 +39,8 @@ class Options:
     sbom: str | None = None         # the SBOM generator image ("": BuildKit's default); None: no SBOM
     rewrite_timestamp: bool = False  # file times in layers clamped to SOURCE_DATE_EPOCH
     push: bool = False              # BuildKit pushes (any driver but docker, whose store dlenv pushes from)
+    compression: str = "gzip"       # gzip | zstd, for layers this build compresses
+    compression_level: int | None = None
 
 
 # Any userinfo in a URL: user:password@, or a bare token@.
@@ -130,6 +132,10 @@ def target(plan: Plan, node: Node, variant: Variant | None, output: Output,
     if options.sbom is not None:
         t["attest"].append("type=sbom" + (f",generator={options.sbom}" if options.sbom else ""))
     out = "type=image,oci-mediatypes=true"
+    if options.compression != "gzip" or options.compression_level is not None:
+        out += f",compression={options.compression}"
+        if options.compression_level is not None:
+            out += f",compression-level={options.compression_level}"
     if options.rewrite_timestamp:
         out += ",rewrite-timestamp=true"
     if options.push:
@@ -166,4 +172,6 @@ def secrets(plan: Plan) -> tuple[Secret, ...]:
 def bake_file(plan: Plan, output: Output = "push") -> str:
     """The graph stage's front door: the plan as a bake file. What depends on the builder
     (attestations, timestamp rewriting) is decided when a build starts."""
-    return render(definition(plan, output, secrets(plan), Options(cache=plan.matrix.model.build.cache)))
+    settings = plan.matrix.model.build
+    return render(definition(plan, output, secrets(plan), Options(
+        cache=settings.cache, compression=settings.compression, compression_level=settings.compression_level)))
