@@ -29,7 +29,7 @@ from rich.console import Console
 from rich.table import Table
 
 from dlenv import bootstrap, config, engine, graph
-from dlenv.build import working_dir
+from dlenv.bake import working_dir
 from dlenv.cli import build_secrets, mirrors_for
 from dlenv.plan import expand
 from dlenv.report import human_size

@@ -13,9 +13,7 @@ from __future__ import annotations
 import datetime
 import json
 import re
-import urllib.error
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -131,37 +129,9 @@ def entry(variant: Variant, image: str, tag: str, floating: tuple[str, ...], dig
 
 # --- facts from the registry -------------------------------------------------------------------
 
-@contextmanager
-def _registry_answers(reg: str) -> Iterator[None]:
-    try:
-        yield
-    except urllib.error.HTTPError as exc:
-        raise DlenvError(f"the registry {reg} answered {exc.code} {exc.reason} for {exc.url}",
-                         "check the registry and its login (docker login)") from None
-    except OSError as exc:  # URLError, timeouts, refused connections
-        raise DlenvError(f"cannot reach the registry {reg}: {exc}",
-                         "start it (`dlenv engine up`) or name the right one with --registry") from None
-
-
-def _digest(reg: str, repo: str, reference: str) -> str | None:
-    """The manifest digest `reference` names, None when there is no such tag."""
-    with _registry_answers(reg):
-        try:
-            _, digest = registry.manifest(reg, repo, reference)
-        except urllib.error.HTTPError as exc:
-            if exc.code == 404:
-                return None
-            raise
-    if not digest:
-        raise DlenvError(f"the registry {reg} named no digest for {repo}:{reference}",
-                         "use a registry that sends Docker-Content-Digest (distribution does)")
-    return digest
-
-
 def _immutable(plan: Plan, variant: Variant, digest: str, repo_tags: list[str]) -> str:
     """The immutable tag that names digest: this build's, else the newest older build's."""
-    model = plan.matrix.model
-    if _digest(model.registry, model.repository, variant.immutable) == digest:
+    if registry.digest(plan.ref(variant.immutable)) == digest:
         return variant.immutable
     # Tags start with the variant id; a longer id that starts with this one is another variant.
     ids = sorted({v.id for v in plan.variants} | {x.id for x in plan.left_out}, key=len, reverse=True)
@@ -169,7 +139,7 @@ def _immutable(plan: Plan, variant: Variant, digest: str, repo_tags: list[str]) 
     mine = [t for t in repo_tags if t not in floating
             and next((i for i in ids if t.startswith(f"{i}-")), None) == variant.id]
     for tag in sorted(mine, reverse=True):   # build ids start with the date: newest first
-        if _digest(model.registry, model.repository, tag) == digest:
+        if registry.digest(plan.ref(tag)) == digest:
             return tag
     return ""
 
@@ -180,7 +150,7 @@ def gather(plan: Plan, runner: Runner = run_in_image,
     today = today or datetime.date.today()
     reg, repo = plan.matrix.model.registry, plan.matrix.model.repository
     script = inventory_script()
-    with _registry_answers(reg):
+    with registry.reading(reg):
         repo_tags = registry.tags(reg, repo)
     entries, left = [], []
     for variant in plan.variants:
@@ -188,13 +158,13 @@ def gather(plan: Plan, runner: Runner = run_in_image,
             left.append(NotPublished(variant.id, "", "the matrix gives it no floating tag"))
             continue
         first = variant.floating[0]
-        digest = _digest(reg, repo, first)
+        digest = registry.digest(plan.ref(first))
         if digest is None:
             left.append(NotPublished(variant.id, first, f"{plan.ref(first)} does not exist: never promoted "
                                      "(floating tags move only after the smoke checks pass)"))
             continue
-        floating = tuple(t for t in variant.floating if t == first or _digest(reg, repo, t) == digest)
-        with _registry_answers(reg):
+        floating = tuple(t for t in variant.floating if t == first or registry.digest(plan.ref(t)) == digest)
+        with registry.reading(reg):
             size = registry.compressed_size(reg, repo, digest)
         ref = f"{plan.image}@{digest}"
         found = parse_inventory(runner(ref, script), ref)

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from dlenv import hostconf
 from dlenv.errors import EngineError
+from dlenv.registry import base_url
 
 DEFAULT_REGISTRY = "127.0.0.1:5000"
 MIN_BUILDX = (0, 13)
@@ -295,15 +296,9 @@ def _start_private(say: Say, env: dict[str, str] | None = None) -> None:
 
 # --- the registry ------------------------------------------------------------------------------
 
-def registry_url(registry: str) -> str:
-    host = registry.split("/")[0]
-    local = host.startswith(("127.", "localhost"))
-    return f"{'http' if local else 'https'}://{host}"
-
-
 def registry_answers(registry: str, timeout: float = 5) -> bool:
     try:
-        urllib.request.urlopen(f"{registry_url(registry)}/v2/", timeout=timeout)
+        urllib.request.urlopen(f"{base_url(registry)}/v2/", timeout=timeout)
         return True
     except urllib.error.HTTPError as exc:
         return exc.code == 401  # it is there; it wants a login

@@ -1,9 +1,11 @@
 """A small client of the registry HTTP API (distribution v2): tags, manifests, sizes.
 
-Used to report what was pushed (compressed size = what users download), to retag, and by the
-tests to read tags back. A registry may carry a path (host/team): repositories live under it.
-Credentials come from the Docker client's config, as `docker login` left them (plain or through
-a credential helper), and are traded for a token where the registry asks for one (Bearer).
+Used to read what a tag names (`digest`, with the one error policy every stage uses), to report
+what was pushed (compressed size = what users download), to retag, and by the tests to read tags
+back. Below the engine: it imports nothing that drives one. A registry may carry a path
+(host/team): repositories live under it. Credentials come from the Docker client's config, as
+`docker login` left them (plain or through a credential helper), and are traded for a token
+where the registry asks for one (Bearer).
 """
 
 from __future__ import annotations
@@ -16,9 +18,11 @@ import subprocess
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
-from dlenv.engine import registry_url
+from dlenv.errors import DlenvError
 
 ACCEPT = ", ".join([
     "application/vnd.oci.image.index.v1+json",
@@ -26,6 +30,13 @@ ACCEPT = ", ".join([
     "application/vnd.docker.distribution.manifest.list.v2+json",
     "application/vnd.docker.distribution.manifest.v2+json",
 ])
+
+
+def base_url(registry: str) -> str:
+    """The registry's base URL: plain HTTP on loopback (dlenv's own registry), HTTPS elsewhere."""
+    host = registry.split("/")[0]
+    local = host.startswith(("127.", "localhost"))
+    return f"{'http' if local else 'https'}://{host}"
 
 
 def _credentials(host: str) -> tuple[str, str] | None:
@@ -80,7 +91,7 @@ def _open(registry: str, path: str, accept: str = ACCEPT, method: str = "GET", d
           content_type: str | None = None, user: tuple[str, str] | None = None, timeout: int = 30):
     """A response for /v2/<the registry's path prefix>/<path>, logged in the way the registry asks."""
     host, _, prefix = registry.partition("/")
-    url = f"{registry_url(host)}/v2/{prefix + '/' if prefix else ''}{path}"
+    url = f"{base_url(host)}/v2/{prefix + '/' if prefix else ''}{path}"
     user = user or _credentials(host)
     headers = {"Accept": accept, **({"Content-Type": content_type} if content_type else {})}
     auth = _basic(user) if user else None
@@ -124,6 +135,54 @@ def manifest(registry: str, repository: str, reference: str,
     """The manifest (or index) for a tag or digest, and its digest."""
     data, headers = _get(registry, f"{repository}/manifests/{reference}", user=user)
     return data, headers.get("Docker-Content-Digest", "")
+
+
+@contextmanager
+def reading(registry: str) -> Iterator[None]:
+    """A registry that cannot be read, as one DlenvError with its fix (what every reader here says)."""
+    try:
+        yield
+    except urllib.error.HTTPError as exc:
+        raise DlenvError(f"the registry {registry} answered {exc.code} {exc.reason} for {exc.url}",
+                         "check the registry and its login (docker login)") from None
+    except OSError as exc:  # URLError, timeouts, refused connections
+        raise DlenvError(f"cannot reach the registry {registry}: {exc}",
+                         "start it (`dlenv engine up`) or name the right one with --registry") from None
+    except ValueError as exc:  # an answer that is not JSON
+        raise DlenvError(f"the registry {registry} answered something unreadable: {exc}",
+                         "check that the registry speaks the distribution v2 API") from None
+
+
+def split(ref: str) -> tuple[str, str, str]:
+    """host/repository:tag or host/repository@digest -> (host, repository, tag or digest)."""
+    name, at, pinned = ref.partition("@")
+    if not at:
+        name, colon, tag = ref.rpartition(":")
+        if not colon or "/" in tag:
+            raise ValueError(f"{ref}: no tag")
+        pinned = tag
+    host, _, repository = name.partition("/")
+    return host, repository, pinned
+
+
+def digest(ref: str) -> str | None:
+    """The manifest (or index) digest ref names; None when the registry has no such tag.
+
+    The one policy for "what is behind this tag": absent is None, and a registry that cannot be
+    read (unreachable, refused, no digest header) is a DlenvError, never taken for absent.
+    """
+    host, repository, reference = split(ref)
+    with reading(host):
+        try:
+            _, found = manifest(host, repository, reference)
+        except urllib.error.HTTPError as exc:
+            if exc.code == 404:
+                return None
+            raise
+    if not found:
+        raise DlenvError(f"the registry {host} named no digest for {ref}",
+                         "use a registry that sends Docker-Content-Digest (distribution does)")
+    return found
 
 
 def image_manifest(registry: str, repository: str, reference: str,

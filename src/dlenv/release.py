@@ -60,9 +60,11 @@ def _one(plan: Plan, reg: str, repo: str, variant: Variant, statuses: list[str],
     if why:
         return Promotion(variant.id, False, "", (), f"{why}: floating tags left where they were")
     try:
-        _, digest = registry.manifest(reg, repo, variant.immutable)
-    except Exception as exc:  # noqa: BLE001 - reported per variant, the others still promote
-        return Promotion(variant.id, False, "", (), f"cannot read {plan.ref(variant.immutable)}: {exc}")
+        digest = registry.digest(plan.ref(variant.immutable))
+    except DlenvError as exc:  # reported per variant, the others still promote
+        return Promotion(variant.id, False, "", (), str(exc))
+    if digest is None:
+        return Promotion(variant.id, False, "", (), f"{plan.ref(variant.immutable)} does not exist: nothing to promote")
     if tested is not None and tested != digest:
         return Promotion(variant.id, False, digest, (),
                          f"checks ran on {tested or 'an unknown digest'}, but {variant.immutable} is now {digest}: "

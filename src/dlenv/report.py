@@ -17,8 +17,8 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from dlenv.build import Result
 from dlenv.plan import Plan
+from dlenv.results import Result
 
 # Off a terminal (CI logs, pipes) rich would wrap at 80 columns; tables read better wider.
 console = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else 200)

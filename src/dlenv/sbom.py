@@ -16,10 +16,12 @@ from python_on_whales import DockerClient
 from python_on_whales.exceptions import DockerException
 
 from dlenv import bootstrap, graph, reach, registry
-from dlenv.build import DEFAULT_SBOM_SCANNER, Capabilities, working_dir
+from dlenv.bake import Capabilities, working_dir
 from dlenv.errors import DlenvError
 from dlenv.plan import Plan, with_mirror
 
+# BuildKit's own default SBOM scanner, named the way the default registry names it.
+DEFAULT_SBOM_SCANNER = "docker/buildkit-syft-scanner:stable-1"
 FOLDER = "images/sbom-scanner"
 TARGET = "sbom-scanner"
 
@@ -50,20 +52,10 @@ def definition(plan: Plan, ref: str, push: bool) -> dict:
     return {"group": {"default": {"targets": [TARGET]}}, "target": targets}
 
 
-def _exists(ref: str) -> bool:
-    host_repo, _, tag = ref.rpartition(":")
-    reg, _, repo = host_repo.partition("/")
-    try:
-        registry.manifest(reg, repo, tag)
-    except Exception:  # noqa: BLE001 - absent or unreadable: build it
-        return False
-    return True
-
-
 def build_scanner(plan: Plan, caps: Capabilities, workdir: Path) -> str:
     """Build and push dlenv's scanner unless it is in the registry already; its reference."""
     ref = scanner_ref(plan)
-    if _exists(ref):
+    if registry.digest(ref) is not None:
         return ref
     workdir.mkdir(parents=True, exist_ok=True)
     for name in graph.ancestors(plan, _os_node(plan)):

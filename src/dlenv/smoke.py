@@ -153,12 +153,9 @@ class DockerRunner:
 
 
 def pushed_digest(plan: Plan, variant: Variant) -> str:
-    """The registry's digest of a variant's immutable tag ("" if it was not pushed)."""
-    model = plan.matrix.model
-    try:
-        return registry.manifest(model.registry, model.repository, variant.immutable)[1]
-    except Exception:  # noqa: BLE001 - loaded, not pushed: nothing a promotion could use
-        return ""
+    """The registry's digest of a variant's immutable tag ("" if it was not pushed: loaded, nothing
+    a promotion could use); a registry that cannot be read is an error, as everywhere."""
+    return registry.digest(plan.ref(variant.immutable)) or ""
 
 
 def read_inventory(path: Path) -> set[str]:

@@ -1,0 +1,163 @@
+"""One `docker buildx bake` through python-on-whales, and what its plain progress says.
+
+buildx prints each step as a vertex (`#12 [target 2/3] RUN ...`), then the step's output
+(`#12 0.289 ...`) and its end (`#12 DONE 1.2s`, `CACHED`, `ERROR: ...`, `CANCELED`). Progress
+reads that text into an Outcome: the target whose step failed first, with that step's last
+lines, and when each target was exported. Every line also goes to the build log, under a
+`### bake TARGETS` header per bake. Also here: what a buildx builder can do (Capabilities) and
+the folder bake runs in (bake files name contexts relative to the project).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from python_on_whales import DockerClient
+from python_on_whales.exceptions import DockerException
+
+from dlenv.errors import DlenvError
+
+VERTEX = re.compile(r"^#(\d+) \[([^\] ]+)[^\]]*\] (.*)$")
+STATE = re.compile(r"^#(\d+) (DONE [\d.]+s|CACHED|ERROR:? .*|CANCELED)$")
+OUTPUT = re.compile(r"^#(\d+) \d+\.\d+ (.*)$")
+
+
+@dataclass
+class Outcome:
+    """What one bake showed."""
+
+    ok: bool = True
+    error_target: str = ""
+    error_lines: list[str] = field(default_factory=list)
+    ready: dict[str, float] = field(default_factory=dict)   # target -> seconds when exported
+    metadata: dict = field(default_factory=dict)   # buildx's metadata file: written only when every target built
+
+
+class Progress:
+    """Reads one bake's plain progress, a line at a time, into its Outcome.
+
+    step(target, text) hears each step as it starts.
+    """
+
+    def __init__(self, step: Callable[[str, str], None] = lambda target, text: None,
+                 clock: Callable[[], float] = time.monotonic):
+        self.outcome = Outcome()
+        self._step = step
+        self._clock = clock
+        self._started = clock()
+        self._names: dict[str, str] = {}          # vertex -> target
+        self._lines: dict[str, list[str]] = {}    # vertex -> its name, then its output
+
+    def read(self, line: str) -> None:
+        run = self.outcome
+        match = VERTEX.match(line)
+        if match:
+            vid, target, text = match.groups()
+            self._names[vid] = target
+            self._lines.setdefault(vid, [text])
+            self._step(target, text)
+            return
+        match = STATE.match(line)
+        if match:
+            vid, state = match.groups()
+            target = self._names.get(vid, "")
+            if state.startswith("ERROR") and not run.error_target:
+                run.error_target = target
+                run.error_lines = (self._lines.get(vid, [])[-9:] + [state])
+            elif state.startswith("DONE") and self._lines.get(vid, [""])[0].startswith(("exporting", "pushing")):
+                run.ready[target] = self._clock() - self._started
+            return
+        match = OUTPUT.match(line)
+        if match:
+            self._lines.setdefault(match.group(1), []).append(match.group(2))
+
+    def failed(self, stderr: str) -> Outcome:
+        """The bake exited non-zero; stderr is what it printed (its last lines name the target
+        where no step's error did)."""
+        run = self.outcome
+        run.ok = False
+        if not run.error_target:
+            match = re.search(r"target ([A-Za-z0-9_-]+): failed", stderr)
+            run.error_target = match.group(1) if match else ""
+        if not run.error_lines:
+            run.error_lines = stderr.strip().splitlines()[-8:]
+        return run
+
+
+@contextlib.contextmanager
+def working_dir(path: Path) -> Iterator[None]:
+    old = os.getcwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(old)
+
+
+def run(file: Path, targets: list[str], root: Path, log: Path, builder: str | None = None,
+        metadata: Path | None = None, step: Callable[[str, str], None] = lambda target, text: None) -> Outcome:
+    """Bake targets of file in the project folder root, appending its progress to log.
+
+    metadata: where buildx writes what it built (read into the Outcome when every target built).
+    """
+    if metadata:
+        metadata.unlink(missing_ok=True)
+    progress = Progress(step)
+    env = {"BUILDX_BAKE_ENTITLEMENTS_FS": "0"}  # newer buildx asks before reading outside the context
+    with open(log, "a") as out, working_dir(root):
+        out.write(f"\n### bake {' '.join(targets)}\n")
+        try:
+            stream = DockerClient().buildx.bake(targets, files=[str(file)], builder=builder, progress="plain",
+                                                metadata_file=metadata, stream_logs=True, variables=env)
+            for raw in stream:
+                line = raw.rstrip("\n")
+                out.write(line + "\n")
+                progress.read(line)
+        except DockerException as exc:
+            progress.failed(exc.stderr.decode(errors="replace") if isinstance(exc.stderr, bytes) else (exc.stderr or ""))
+    outcome = progress.outcome
+    if outcome.ok and metadata and metadata.exists():
+        outcome.metadata = json.loads(metadata.read_text())
+    return outcome
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a buildx builder can do with what it builds."""
+
+    name: str
+    driver: str               # docker, docker-container, remote, kubernetes
+    containerd_store: bool    # the docker driver: does the engine keep images in containerd?
+
+    @property
+    def attestations(self) -> bool:
+        # The docker driver's classic image store cannot hold an image index with attestations.
+        return self.driver != "docker" or self.containerd_store
+
+    @property
+    def rewrite_timestamp(self) -> bool:
+        # Docker 26's image exporter unpacks into its store, which BuildKit refuses together with
+        # rewrite-timestamp ("conflicts with unpack"); exporters that push straight away accept it.
+        return self.driver != "docker"
+
+
+def capabilities(builder: str | None = None) -> Capabilities:
+    client = DockerClient()
+    try:
+        found = client.buildx.inspect(builder)
+    except DockerException as exc:
+        raise DlenvError(f"buildx builder {builder or '(default)'} is not usable: "
+                         f"{(exc.stderr or '').strip().splitlines()[-1:] or ['?']}",
+                         "see `docker buildx ls`; docs/release.md says how to set one up") from None
+    store = False
+    if found.driver == "docker":
+        status = client.system.info().driver_status or []
+        store = any("containerd.snapshotter" in str(value) for _, value in status)
+    return Capabilities(found.name, found.driver, store)

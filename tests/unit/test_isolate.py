@@ -1,0 +1,158 @@
+"""Failure isolation, replayed: isolate's loop driven by bake and probe callables that answer from
+recorded bake progress (tests/unit/data/isolate/README.md says how each was recorded).
+
+The replay asks the loop to make exactly the bakes the recording made, in its order, each from
+the bake file it was made from; what the loop concludes is checked against what the recipes do.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from dlenv import bake, config, plan
+from dlenv.isolate import isolate
+from dlenv.results import Result
+from dlenv.selection import Selection
+from helpers import BUILD, MIRRORS, new_project
+
+DATA = Path(__file__).parent / "data" / "isolate"
+
+TINY = """
+registry: 127.0.0.1:5000
+repository: test/isolate
+os:
+  debian12: {{source: bootstrap, suite: bookworm}}
+cuda:
+  "13.0.2": {{source: pip}}
+flavors: [base]
+stacks:
+{stacks}
+"""
+IMAGES = {"broken": "FROM base\nRUN echo 'about to fail: dlenv-broken-marker' && exit 3\n",
+          "leafbad": "FROM base\nRUN echo 'a leaf fails: dlenv-leaf-marker' && exit 4\n",
+          "marker": "FROM base\nRUN echo built > /dlenv-marker\n"}
+RECIPES = {f"{name}.toml": f'description = "{name}"\ndockerfile = "images/{name}"\ntag = "{name}"\n' for name in IMAGES}
+STACKS = {"shared-parent": ["[]", "[python]", "[broken, python]", "[broken, marker]"],
+          "leaf": ["[]", "[python]", "[python, leafbad]"],
+          "independent": ["[]", "[broken]", "[broken, python]", "[python]", "[python, leafbad]", "[marker]"],
+          "export": ["[]", "[python]", "[marker]"]}
+EXPORT_FAILS = "13_0_2-base-debian12-py"   # the target whose export export.log fails (its README)
+
+
+class Replay:
+    """bake and probe answering from a recorded build.log, one recorded bake per call, in order."""
+
+    def __init__(self, name: str):
+        text = (DATA / f"{name}.log").read_text()
+        self.recorded = [section.partition("\n") for section in text.split("### bake ")[1:]]
+        self.asked: list[list[str]] = []
+
+    def _answer(self, targets: list[str], file: str) -> bake.Outcome:
+        assert len(self.asked) < len(self.recorded), f"baked {targets} after the recording ended"
+        head, _, body = self.recorded[len(self.asked)]
+        self.asked.append(targets)
+        assert targets == head.split(), f"baked {targets} where the recording baked {head}"
+        assert f"/{file} " in body, f"baked {head} from {file}, the recording did not"
+        progress = bake.Progress()
+        for line in body.splitlines():
+            progress.read(line)
+        # A failed bake's last line is buildx's error, also the end of what it printed on stderr.
+        return progress.failed(body) if body.strip().splitlines()[-1].startswith("ERROR") else progress.outcome
+
+    def bake(self, targets: list[str]) -> bake.Outcome:
+        return self._answer(targets, "bake.json")
+
+    def probe(self, targets: list[str]) -> bake.Outcome:
+        return self._answer(targets, "bake-probe.json")
+
+
+def family(tmp_path: Path, name: str) -> plan.Plan:
+    matrix = TINY.format(stacks="".join(f"  - {s}\n" for s in STACKS[name]))
+    project = new_project(tmp_path / name, matrix, images=IMAGES, recipes=RECIPES)
+    return plan.expand(config.load(project / "matrix.yaml", root=project), BUILD, MIRRORS, Selection())
+
+
+def replayed(tmp_path: Path, name: str):
+    p = family(tmp_path, name)
+    replay = Replay(name)
+    settled: dict[str, Result] = {}
+    found: list[str] = []
+    built, outcome = isolate(p, list(p.variants), replay.bake, replay.probe, {},
+                             lambda r: settled.setdefault(r.variant, r), found.append)
+    assert len(replay.asked) == len(replay.recorded), "the loop stopped before the recording did"
+    return p, built, outcome, settled, found
+
+
+def failing_nodes(p: plan.Plan) -> dict[str, str]:
+    """node -> the Dockerfile of a recipe that exits non-zero, for the nodes of the plan made from one."""
+    return {name: IMAGES[Path(node.dockerfile).name] for name, node in p.nodes.items()
+            if Path(node.dockerfile).name in IMAGES and re.search(r"exit [1-9]", IMAGES[Path(node.dockerfile).name])}
+
+
+@pytest.mark.parametrize("name", ["shared-parent", "leaf", "independent"])
+def test_the_failing_node_is_found_and_only_what_stands_on_it_is_lost(tmp_path, name):
+    p, built, outcome, settled, found = replayed(tmp_path, name)
+    failing = failing_nodes(p)
+    assert failing and sorted(found) == sorted(failing)
+    for variant in p.variants:
+        culprit = next((n for n in variant.chain if n in failing), None)
+        if culprit is None:
+            assert variant in built and variant.id not in settled
+            continue
+        result = settled[variant.id]
+        assert result.node == culprit
+        assert result.status == ("failed" if culprit == variant.node else "not attempted")
+        # The failing step's own output and exit code, read from the progress, go with every result.
+        marker = re.search(r"(dlenv-\w+-marker)", failing[culprit]).group(1)
+        code = re.search(r"exit (\d+)", failing[culprit]).group(1)
+        assert marker in result.error and f"exit code: {code}" in result.error
+        if result.status == "not attempted":
+            assert result.error.endswith(f"depends on {culprit}, which failed")
+    assert outcome is not None and outcome.ok
+    assert {v.node for v in built} <= set(outcome.ready), "the last bake exported every target it built"
+
+
+def test_a_failure_in_a_shared_parent_leaves_every_variant_above_it_not_attempted(tmp_path):
+    p, built, _, settled, found = replayed(tmp_path, "shared-parent")
+    above = [v for v in p.variants if found[0] in v.chain]
+    assert found[0] not in {v.node for v in p.variants}, "the recording's broken node is no variant's own"
+    assert above and all(settled[v.id].status == "not attempted" for v in above)
+    assert built == [v for v in p.variants if v not in above]
+
+
+def test_an_export_that_fails_fails_only_its_variant(tmp_path):
+    p, built, outcome, settled, found = replayed(tmp_path, "export")
+    assert found == [], "every node of the chain built: no node is to blame"
+    assert list(settled) == [v.id for v in p.variants if v.node == EXPORT_FAILS]
+    result = settled[next(iter(settled))]
+    assert (result.status, result.node) == ("failed", EXPORT_FAILS)
+    assert "no space left on device" in result.error
+    assert built == [v for v in p.variants if v.node != EXPORT_FAILS] and outcome is not None and outcome.ok
+
+
+def test_a_node_known_broken_before_baking_settles_its_variants_without_a_bake(tmp_path):
+    p = family(tmp_path, "leaf")
+    first = p.variants[0].chain[0]
+    settled: list[Result] = []
+
+    def never(targets):
+        raise AssertionError(f"baked {targets}")
+
+    built, outcome = isolate(p, list(p.variants), never, never, {first: ["mmdebstrap failed"]}, settled.append)
+    assert (built, outcome) == ([], None)
+    assert [(r.variant, r.status, r.node) for r in settled] == [(v.id, "not attempted", first) for v in p.variants]
+    assert all(r.error.startswith("mmdebstrap failed") for r in settled)
+
+
+def test_a_failure_bake_names_no_node_of_fails_every_variant_with_its_lines(tmp_path):
+    p = family(tmp_path, "leaf")
+    settled: list[Result] = []
+    lines = ["ERROR: failed to dial gRPC: cannot connect to the Docker daemon"]
+    built, outcome = isolate(p, list(p.variants), lambda targets: bake.Progress().failed("\n".join(lines)),
+                             lambda targets: pytest.fail("probed"), {}, settled.append)
+    assert (built, outcome) == ([], None)
+    assert [(r.variant, r.status, r.node, r.error) for r in settled] == [(v.id, "failed", "?", lines[0])
+                                                                          for v in p.variants]
