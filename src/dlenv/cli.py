@@ -13,19 +13,20 @@ import json
 import os
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from rich.markup import escape
 
 from dlenv import __version__, compose, config, engine, options, report
 from dlenv import plan as planmod
-from dlenv.errors import ConfigError, DlenvError
+from dlenv.errors import DlenvError
 from dlenv.options import (
     BakeRequest,
     BuildRequest,
     CatalogRequest,
+    DoctorRequest,
+    EngineRequest,
     ListRequest,
     LockRequest,
     PlanRequest,
@@ -186,43 +187,24 @@ def make_parser() -> argparse.ArgumentParser:
     options.add_arguments(p, compose.Request)
 
     p = sub.add_parser("doctor", help="check this host for running the family's images on its GPUs, with fixes")
-    p.add_argument("image", nargs="?", default=None,
-                   help="a tag of the family in --matrix (e.g. 13.0-runtime-debian12-py-torch) or a full image reference")
-    p.add_argument("--matrix", type=Path, default=Path("matrix.yaml"), help="the family a bare tag belongs to")
-    p.add_argument("--json", default=None, metavar="FILE", help="also write the findings as JSON ('-': stdout)")
+    options.add_arguments(p, DoctorRequest)
 
     p = sub.add_parser("engine", help="start, stop or show the engine and registry dlenv uses")
-    p.add_argument("action", choices=["up", "down", "status"])
+    options.add_arguments(p, EngineRequest)
     return parser
-
-
-def family(matrix: Path) -> config.MatrixModel | None:
-    """The family in --matrix, for commands that also work without one; its recipes and images
-    are in the matrix's folder, wherever the command runs."""
-    return config.load(matrix, root=matrix.parent).model if matrix.exists() else None
-
-
-def image_ref(image: str | None, matrix: Path, model: config.MatrixModel | None) -> str | None:
-    """A bare tag names an image of the family in matrix; anything else is a full reference."""
-    if image and "/" not in image and ":" not in image:
-        if model is None:
-            raise ConfigError(str(matrix), None, "file", f"not found, so the bare tag {image!r} names no image")
-        return f"{model.registry}/{model.repository}:{image}"
-    return image
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
     from dlenv import doctor
 
-    return doctor.run(image_ref(args.image, args.matrix, family(args.matrix) if args.image else None), args.json)
+    request = options.from_args(DoctorRequest, args)
+    return doctor.run(config.image_ref(request.image, request.matrix) if request.image else None, request.json)
 
 
 def cmd_compose(args: argparse.Namespace) -> int:
-    model = family(args.matrix)
-    mirrors = model.mirrors if model else config.Mirrors()
-    request = options.from_args(compose.Request, args, image=image_ref(args.image, args.matrix, model),
-                                hf_endpoint=args.hf_endpoint or mirrors.huggingface or "",
-                                pip_index=args.pip_index or mirrors.pypi or "")
+    request = options.from_args(compose.Request, args)
+    model = config.family(request.matrix)
+    request = options.from_matrix(replace(request, image=config.image_ref(request.image, request.matrix, model)), model)
     written = compose.run(request, report.say)
     if isinstance(written, str):
         sys.stdout.write(written)
@@ -230,17 +212,16 @@ def cmd_compose(args: argparse.Namespace) -> int:
 
 
 def cmd_engine(args: argparse.Namespace) -> int:
-    say = report.say
-    if args.action == "up":
-        found = engine.ensure(say=say)
-        engine.ensure_registry(engine.DEFAULT_REGISTRY, say=say)
-        say(f"engine: {found.host} (Docker {found.server_version}, buildx {found.buildx_version})")
+    request = options.from_args(EngineRequest, args)
+    if request.action == "up":
+        found = engine.up(say=report.say)
+        report.say(f"engine: {found.host} (Docker {found.server_version}, buildx {found.buildx_version})")
         print(f"export DOCKER_HOST={found.host}")
-    elif args.action == "down":
-        engine.down(say=say)
+    elif request.action == "down":
+        engine.down(say=report.say)
     else:
         for key, value in engine.status().items():
-            say(f"{key}: {value}")
+            report.say(f"{key}: {value}")
     return 0
 
 

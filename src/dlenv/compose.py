@@ -59,9 +59,9 @@ class Request:
     uid: int | None = opt(None, "--uid", help="that user's uid (implies --user)")
     gid: int | None = opt(None, "--gid", help="that user's gid (default: the uid's)")
     sudo: bool = opt(False, "--sudo", help="let that user sudo without a password")
-    hf_endpoint: str = opt("", "--hf-endpoint", metavar="URL",
+    hf_endpoint: str = opt("", "--hf-endpoint", metavar="URL", field="mirrors.huggingface",
                            help="a Hugging Face mirror (HF_ENDPOINT; default: the family's mirrors.huggingface)")
-    pip_index: str = opt("", "--pip-index", metavar="URL",
+    pip_index: str = opt("", "--pip-index", metavar="URL", field="mirrors.pypi",
                          help="a PyPI mirror for pip in the container (default: the family's mirrors.pypi)")
     ca_bundle: str | None = opt(None, "--ca-bundle", metavar="FILE",
                                 help="CA certificates (PEM) the container trusts, e.g. a TLS-intercepting proxy's: "

@@ -850,3 +850,19 @@ def override(matrix: Matrix, values: dict[str, tuple[Any, str]]) -> Matrix:
         flag = values.get(path, (None, next(iter(values.values()))[1]))[1]
         raise ConfigError(flag, None, path, error["msg"].removeprefix("Value error, ")) from None
     return dataclasses.replace(matrix, model=model)
+
+
+def family(matrix: Path) -> MatrixModel | None:
+    """The family in matrix, for commands that also work without one (compose, doctor); its
+    recipes and images are in the matrix's folder, wherever the command runs."""
+    return load(matrix, root=matrix.parent).model if matrix.exists() else None
+
+
+def image_ref(image: str, matrix: Path, model: MatrixModel | None = None) -> str:
+    """A bare tag names an image of the family in matrix; anything else is a full reference."""
+    if "/" in image or ":" in image:
+        return image
+    model = model or family(matrix)
+    if model is None:
+        raise ConfigError(str(matrix), None, "file", f"not found, so the bare tag {image!r} names no image")
+    return f"{model.registry}/{model.repository}:{image}"

@@ -306,6 +306,13 @@ def registry_answers(registry: str, timeout: float = 5) -> bool:
         return False
 
 
+def up(say: Say = print) -> Engine:
+    """`dlenv engine up`: the engine and dlenv's own registry, started where they do not run."""
+    found = ensure(say=say)
+    ensure_registry(DEFAULT_REGISTRY, say=say)
+    return found
+
+
 def ensure_registry(registry: str, say: Say = print) -> None:
     """Make sure the push target answers; start dlenv's own registry for the default address."""
     if registry_answers(registry):

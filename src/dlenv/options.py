@@ -166,6 +166,20 @@ class RehearseRequest:
                             help="as on the GPU runners: a skipped GPU check holds a variant back")
 
 
+@dataclass(frozen=True)
+class DoctorRequest:
+    image: str | None = opt(None, "image", help="a tag of the family in --matrix (e.g. 13.0-runtime-debian12-py-torch) "
+                                                "or a full image reference")
+    matrix: Path = opt(Path("matrix.yaml"), "--matrix", help="the family a bare tag belongs to")
+    json: str | None = opt(None, "--json", metavar="FILE", help="also write the findings as JSON ('-': stdout)")
+
+
+@dataclass(frozen=True)
+class EngineRequest:
+    action: str = opt("status", "action", choices=("up", "down", "status"),
+                      help="start, stop or show the engine and registry")
+
+
 def option(cls: type, name: str) -> Option:
     return next(f.metadata["option"] for f in dataclasses.fields(cls) if f.name == name)
 
@@ -202,6 +216,8 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
         else:
             spec["type"] = base
         if o.positional:
+            if f.default is not MISSING:
+                spec.update(nargs="?", default=f.default)
             target.add_argument(f.name, **spec)
             continue
         if f.default is MISSING and f.default_factory is MISSING:
@@ -257,6 +273,21 @@ def overrides(request: Any) -> dict[str, tuple[Any, str]]:
                 raise ConfigError(o.flags[0], None, o.field, "is empty (in a workflow: is the variable it reads set?)")
             out[o.field] = (str(value.resolve()) if isinstance(value, Path) else value, o.flags[0])
     return out
+
+
+def from_matrix(request: Any, model: Any) -> Any:
+    """request with each field that no flag set taken from the matrix.yaml field it mirrors
+    (flag > matrix.yaml): e.g. compose's --pip-index from mirrors.pypi."""
+    changes = {}
+    for f in dataclasses.fields(request):
+        o: Option = f.metadata["option"]
+        if o.field and not getattr(request, f.name) and model is not None:
+            value: Any = model
+            for part in o.field.split("."):
+                value = getattr(value, part)
+            if value:
+                changes[f.name] = value
+    return dataclasses.replace(request, **changes)
 
 
 def fallback(cls: type, name: str, configured: str | None, environ: Mapping[str, str]) -> str | None:
