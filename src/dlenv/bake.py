@@ -43,13 +43,19 @@ class Outcome:
 class Progress:
     """Reads one bake's plain progress, a line at a time, into its Outcome.
 
-    step(target, text) hears each step as it starts.
+    step(target, text) hears each step as it starts; done(target, seconds) each target whose
+    image was exported, with the seconds since its first step. (BuildKit names a step shared by
+    several targets after any one of them, so a target's own steps cannot tell when it is built;
+    its export can.)
     """
 
     def __init__(self, step: Callable[[str, str], None] = lambda target, text: None,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic,
+                 done: Callable[[str, float], None] = lambda target, seconds: None):
         self.outcome = Outcome()
         self._step = step
+        self._done = done
+        self._first: dict[str, float] = {}       # target -> when its first step started
         self._clock = clock
         self._started = clock()
         self._names: dict[str, str] = {}          # vertex -> target
@@ -61,6 +67,7 @@ class Progress:
         if match:
             vid, target, text = match.groups()
             self._names[vid] = target
+            self._first.setdefault(target, self._clock())
             self._lines.setdefault(vid, [text])
             self._step(target, text)
             return
@@ -73,6 +80,7 @@ class Progress:
                 run.error_lines = (self._lines.get(vid, [])[-9:] + [state])
             elif state.startswith("DONE") and self._lines.get(vid, [""])[0].startswith(("exporting", "pushing")):
                 run.ready[target] = self._clock() - self._started
+                self._done(target, self._clock() - self._first.get(target, self._started))
             return
         match = OUTPUT.match(line)
         if match:
@@ -102,14 +110,15 @@ def working_dir(path: Path) -> Iterator[None]:
 
 
 def run(file: Path, targets: list[str], root: Path, log: Path, builder: str | None = None,
-        metadata: Path | None = None, step: Callable[[str, str], None] = lambda target, text: None) -> Outcome:
+        metadata: Path | None = None, step: Callable[[str, str], None] = lambda target, text: None,
+        done: Callable[[str, float], None] = lambda target, seconds: None) -> Outcome:
     """Bake targets of file in the project folder root, appending its progress to log.
 
     metadata: where buildx writes what it built (read into the Outcome when every target built).
     """
     if metadata:
         metadata.unlink(missing_ok=True)
-    progress = Progress(step)
+    progress = Progress(step, done=done)
     env = {"BUILDX_BAKE_ENTITLEMENTS_FS": "0"}  # newer buildx asks before reading outside the context
     with open(log, "a") as out, working_dir(root):
         out.write(f"\n### bake {' '.join(targets)}\n")

@@ -32,6 +32,9 @@ class _Quiet:
     def finish(self, variant: str, status: str) -> None:
         pass
 
+    def node_done(self, node: str, seconds: float | None = None) -> None:
+        pass
+
 
 def export_options(settings: BuildSettings, caps: Capabilities, sbom_scanner: str | None,
                    secret_args: bool = False) -> tuple[graph.Options, list[str]]:
@@ -63,7 +66,8 @@ def export_options(settings: BuildSettings, caps: Capabilities, sbom_scanner: st
         notes.append(f"layer timestamps not rewritten: builder {caps.name} (docker driver) cannot with its image "
                      "store; a docker-container, remote or kubernetes builder does it (docs/release.md)")
     return graph.Options(cache=cache, provenance=provenance, sbom=sbom,
-                         rewrite_timestamp=caps.rewrite_timestamp, push=caps.driver != "docker"), notes
+                         rewrite_timestamp=caps.rewrite_timestamp, push=caps.driver != "docker",
+                         compression=settings.compression, compression_level=settings.compression_level), notes
 
 
 class Builder:
@@ -89,7 +93,8 @@ class Builder:
         self.dependents = {t: [v for v in plan.variants if t in v.chain] for t in plan.nodes}
 
     def _bake(self, file: Path, targets: list[str], metadata: Path | None = None) -> bake.Outcome:
-        return bake.run(file, targets, self.plan.matrix.root, self.logfile, self.builder, metadata, self._step)
+        return bake.run(file, targets, self.plan.matrix.root, self.logfile, self.builder, metadata, self._step,
+                        self.board.node_done)
 
     def _step(self, target: str, text: str) -> None:
         for variant in self.dependents.get(target, []):

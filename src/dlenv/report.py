@@ -128,7 +128,7 @@ class LiveBoard:
         if self.live:
             self.live.__enter__()
         else:
-            say(f"building {len(self.order)} variants (a line as each layer and variant finishes, "
+            say(f"building {len(self.order)} variants (a line as each image is exported and each variant finishes, "
                 f"and what is running every {self.heartbeat:.0f}s)")
             assert self._beats is not None
             self._beats.start()
@@ -150,13 +150,13 @@ class LiveBoard:
                 + (f", running: {'; '.join(running)}" if running else ""))
 
     def node_done(self, node: str, seconds: float | None = None) -> None:
-        """A layer node finished building (in a log: a line, once per node)."""
+        """A node's image was exported (in a log: a line, once per node)."""
         if node in self.nodes_done:
             return
         self.nodes_done.add(node)
         if not self.live:
             took = f" in {seconds:.0f}s" if seconds is not None else ""
-            say(f"layer {node} built{took} ({time.monotonic() - self.started:.0f}s since the start)")
+            say(f"exported {node}{took} ({time.monotonic() - self.started:.0f}s since the start)")
 
     def _render(self) -> Table:
         table = Table(box=None, show_header=False, pad_edge=False)

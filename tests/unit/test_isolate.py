@@ -156,3 +156,18 @@ def test_a_failure_bake_names_no_node_of_fails_every_variant_with_its_lines(tmp_
     assert (built, outcome) == ([], None)
     assert [(r.variant, r.status, r.node, r.error) for r in settled] == [(v.id, "failed", "?", lines[0])
                                                                           for v in p.variants]
+
+
+
+@pytest.mark.parametrize("recording", ["independent", "leaf", "shared-parent", "export"])
+def test_progress_says_when_each_image_was_exported_from_a_recorded_bake(recording):
+    """In each recorded bake, every exported target is reported as it is done; the one whose
+    step failed is not."""
+    for section in (DATA / f"{recording}.log").read_text().split("### bake ")[1:]:
+        done: list[str] = []
+        progress = bake.Progress(done=lambda target, seconds: done.append(target))
+        for line in section.splitlines():
+            progress.read(line)
+        exported = {m.group(1) for m in re.finditer(r"^#\d+ \[([^\] ]+)\] exporting to image$", section, re.M)}
+        assert set(done) == set(progress.outcome.ready) <= exported
+        assert not progress.outcome.error_target or progress.outcome.error_target not in done

@@ -1,4 +1,4 @@
-"""Progress in a log (no terminal): a line per finished layer and a heartbeat naming what runs."""
+"""Progress in a log (no terminal): a line per exported image and a heartbeat naming what runs."""
 
 from __future__ import annotations
 
@@ -21,5 +21,5 @@ def test_off_a_terminal_a_heartbeat_names_what_is_running_and_each_layer_gets_a_
     beats = [line for line in err.splitlines() if line.startswith("... ")]
     assert len(beats) >= 2, err
     assert f"running: {first.id} ([3/5] RUN pip install)" in beats[0]
-    assert err.count(f"layer {first.chain[0]} built in 12s") == 1
+    assert err.count(f"exported {first.chain[0]} in 12s") == 1
     assert any(line.startswith("built") and first.id in line for line in err.splitlines())
