@@ -1,10 +1,13 @@
 """The catalog of a published family: which tags exist, what each image holds, which are past EOL.
 
 catalog.md is for people choosing a tag; catalog.json holds the same facts for machines, with
-every image's full Python package list (the manifest docker-stacks publishes per image). The
-facts come from the registry (the digest each variant's first floating tag names, and its
-compressed size), from inside the image at that digest (checks/inventory.sh), and from
-data/cuda_releases.toml for the end of life of NVIDIA's images of each CUDA release.
+every image's full Python package list (the manifest docker-stacks publishes per image), and
+the table and rule doctor judges a host by; catalog.html (also written as index.html, the page a
+web server gives for the folder) is one self-contained page over that JSON, with filters and a
+"which tag for my machine" helper. The facts come from the registry (the digest each variant's
+first floating tag names, and its compressed size), from inside the image at that digest
+(checks/inventory.sh), and from data/cuda_releases.toml for the end of life of NVIDIA's images
+of each CUDA release.
 Only `run_in_image` needs an engine: everything else is testable from the script's output.
 """
 
@@ -20,7 +23,7 @@ from pathlib import Path
 from python_on_whales import DockerClient
 from python_on_whales.exceptions import DockerException
 
-from dlenv import engine, lifecycle, registry
+from dlenv import engine, gpuarch, lifecycle, registry
 from dlenv.config import FLAVORS
 from dlenv.errors import DlenvError
 from dlenv.options import CatalogRequest
@@ -28,6 +31,8 @@ from dlenv.plan import Plan, Variant
 from dlenv.report import human_size
 
 INVENTORY = Path(__file__).parent / "checks/inventory.sh"
+PAGE = Path(__file__).parent / "data/catalog.html"
+PAGE_DATA = "__CATALOG_JSON__"     # where the page template takes the catalog's JSON
 # In the order the catalog shows them.
 KEY_PACKAGES = ("torch", "torchvision", "numpy", "uv", "pip")
 BY_HAND = 'docker run --rm --entrypoint /bin/sh IMAGE -c "$(cat src/dlenv/checks/inventory.sh)"'
@@ -44,6 +49,7 @@ class Inventory:
     debian_packages: int
     python: str | None           # /opt/venv's Python version, None where there is none
     packages: dict[str, str]     # every Python distribution: name -> version
+    torch_archs: tuple[str, ...]  # the CUDA architectures torch was built for; () without torch
 
 
 @dataclass(frozen=True)
@@ -66,6 +72,7 @@ class Entry:
     cuda_runtime: str
     debian_packages: int
     packages: tuple[str, ...]    # name==version, every Python distribution
+    torch_archs: tuple[str, ...]  # sm_XY/compute_XY torch was built for, as doctor reads them
     eol: str | None              # YYYY-MM-DD: NVIDIA's images of this CUDA release reach end of life
     eol_reached: bool
 
@@ -103,7 +110,8 @@ def parse_inventory(text: str, ref: str) -> Inventory:
         return Inventory(os_name=str(data["os"]), cuda_runtime=str(data["cuda_runtime"]),
                          debian_packages=int(data["debian_packages"]),
                          python=str(python["version"]) if python else None,
-                         packages={str(k): str(v) for k, v in python["packages"].items()} if python else {})
+                         packages={str(k): str(v) for k, v in python["packages"].items()} if python else {},
+                         torch_archs=tuple(str(a) for a in python["torch_archs"]) if python else ())
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise DlenvError(f"{ref}: the inventory script printed no catalog facts ({type(exc).__name__}: {exc}): "
                          f"{text.strip()[:200]!r}", f"run it by hand: {BY_HAND}") from None
@@ -124,6 +132,7 @@ def entry(variant: Variant, image: str, tag: str, floating: tuple[str, ...], dig
                  python=found.python, key_packages={n: by_name[n] for n in KEY_PACKAGES if n in by_name},
                  os_name=found.os_name, cuda_runtime=found.cuda_runtime, debian_packages=found.debian_packages,
                  packages=tuple(f"{n}=={v}" for n, v in sorted(found.packages.items(), key=lambda i: i[0].lower())),
+                 torch_archs=found.torch_archs,
                  eol=eol.isoformat() if eol else None, eol_reached=lifecycle.is_eol(variant.cuda, today))
 
 
@@ -228,35 +237,63 @@ def render_markdown(entries: list[Entry], left_out: list[NotPublished], generate
     return "\n".join(lines) + "\n"
 
 
+def compatibility() -> dict:
+    """What doctor judges an image on a host by: its table (minimum driver, minor-version
+    compatibility driver per major, compute capability range per CUDA release) and GPU models
+    with their compute capability, for the page's "which tag for my machine"."""
+    return {**lifecycle.requirements(), "gpus": gpuarch.GPUS}
+
+
 def to_json(entries: list[Entry], left_out: list[NotPublished], generated_at: datetime.datetime) -> dict:
     return {"generated_at": generated_at.isoformat(timespec="seconds"),
             "images": [asdict(e) for e in sorted(entries, key=_order)],
-            "not_published": [asdict(n) for n in left_out]}
+            "not_published": [asdict(n) for n in left_out],
+            "compatibility": compatibility()}
+
+
+def render_html(entries: list[Entry], left_out: list[NotPublished], generated_at: datetime.datetime) -> str:
+    """data/catalog.html with the catalog's JSON in it: one file that requests nothing."""
+    data = json.dumps(to_json(entries, left_out, generated_at), separators=(",", ":"))
+    # No "<" in the JSON: nothing in it can end the <script> element that holds it.
+    return PAGE.read_text().replace(PAGE_DATA, data.replace("<", "\\u003c"), 1)
+
+
+@dataclass(frozen=True)
+class Written:
+    markdown: Path        # catalog.md
+    machine: Path         # catalog.json
+    page: Path            # catalog.html
+    index: Path           # index.html, the same page: what a web server (GitHub Pages) gives for the folder
 
 
 def write(folder: Path, entries: list[Entry], left_out: list[NotPublished],
-          generated_at: datetime.datetime) -> tuple[Path, Path]:
-    """catalog.md and catalog.json in folder."""
+          generated_at: datetime.datetime) -> Written:
+    """catalog.md, catalog.json, catalog.html and index.html in folder."""
     folder.mkdir(parents=True, exist_ok=True)
-    markdown, machine = folder / "catalog.md", folder / "catalog.json"
-    markdown.write_text(render_markdown(entries, left_out, generated_at))
-    machine.write_text(json.dumps(to_json(entries, left_out, generated_at), indent=2) + "\n")
-    return markdown, machine
+    out = Written(folder / "catalog.md", folder / "catalog.json", folder / "catalog.html", folder / "index.html")
+    out.markdown.write_text(render_markdown(entries, left_out, generated_at))
+    out.machine.write_text(json.dumps(to_json(entries, left_out, generated_at), indent=2) + "\n")
+    page = render_html(entries, left_out, generated_at)
+    out.page.write_text(page)
+    out.index.write_text(page)
+    return out
 
 
 @dataclass(frozen=True)
 class CatalogReport:
     markdown: Path
     machine: Path
+    page: Path
+    index: Path
     entries: int          # published variants
     unpublished: int
 
 
 def run(plan: Plan, request: CatalogRequest, say=print) -> CatalogReport:
     """The catalog's front door: the published family read from the registry and from inside
-    each image, written as catalog.md and catalog.json."""
+    each image, written as catalog.md, catalog.json, and the page (catalog.html and index.html)."""
     engine.ensure(say=say)
     entries, unpublished = gather(plan)
     now = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0)
-    markdown, machine = write(request.output, entries, unpublished, now)
-    return CatalogReport(markdown, machine, len(entries), len(unpublished))
+    out = write(request.output, entries, unpublished, now)
+    return CatalogReport(out.markdown, out.machine, out.page, out.index, len(entries), len(unpublished))

@@ -25,6 +25,37 @@ from typing import Literal
 Kind = Literal["native", "ptx", "none"]
 ENTRY = re.compile(r"^(sm|compute)_(\d+)(\d)([af]?)$")
 
+# GPU models people run the images on -> compute capability (NVIDIA's "CUDA GPUs" page,
+# developer.nvidia.com/cuda-gpus), oldest architecture first. The catalog page offers these in its
+# "which tag for my machine" helper; on a real host doctor reads the capability from nvidia-smi.
+GPUS = {
+    "Tesla K80": "3.7",
+    "Tesla P100": "6.0",
+    "GeForce GTX 1080 Ti": "6.1",
+    "Tesla V100": "7.0",
+    "Tesla T4": "7.5",
+    "GeForce RTX 2080 Ti": "7.5",
+    "A100": "8.0",
+    "A30": "8.0",
+    "A10G": "8.6",
+    "RTX A6000": "8.6",
+    "GeForce RTX 3090": "8.6",
+    "L4": "8.9",
+    "L40S": "8.9",
+    "RTX 6000 Ada": "8.9",
+    "GeForce RTX 4090": "8.9",
+    "H100": "9.0",
+    "H200": "9.0",
+    "GH200": "9.0",
+    "B200": "10.0",
+    "GB200": "10.0",
+    "B300": "10.3",
+    "GB300": "10.3",
+    "GeForce RTX 5090": "12.0",
+    "RTX PRO 6000 Blackwell": "12.0",
+    "GB10 (DGX Spark)": "12.1",
+}
+
 
 @dataclass(frozen=True)
 class Kernels:

@@ -5,13 +5,14 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import json
+import re
 import subprocess
 import urllib.error
 from pathlib import Path
 
 import pytest
 
-from dlenv import catalog, config, lifecycle, plan, registry
+from dlenv import catalog, config, gpuarch, lifecycle, plan, registry
 from dlenv.errors import DlenvError
 from dlenv.tags import BuildInfo
 from helpers import REPO
@@ -24,7 +25,8 @@ TORCH = {"os": "Debian GNU/Linux 12 (bookworm)", "cuda_runtime": "13.0.96", "deb
          "python": {"version": "3.11.2", "packages": {
              "Jinja2": "3.1.6", "cuda-toolkit": "13.0.2", "numpy": "2.4.6",
              "nvidia-cudnn-cu13": "9.19.0.56", "pip": "23.0.1", "torch": "2.11.0",
-             "torchvision": "0.26.0", "typing_extensions": "4.16.0", "uv": "0.13.9"}}}
+             "torchvision": "0.26.0", "typing_extensions": "4.16.0", "uv": "0.13.9"},
+             "torch_archs": ["sm_75", "sm_80", "sm_86", "sm_90", "sm_100", "sm_120"]}}
 TORCH_OUTPUT = json.dumps(TORCH)
 TABLE = {"major": {}, "release": {"13.0": {"eol": "2028-06-01"}, "12.8": {"eol": "2026-02-01"}, "12.9": {}}}
 NOW = datetime.datetime(2026, 11, 29, 12, 0, tzinfo=datetime.timezone.utc)
@@ -73,7 +75,7 @@ def test_the_shipped_table_has_valid_dates_and_doctor_does_not_see_them():
 
 def test_parse_a_base_image_without_python():
     found = catalog.parse_inventory(BASE_OUTPUT, "r/x@sha256:1")
-    assert found == catalog.Inventory("Debian GNU/Linux 12 (bookworm)", "13.0.96", 99, None, {})
+    assert found == catalog.Inventory("Debian GNU/Linux 12 (bookworm)", "13.0.96", 99, None, {}, ())
 
 
 def test_parse_a_python_image():
@@ -81,6 +83,7 @@ def test_parse_a_python_image():
     assert (found.os_name, found.cuda_runtime, found.debian_packages) == (
         TORCH["os"], TORCH["cuda_runtime"], TORCH["debian_packages"])
     assert found.python == TORCH["python"]["version"] and found.packages == TORCH["python"]["packages"]
+    assert found.torch_archs == tuple(TORCH["python"]["torch_archs"])
 
 
 @pytest.mark.parametrize("text", ["", "sh: 1: dpkg-query: not found", '{"os": "Debian"}', "[]",
@@ -125,7 +128,8 @@ def test_an_entry_holds_the_key_packages_and_every_package(table):
 
 def test_key_packages_are_found_by_their_normalized_name(table):
     output = json.dumps({"os": "d", "cuda_runtime": "", "debian_packages": 1,
-                         "python": {"version": "3.12.3", "packages": {"NumPy": "2.1.0", "Torch_Vision": "0.2"}}})
+                         "python": {"version": "3.12.3", "packages": {"NumPy": "2.1.0", "Torch_Vision": "0.2"},
+                                    "torch_archs": []}})
     assert entry(output=output).key_packages == {"numpy": "2.1.0"}   # torch_vision is not torchvision
 
 
@@ -274,7 +278,38 @@ def test_json_holds_every_entry_with_its_full_package_list(entries):
     assert datetime.datetime.fromisoformat(data["generated_at"]) == NOW
 
 
-def test_write_puts_both_files_in_the_folder(tmp_path, entries):
-    markdown, machine = catalog.write(tmp_path / "out", entries, LEFT, NOW)
-    assert markdown.read_text() == catalog.render_markdown(entries, LEFT, NOW)
-    assert json.loads(machine.read_text()) == json.loads(json.dumps(catalog.to_json(entries, LEFT, NOW)))
+def test_json_holds_what_doctor_judges_by(entries):
+    data = catalog.to_json(entries, LEFT, NOW)["compatibility"]
+    assert {k: data[k] for k in ("major", "release")} == lifecycle.requirements()
+    assert data["gpus"] == gpuarch.GPUS
+
+
+def test_write_puts_every_file_in_the_folder(tmp_path, entries):
+    out = catalog.write(tmp_path / "out", entries, LEFT, NOW)
+    assert out.markdown.read_text() == catalog.render_markdown(entries, LEFT, NOW)
+    assert json.loads(out.machine.read_text()) == json.loads(json.dumps(catalog.to_json(entries, LEFT, NOW)))
+    assert out.page.read_text() == out.index.read_text() == catalog.render_html(entries, LEFT, NOW)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["catalog.html", "catalog.json", "catalog.md",
+                                                                      "index.html"]
+
+
+def embedded(page: str) -> dict:
+    """The JSON the page holds, as its script reads it."""
+    opening = '<script id="catalog-data" type="application/json">'
+    return json.loads(page.split(opening, 1)[1].split("</script>", 1)[0])
+
+
+def test_the_page_holds_the_catalogs_json_and_nothing_can_close_its_script(entries):
+    assert catalog.PAGE.read_text().count(catalog.PAGE_DATA) == 1
+    hostile = [dataclasses.replace(entries[0], packages=("evil</script><script>alert(1)</script><!--==1",))]
+    page = catalog.render_html(hostile, LEFT, NOW)
+    assert "evil</script>" not in page and "<!--==1" not in page
+    assert embedded(page) == json.loads(json.dumps(catalog.to_json(hostile, LEFT, NOW)))
+
+
+def test_the_page_requests_nothing_from_anywhere(entries):
+    """Self-contained: no script, style, image or font from another address (offline, filtered
+    networks); its only links are to the catalog's own files beside it."""
+    page = catalog.render_html(entries, LEFT, NOW)
+    assert not re.search(r"\b(src|srcset)\s*=|@import|url\(|<link\b", page, re.I)
+    assert re.findall(r"\w+://", page) == []

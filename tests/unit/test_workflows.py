@@ -106,6 +106,16 @@ def test_release_builds_locked_with_a_registry_cache_and_moves_tags_only_after_g
     assert "nox -s catalog" in run_lines(jobs["catalog"])
 
 
+def test_the_pages_site_is_the_folder_the_catalog_writes():
+    """The Pages artifact is the catalog's --output folder itself: the index.html catalog.write puts
+    there is the site's root page."""
+    catalog = release()["jobs"]["catalog"]
+    written = re.search(r"nox -s catalog -- .*--output (\S+)", run_lines(catalog))
+    uploaded = [step["with"]["path"] for step in catalog["steps"]
+                if step.get("uses", "").startswith("actions/upload-pages-artifact")]
+    assert written and uploaded == [written.group(1)]
+
+
 @pytest.mark.parametrize("path", WORKFLOWS, ids=[p.name for p in WORKFLOWS])
 def test_conditions_only_read_jobs_they_directly_need(path):
     # GitHub's `needs` context holds direct dependencies only: `needs.plan.result` in a job

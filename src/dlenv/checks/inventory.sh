@@ -4,7 +4,9 @@
 #   os:              PRETTY_NAME of /etc/os-release
 #   cuda_runtime:    the CUDA runtime library's version (cudart), "" if there is none
 #   debian_packages: how many dpkg packages are installed
-#   python:          null, or {"version", "packages": {name: version}} of /opt/venv's Python
+#   python:          null, or {"version", "packages": {name: version}, "torch_archs": [...]} of
+#                    /opt/venv's Python; torch_archs: the CUDA architectures torch was built for
+#                    (empty without torch), which the catalog page judges GPUs by
 set -u
 
 # A JSON string: the values are names and versions, but a quote or backslash must not break it.
@@ -43,7 +45,12 @@ for dist in importlib.metadata.distributions():
     if name:
         packages.setdefault(name, dist.version)
 packages = dict(sorted(packages.items(), key=lambda item: item[0].lower()))
-print(json.dumps({"version": platform.python_version(), "packages": packages}))
+archs = []
+if "torch" in packages:
+    import torch
+    # The compiled-in list, as doctor reads it: get_arch_list() is empty without a GPU.
+    archs = (getattr(torch._C, "_cuda_getArchFlags", lambda: "")() or "").split()
+print(json.dumps({"version": platform.python_version(), "packages": packages, "torch_archs": archs}))
 EOF
 ) || exit 1
 fi
