@@ -59,8 +59,8 @@ def engine(session):
 def tests(session):
     """Unit tests, then tests against a real engine and registry (started if needed)."""
     # check-jsonschema: the workflows are checked against GitHub's schema, offline; jsonschema:
-    # the matrices against matrix.schema.json.
-    _install(session, "pytest>=8", "check-jsonschema", "jsonschema")
+    # the matrices against matrix.schema.json; selenium: the catalog page in Debian's chromium.
+    _install(session, "pytest>=8", "check-jsonschema", "jsonschema", "selenium")
     session.run("pytest", *session.posargs)
 
 
@@ -115,7 +115,7 @@ def lock(session):
 
 @nox.session
 def catalog(session):
-    """Write the published family's catalog (Markdown + JSON) from the registry: `-- --output DIR`."""
+    """Write the published family's catalog (Markdown, JSON and a page, index.html) from the registry: `-- --output DIR`."""
     _install(session)
     session.run("python", "-m", "dlenv", "catalog", *session.posargs)
 

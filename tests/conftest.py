@@ -46,13 +46,15 @@ def project(tmp_path: Path) -> Path:
     return tmp_path
 
 
-# smoke builds its CUDA probe with the host's C compiler (libc6-dev brings the headers).
+# smoke builds its CUDA probe with the host's C compiler (libc6-dev brings the headers); the
+# catalog page's tests drive Debian's chromium through its chromedriver.
 TEST_TOOLS = {"htpasswd": "apache2-utils", "ssh": "openssh-client", "openssl": "openssl", "cc": "gcc",
-              "/usr/include/stdio.h": "libc6-dev"}
+              "/usr/include/stdio.h": "libc6-dev", "chromium": "chromium", "chromedriver": "chromium-driver"}
 
 
 def pytest_sessionstart(session):
-    """The engine tests need a few host tools; a fresh Debian machine (as root) gets them here."""
+    """The engine tests and the browser tests need a few host tools; a fresh Debian machine (as
+    root) gets them here."""
     missing = sorted({pkg for tool, pkg in TEST_TOOLS.items()
                       if not (Path(tool).exists() if tool.startswith("/") else shutil.which(tool))})
     if missing and os.geteuid() == 0 and shutil.which("apt-get"):
