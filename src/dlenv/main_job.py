@@ -48,7 +48,7 @@ def run(plan: Plan, request: BuildRequest) -> JobReport:
     done = {r.variant for r in built.results if r.status == "built"}
     result = JobReport(built)
     if done and not request.load and not request.no_promote:
-        runner = smoke.DockerRunner(plan, request.require_gpu)
+        runner = smoke.DockerRunner(plan, request.require_gpu, request.retest)
         verdicts = [v for variant in plan.variants if variant.id in done for v in runner.variant(variant)]
         report.smoke_table(verdicts)
         statuses: dict[str, list[str]] = {}

@@ -116,6 +116,7 @@ class BuildRequest:
     no_promote: bool = opt(False, "--no-promote",
                            help="push immutable tags only; skip the smoke checks that would move the floating tags")
     require_gpu: bool = opt(False, "--require-gpu", help="smoke: a missing GPU fails instead of skipping")
+    retest: bool = opt(False, "--retest", help="smoke: run the checks again on an image that already passed them")
 
 
 @dataclass(frozen=True)
@@ -136,6 +137,7 @@ class LockRequest:
 @dataclass(frozen=True)
 class SmokeRequest:
     require_gpu: bool = opt(False, "--require-gpu", help="fail, instead of skipping GPU checks, without a GPU")
+    retest: bool = opt(False, "--retest", help="run the checks again on images that already passed them")
     junit: Path | None = opt(None, "--junit", help="write the verdicts as JUnit XML")
     json: Path | None = opt(None, "--json", help="write the verdicts as JSON")
     export: Path | None = opt(None, "--export", metavar="DIR",

@@ -11,6 +11,7 @@ where the registry asks for one (Bearer).
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import os
 import re
@@ -91,7 +92,7 @@ def _open(registry: str, path: str, accept: str = ACCEPT, method: str = "GET", d
           content_type: str | None = None, user: tuple[str, str] | None = None, timeout: int = 30):
     """A response for /v2/<the registry's path prefix>/<path>, logged in the way the registry asks."""
     host, _, prefix = registry.partition("/")
-    url = f"{base_url(host)}/v2/{prefix + '/' if prefix else ''}{path}"
+    url = path if path.startswith(("http://", "https://")) else f"{base_url(host)}/v2/{prefix + '/' if prefix else ''}{path}"
     user = user or _credentials(host)
     headers = {"Accept": accept, **({"Content-Type": content_type} if content_type else {})}
     auth = _basic(user) if user else None
@@ -198,11 +199,17 @@ def image_manifest(registry: str, repository: str, reference: str,
     return data
 
 
+def raw_manifest(registry: str, repository: str, reference: str,
+                 user: tuple[str, str] | None = None) -> tuple[bytes, str]:
+    """The manifest's bytes as the registry keeps them, and their media type."""
+    body, headers = _request(registry, f"{repository}/manifests/{reference}", user=user)
+    return body, headers.get("Content-Type", "application/vnd.oci.image.manifest.v1+json")
+
+
 def retag(registry: str, repository: str, digest: str, tag: str, user: tuple[str, str] | None = None) -> None:
     """Point tag at the manifest digest, in the registry itself: the same bytes, no rebuild, no pull."""
-    body, headers = _request(registry, f"{repository}/manifests/{digest}", user=user)
-    _request(registry, f"{repository}/manifests/{tag}", method="PUT", data=body,
-             content_type=headers.get("Content-Type", "application/vnd.oci.image.manifest.v1+json"), user=user)
+    body, media_type = raw_manifest(registry, repository, digest, user)
+    _request(registry, f"{repository}/manifests/{tag}", method="PUT", data=body, content_type=media_type, user=user)
 
 
 def compressed_size(registry: str, repository: str, reference: str) -> int:
@@ -213,3 +220,22 @@ def compressed_size(registry: str, repository: str, reference: str) -> int:
 def blob(registry: str, repository: str, digest: str, user: tuple[str, str] | None = None) -> bytes:
     with _open(registry, f"{repository}/blobs/{digest}", "*/*", user=user, timeout=120) as response:
         return response.read()
+
+
+def push_blob(registry: str, repository: str, data: bytes, media_type: str) -> dict:
+    """Upload data as a blob (monolithic: POST, then PUT with its digest); its descriptor."""
+    found = "sha256:" + hashlib.sha256(data).hexdigest()
+    with _open(registry, f"{repository}/blobs/uploads/", "*/*", method="POST", data=b"") as response:
+        location = response.headers["Location"]
+    upload = location if location.startswith("http") else f"{base_url(registry.partition('/')[0])}{location}"
+    _open(registry, f"{upload}{'&' if '?' in upload else '?'}digest={found}", "*/*", method="PUT", data=data,
+          content_type="application/octet-stream", timeout=60).close()
+    return {"mediaType": media_type, "digest": found, "size": len(data)}
+
+
+def put_manifest(registry: str, repository: str, tag: str, manifest_: dict) -> str:
+    """Put an OCI manifest under tag; its digest."""
+    body = json.dumps(manifest_, separators=(",", ":"), sort_keys=True).encode()
+    _request(registry, f"{repository}/manifests/{tag}", method="PUT", data=body,
+             content_type=manifest_["mediaType"])
+    return "sha256:" + hashlib.sha256(body).hexdigest()

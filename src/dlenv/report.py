@@ -237,6 +237,8 @@ def smoke_table(verdicts) -> None:
         table.add_column(column, justify="right" if column == "seconds" else "left")
     for v in verdicts:
         note = v.output.splitlines()[0][:80] if v.status != "passed" and v.output else ""
+        if getattr(v, "proven", ""):
+            note = f"proven on this image at {v.proven}, not run again (--retest runs it)"
         table.add_row(v.variant, v.check + (" (GPU)" if v.gpu else ""), Text(v.status, style=STYLE.get(v.status, "")),
                       f"{v.seconds:.1f}", Text(note))
     console.print(table)

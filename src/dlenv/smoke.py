@@ -24,7 +24,7 @@ from typing import Literal
 from python_on_whales import DockerClient
 from python_on_whales.exceptions import DockerException
 
-from dlenv import gpuarch, registry, report, rootfs_run
+from dlenv import gpuarch, proven, registry, report, rootfs_run
 from dlenv.config import CHECKS_DIR, Check
 from dlenv.errors import DlenvError
 from dlenv.graph import LABEL
@@ -45,17 +45,21 @@ class Verdict:
     output: str
     gpu: bool
     origin: str
+    proven: str = ""   # when this image passed this check before (not run again), else ""
 
     def to_json(self) -> dict:
         return {"variant": self.variant, "check": self.check, "status": self.status,
-                "seconds": round(self.seconds, 2), "output": self.output, "gpu": self.gpu, "origin": self.origin}
+                "seconds": round(self.seconds, 2), "output": self.output, "gpu": self.gpu, "origin": self.origin,
+                **({"proven": self.proven} if self.proven else {})}
 
 
 def checks_folder() -> Path:
-    """What /dlenv-checks holds: the CUDA probe (built here), the test kernel's source, and
-    gpuarch.py, so checks judge a GPU against an architecture list by doctor's own rule."""
+    """What /dlenv-checks holds: the CUDA probe (built here), the test kernel's source, the
+    pytorch recipe's torch_checks.py, and gpuarch.py, so checks judge a GPU against an
+    architecture list by doctor's own rule."""
     folder = Path(tempfile.mkdtemp(prefix="dlenv-checks-"))
-    shutil.copy(CHECKS_DIR / "kernel.cu", folder / "kernel.cu")
+    for name in ("kernel.cu", "torch_checks.py"):
+        shutil.copy(CHECKS_DIR / name, folder / name)
     shutil.copy(gpuarch.__file__, folder / "gpuarch.py")
     compiler = shutil.which("cc") or shutil.which("gcc")
     if not compiler:
@@ -106,8 +110,9 @@ def missing(ref: str) -> str:
 
 
 class DockerRunner:
-    def __init__(self, plan: Plan, require_gpu: bool = False):
+    def __init__(self, plan: Plan, require_gpu: bool = False, retest: bool = False):
         self.plan = plan
+        self.retest = retest
         self.client = DockerClient()
         self.no_gpu = host_gpus(self.client)
         if require_gpu and self.no_gpu:
@@ -145,10 +150,21 @@ class DockerRunner:
         ref = f"{self.plan.image}@{digest}" if digest else self.plan.ref(variant.immutable)
         if not available(self.client, ref):
             return [Verdict(variant.id, "image is available", "failed", 0.0, missing(ref), False, "dlenv")]
+        model = self.plan.matrix.model
+        kind, checks = ("cpu" if self.no_gpu else "gpu"), proven.fingerprint(variant.checks)
+        earlier = proven.recall(model.registry, model.repository, digest, kind, checks) \
+            if digest and not self.retest else None
+        if earlier:
+            return [Verdict(**{**v, "proven": earlier["tested_at"]}) for v in earlier["verdicts"]]
         verdicts = [self._run(ref, variant, check) for check in variant.checks]
         problems = label_problems(self.client, ref, variant)
         verdicts.append(Verdict(variant.id, "labels are present and match the variant",
                                 "failed" if problems else "passed", 0.0, problems, False, "dlenv"))
+        if digest and not any(v.status == "failed" for v in verdicts):
+            try:
+                proven.record(model.registry, model.repository, digest, kind, checks, [v.to_json() for v in verdicts])
+            except DlenvError:
+                pass   # a registry that keeps no record costs a re-test next time, nothing else
         return verdicts
 
 
@@ -276,7 +292,7 @@ def run(plan: Plan, request: SmokeRequest, say: Callable[[str], None]) -> SmokeR
     bundle per variant for a GPU host without an engine); JUnit and JSON where asked."""
     if request.export:
         return SmokeReport(plan.image, bundles=tuple(export(plan, request.export, request.have, say)))
-    runner = DockerRunner(plan, request.require_gpu)
+    runner = DockerRunner(plan, request.require_gpu, request.retest)
     verdicts: list[Verdict] = []
     for variant in plan.variants:
         mine = runner.variant(variant)

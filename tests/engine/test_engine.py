@@ -217,6 +217,20 @@ def test_rebuild_with_nothing_changed_builds_and_pushes_nothing(family):
     ran = [line for vertex, line in run_steps.items() if vertex not in cached]
     assert not ran, f"steps that ran again: {ran[:5]}"
     assert _blob_count() == blobs_before
+    # Nothing is tested again: every variant's digest passed these very checks in the first run.
+    first_smoke = json.loads((tmp / "first.json").read_text())["smoke"]
+    second_smoke = json.loads((tmp / "second.json").read_text())["smoke"]
+    assert not any(v.get("proven") for v in first_smoke)
+    assert second_smoke and all(v.get("proven") for v in second_smoke)
+    assert {(v["variant"], v["check"], v["status"]) for v in second_smoke} == \
+        {(v["variant"], v["check"], v["status"]) for v in first_smoke}
+    # --retest runs them again.
+    one = VARIANTS[0]
+    out = dlenv(family["project"], "smoke", "--build-id", BUILD_ID, "--select", one, "--retest",
+                "--json", str(tmp / "retest.json"))
+    assert out.returncode == 0, out.stderr[-3000:]
+    retest = json.loads((tmp / "retest.json").read_text())["verdicts"]
+    assert retest and not any(v.get("proven") for v in retest)
     print(f"\ncold build {family['seconds']:.0f}s, no-op rebuild {seconds:.0f}s")
 
 
