@@ -131,7 +131,8 @@ def cmd_catalog(plan: planmod.Plan, request: CatalogRequest) -> int:
     from dlenv import catalog
 
     result = catalog.run(plan, request, report.say)
-    report.say(f"wrote {result.markdown} and {result.machine}: {result.entries} published variants"
+    report.say(f"wrote {result.index} (the page), {result.markdown} and {result.machine}: "
+               f"{result.entries} published variants"
                + (f", {result.unpublished} not published" if result.unpublished else ""))
     return 0 if result.entries else 1
 
@@ -167,7 +168,7 @@ MATRIX_COMMANDS = {
                            SmokeRequest, cmd_smoke),
     "promote": MatrixCommand("move floating tags to the tested digests of variants whose checks passed",
                              PromoteRequest, cmd_promote),
-    "catalog": MatrixCommand("write the family's catalog (Markdown and JSON) from the registry",
+    "catalog": MatrixCommand("write the family's catalog (a web page, Markdown and JSON) from the registry",
                              CatalogRequest, cmd_catalog, {"allow_eol": True}),
     "rehearse": MatrixCommand("run the release pipeline's steps against the local registry",
                               RehearseRequest, cmd_rehearse, takes_plan=False),

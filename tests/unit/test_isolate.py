@@ -165,7 +165,7 @@ def test_progress_says_when_each_image_was_exported_from_a_recorded_bake(recordi
     step failed is not."""
     for section in (DATA / f"{recording}.log").read_text().split("### bake ")[1:]:
         done: list[str] = []
-        progress = bake.Progress(done=lambda target, seconds: done.append(target))
+        progress = bake.Progress(done=lambda target, seconds, done=done: done.append(target))
         for line in section.splitlines():
             progress.read(line)
         exported = {m.group(1) for m in re.finditer(r"^#\d+ \[([^\] ]+)\] exporting to image$", section, re.M)}
