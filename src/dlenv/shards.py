@@ -9,13 +9,33 @@ the plan, so every job of a release computes the same one.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol, TypeVar
 
 from dlenv.errors import ConfigError
 
-if TYPE_CHECKING:   # the plan stage calls this module: types only, no import cycle
-    from dlenv.plan import Plan, Variant
+
+# The plan stage calls this module (plan.load): what it needs of a plan and its variants is
+# said here, so that nothing points back up.
+class Variant(Protocol):
+    @property
+    def id(self) -> str: ...
+    @property
+    def os(self) -> str: ...
+    @property
+    def cuda(self) -> str: ...
+    @property
+    def chain(self) -> tuple[str, ...]: ...
+
+
+P = TypeVar("P", bound="Plan")
+
+
+class Plan(Protocol):
+    @property
+    def variants(self) -> Sequence[Variant]: ...
+    def unselect(self: P, ids: set[str], why: str) -> P: ...
 
 SPEC = re.compile(r"^(\d+)/(\d+)$")
 
@@ -56,7 +76,7 @@ def split(plan: Plan, count: int) -> list[list[Variant]]:
     return [sorted(s, key=lambda v: order[v.id]) for s in shards]
 
 
-def only(plan: Plan, shard: Shard) -> Plan:
+def only(plan: P, shard: Shard) -> P:
     """The plan with every variant outside shard moved to left_out (as unselected)."""
     mine = {v.id for v in split(plan, shard.count)[shard.index - 1]}
     return plan.unselect({v.id for v in plan.variants if v.id not in mine}, f"in another shard than {shard}")
