@@ -25,10 +25,10 @@ from python_on_whales import DockerClient
 from rich.console import Console
 from rich.table import Table
 
-from dlenv import bootstrap, config, engine, hostconf, registry
+from dlenv import bootstrap, config, engine, graph, hostconf, registry
 from dlenv.build import Builder
-from dlenv.cli import build_secrets, mirrors_for
 from dlenv.plan import expand
+from dlenv.plan import mirrors as plan_mirrors
 from dlenv.report import human_size
 from dlenv.selection import Selection
 from dlenv.tags import build_info
@@ -42,7 +42,7 @@ def load(repository: str):
     text = (ROOT / "tests/family.yaml").read_text().replace("dlenv-test/family", repository)
     (tmp / "matrix.yaml").write_text(text)
     matrix = config.load(tmp / "matrix.yaml", root=ROOT)
-    return expand(matrix, build_info(ROOT, "bench"), mirrors_for(matrix.model), Selection())
+    return expand(matrix, build_info(ROOT, "bench"), plan_mirrors(matrix.model), Selection())
 
 
 def prune(docker: DockerClient) -> None:
@@ -51,7 +51,7 @@ def prune(docker: DockerClient) -> None:
 
 def dlenv_build(plan, workdir: Path) -> tuple[float, list]:
     started = time.monotonic()
-    results = Builder(plan, workdir, "push", build_secrets(), log=lambda s: None).run()
+    results = Builder(plan, workdir, "push", graph.secrets(plan), log=lambda s: None).run()
     seconds = time.monotonic() - started
     bad = [r for r in results if r.status != "built"]
     if bad:
@@ -61,7 +61,7 @@ def dlenv_build(plan, workdir: Path) -> tuple[float, list]:
 
 def naive_build(docker: DockerClient, plan) -> float:
     """One `docker build` per image, in sequence: every node of every variant's chain."""
-    secrets = [s.spec() for s in build_secrets()]
+    secrets = [s.spec() for s in graph.secrets(plan)]
     started = time.monotonic()
     for variant in plan.variants:
         for name in variant.chain:

@@ -30,8 +30,8 @@ from rich.table import Table
 
 from dlenv import bootstrap, config, engine, graph
 from dlenv.bake import working_dir
-from dlenv.cli import build_secrets, mirrors_for
 from dlenv.plan import expand
+from dlenv.plan import mirrors as plan_mirrors
 from dlenv.report import human_size
 from dlenv.selection import Selection
 from dlenv.tags import build_info
@@ -54,7 +54,7 @@ def layers(oci_tar: Path) -> list[tuple[str, int]]:
 
 
 def build(plan, variant, dest: Path, rewrite: bool) -> float:
-    definition = graph.definition(plan, "push", build_secrets())
+    definition = graph.definition(plan, "push", graph.secrets(plan))
     for name in graph.ancestors(plan, variant.node):
         definition["target"][name]["no-cache"] = True
     out = f"type=oci,dest={dest}" + (",rewrite-timestamp=true" if rewrite else "")
@@ -80,7 +80,7 @@ def main() -> None:
     args = parser.parse_args()
     engine.ensure(say=lambda s: console.print(s))
     matrix = config.load(args.matrix, root=ROOT)
-    plan = expand(matrix, build_info(ROOT), mirrors_for(matrix.model), Selection.parse([args.select]))
+    plan = expand(matrix, build_info(ROOT), plan_mirrors(matrix.model), Selection.parse([args.select]))
     variant = plan.variants[0]
     for node in plan.nodes.values():
         if node.rootfs:

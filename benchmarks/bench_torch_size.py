@@ -21,10 +21,10 @@ from python_on_whales import DockerClient
 from rich.console import Console
 from rich.table import Table
 
-from dlenv import config, engine, registry
+from dlenv import config, engine, graph, registry
 from dlenv.build import Builder
-from dlenv.cli import build_secrets, mirrors_for
 from dlenv.plan import LeftOut, expand
+from dlenv.plan import mirrors as plan_mirrors
 from dlenv.report import human_size
 from dlenv.selection import Selection
 from dlenv.tags import build_info
@@ -50,13 +50,13 @@ def main() -> int:
     engine.ensure_registry(engine.DEFAULT_REGISTRY, say=console.print)
     matrix = config.load(ROOT / "matrix.yaml", root=ROOT)
     info = build_info(ROOT, None, matrix.model.source)
-    plan = expand(matrix, info, mirrors_for(matrix.model), Selection.parse(args.select or ["os=debian*"], []))
+    plan = expand(matrix, info, plan_mirrors(matrix.model), Selection.parse(args.select or ["os=debian*"], []))
     torch_variants = [v for v in plan.variants if "pytorch" in v.stack]
     parents = {v.id: plan.variant(v.id.removesuffix("-torch")) for v in torch_variants}
     keep = {v.id for v in torch_variants} | {p.id for p in parents.values()}
     plan = plan.without({v.id: LeftOut(v.id, "unselected", "not measured") for v in plan.variants if v.id not in keep})
     console.print(f"building {len(plan.variants)} variants with dlenv (a no-op where already pushed)")
-    results = Builder(plan, Path(tempfile.mkdtemp(prefix="dlenv-bench-")), "push", build_secrets(),
+    results = Builder(plan, Path(tempfile.mkdtemp(prefix="dlenv-bench-")), "push", graph.secrets(plan),
                       log=lambda s: None).run()
     failed = [r for r in results if r.status != "built"]
     if failed:
@@ -70,7 +70,7 @@ def main() -> int:
         naive = f"{reg}/dlenv-bench/naive-torch:{variant.id}"
         console.print(f"building {variant.id} the naive way")
         docker.buildx.build(ROOT / "benchmarks/naive-torch", build_args={**dict(node.args), "BASE": plan.ref(parent.immutable)},
-                            secrets=[s.spec() for s in build_secrets()], tags=[naive], load=True, progress=False)
+                            secrets=[s.spec() for s in graph.secrets(plan)], tags=[naive], load=True, progress=False)
         docker.image.push(naive, quiet=True)
         sizes = {"parent": registry.compressed_size(reg, repo, parent.immutable),
                  "dlenv": registry.compressed_size(reg, repo, variant.immutable),
