@@ -182,8 +182,9 @@ def _bypassed(host: str, no_proxy: str) -> bool:
 def network(http: str | None, https: str | None, no: str | None, extra_ca: Path | None,
             environ: Mapping[str, str] | None = None) -> Network:
     """The run's proxies (each already resolved: flag, else matrix.yaml, else the environment)
-    and CA bundle. Loopback stays direct (the local registry). An extra CA bundle is appended
-    to the host's in a file of its own: pip's build secret and the reachability checks trust it.
+    and CA bundle. Loopback stays direct (the local registry). An extra CA bundle (a PEM file,
+    as config validated it) is appended to the host's in a file of its own: pip's build secret
+    and the reachability checks trust it.
     """
     environ = os.environ if environ is None else environ
     given = {"HTTP_PROXY": http, "HTTPS_PROXY": https, "NO_PROXY": no}
@@ -199,8 +200,6 @@ def network(http: str | None, https: str | None, no: str | None, extra_ca: Path 
     except (OSError, UnicodeDecodeError) as exc:
         raise DlenvError(f"CA bundle {extra_ca}: cannot be read ({exc.__class__.__name__})",
                          "give a PEM file (--ca-bundle, proxy.ca_bundle)") from None
-    if "-----BEGIN CERTIFICATE-----" not in extra:
-        raise DlenvError(f"CA bundle {extra_ca}: no PEM certificate in it", "give a PEM file of CA certificates")
     host = ca_bundle(environ)
     text = (host.read_text() if host else "") + "\n" + extra
     # Named by content and kept: `dlenv bake` prints a definition that names this file.

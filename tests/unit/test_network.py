@@ -12,7 +12,7 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 import pytest
 
 from dlenv import graph, hostconf, plan
-from dlenv.errors import DlenvError
+from dlenv.errors import ConfigError
 from dlenv.options import PlanRequest
 from helpers import MIRRORS, REPO, expand
 
@@ -67,11 +67,11 @@ def test_an_extra_ca_bundle_is_added_to_the_hosts_for_pip_and_checks(clean_env, 
         assert combined.read_text().startswith(host.read_text())
 
 
-def test_an_extra_ca_bundle_that_is_no_pem_is_refused(clean_env, tmp_path):
+def test_an_extra_ca_bundle_that_is_no_pem_is_a_config_error_before_anything(clean_env, tmp_path):
     bad = tmp_path / "key.txt"
     bad.write_text("not a certificate")
-    with pytest.raises(DlenvError, match="no PEM certificate"):
-        hostconf.network(None, None, None, bad)
+    with pytest.raises(ConfigError, match="--ca-bundle: proxy.ca_bundle"):
+        plan.load(PlanRequest(matrix=REPO / "tests" / "family.yaml", root=REPO, ca_bundle=bad))
 
 
 def test_requests_go_through_the_runs_proxy_and_loopback_stays_direct(clean_env):
