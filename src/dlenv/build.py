@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from dlenv import bake, bootstrap, engine, graph, lock, reach, sbom
+from dlenv import bake, bootstrap, disk, engine, graph, lock, reach, registry, sbom
 from dlenv.bake import Capabilities, capabilities
 from dlenv.config import BuildSettings
 from dlenv.errors import DlenvError
@@ -144,6 +144,7 @@ class Builder:
 class BuildReport:
     plan: Plan                    # as built: bases pinned, unreachable variants left out
     results: tuple[Result, ...]   # one per variant, the unreachable ones "skipped"
+    fresh: int = 0                # variants whose immutable tag the registry did not hold yet
 
 
 def run(plan: Plan, request: BuildRequest, board: Board, say: Callable[[str], None],
@@ -180,6 +181,13 @@ def run(plan: Plan, request: BuildRequest, board: Board, say: Callable[[str], No
             raise DlenvError(f"--locked: {stale[0]}", lock.FIX)
         for problem in stale:
             warn(f"lock: {problem}")
+    fresh = [v for v in plan.variants if request.load or registry.digest(plan.ref(v.immutable)) is None]
+    room = disk.estimate(engine.state_dir(), len(fresh))
+    if fresh and not room.fits:
+        line = room.line(engine.state_dir())
+        if not request.force:
+            raise DlenvError(line, "free space there, build fewer variants (--select, --shard), or pass --force")
+        warn(f"--force: {line}")
     options = None
     if not request.load:
         caps = capabilities(request.builder)
@@ -191,4 +199,4 @@ def run(plan: Plan, request: BuildRequest, board: Board, say: Callable[[str], No
                       request.builder, board, say, options).run()
     results += [Result(left.id, "skipped", error=f"unreachable: {left.detail}")
                 for left in plan.left_out if left.reason == "unreachable"]
-    return BuildReport(plan, tuple(results))
+    return BuildReport(plan, tuple(results), len(fresh))

@@ -7,9 +7,11 @@ pipeline runs the same stages as separate jobs instead (see rehearsal.py).
 
 from __future__ import annotations
 
+import dataclasses
+import datetime
 from dataclasses import dataclass
 
-from dlenv import build, release, report, smoke
+from dlenv import build, disk, engine, release, report, smoke
 from dlenv.options import BuildRequest
 from dlenv.plan import Plan
 
@@ -19,6 +21,7 @@ class JobReport:
     build: build.BuildReport
     verdicts: tuple[smoke.Verdict, ...] = ()
     promotions: tuple[release.Promotion, ...] = ()
+    peak_growth: int = 0   # bytes the engine's data root grew by at the peak of the run
 
     @property
     def failed(self) -> list[build.Result]:
@@ -34,6 +37,7 @@ class JobReport:
 
     def to_json(self) -> dict:
         data = report.results_json(self.build.plan, list(self.build.results))
+        data["disk"] = {"peak_growth_bytes": self.peak_growth, "fresh_variants": self.build.fresh}
         if self.promotions or self.verdicts:
             data["smoke"] = [v.to_json() for v in self.verdicts]
             data["promotions"] = [p.to_json() for p in self.promotions]
@@ -41,6 +45,19 @@ class JobReport:
 
 
 def run(plan: Plan, request: BuildRequest) -> JobReport:
+    with disk.Sampler(engine.state_dir()) as sampler:
+        result = _run(plan, request)
+    data_root = engine.state_dir()
+    disk.record(data_root, sampler.growth, result.build.fresh, datetime.date.today().isoformat())
+    report.say(f"the data root's filesystem grew by {sampler.growth / 1e9:.1f} GB at the peak of this run "
+               f"({result.build.fresh} variants built afresh)")
+    result = dataclasses.replace(result, peak_growth=sampler.growth)
+    if request.metadata:
+        report.write_json(request.metadata, result.to_json())
+    return result
+
+
+def _run(plan: Plan, request: BuildRequest) -> JobReport:
     with report.LiveBoard(plan) as board:
         built = build.run(plan, request, board, report.say, report.warn)
     plan = built.plan
@@ -57,6 +74,4 @@ def run(plan: Plan, request: BuildRequest) -> JobReport:
         promotions = release.promote(plan, [v for v in plan.variants if v.id in done], statuses, runner.digests)
         report.promotions(promotions)
         result = JobReport(built, tuple(verdicts), tuple(promotions))
-    if request.metadata:
-        report.write_json(request.metadata, result.to_json())
     return result

@@ -1,0 +1,99 @@
+"""Disk on the engine's data root: measured while a build runs, estimated before the next one.
+
+During a build a sampler reads how much of the data root's filesystem is used, every few
+seconds, and keeps the peak growth. At the end the growth per variant built afresh is recorded
+in the data root (`disk.json`). Before a build, the variants whose immutable tag the registry
+lacks are counted and multiplied by that figure (or, on a machine with no record yet, by the
+one measured for this project, docs/benchmarks.md): a plan that cannot fit stops with one line
+before anything runs, instead of failing at "no space left on device" twenty minutes in.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+# Peak growth of the data root per variant built afresh, measured on the repository's family
+# (docs/benchmarks.md, "Disk"); used until this machine has a record of its own.
+DEFAULT_PER_VARIANT = 1_500_000_000
+RECORD = "disk.json"
+GB = 1e9
+
+
+@dataclass(frozen=True)
+class Estimate:
+    need: int            # bytes the build may add at its peak
+    free: int            # bytes free on the data root's filesystem
+    fresh: int           # variants to build afresh
+    per_variant: int
+    basis: str           # where per_variant comes from
+
+    @property
+    def fits(self) -> bool:
+        return self.need <= self.free
+
+    def line(self, root: Path) -> str:
+        return (f"the data root {root} has {self.free / GB:.1f} GB free; building {self.fresh} variants afresh "
+                f"needs about {self.need / GB:.1f} GB ({self.per_variant / GB:.1f} GB each, {self.basis})")
+
+
+def _existing(path: Path) -> Path:
+    while not path.exists():
+        path = path.parent
+    return path
+
+
+def used(root: Path) -> int:
+    return shutil.disk_usage(_existing(root)).used
+
+
+def per_variant(root: Path) -> tuple[int, str]:
+    try:
+        data = json.loads((root / RECORD).read_text())
+        return int(data["per_variant"]), f"measured on this machine by the run of {data['when']}"
+    except (OSError, ValueError, KeyError, TypeError):
+        return DEFAULT_PER_VARIANT, "the project's measured figure: no run on this machine has recorded one yet"
+
+
+def estimate(root: Path, fresh: int) -> Estimate:
+    each, basis = per_variant(root)
+    return Estimate(each * fresh, shutil.disk_usage(_existing(root)).free, fresh, each, basis)
+
+
+def record(root: Path, growth: int, fresh: int, when: str) -> None:
+    """After a build: the peak growth per variant built afresh (kept only when some were)."""
+    if fresh > 0 and growth > 0:
+        root.mkdir(parents=True, exist_ok=True)
+        (root / RECORD).write_text(json.dumps({"per_variant": growth // fresh, "growth": growth, "fresh": fresh,
+                                               "when": when}, indent=2) + "\n")
+
+
+class Sampler:
+    """The peak growth of the data root's filesystem while it runs (a thread, every `every` s)."""
+
+    def __init__(self, root: Path, every: float = 2.0):
+        self.root = root
+        self.every = every
+        self.start_used = used(root)
+        self.peak = self.start_used
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every):
+            self.peak = max(self.peak, used(self.root))
+
+    def __enter__(self) -> Sampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self.peak = max(self.peak, used(self.root))
+
+    @property
+    def growth(self) -> int:
+        return self.peak - self.start_used
