@@ -5,6 +5,16 @@
 # unpinned in their metadata and would otherwise pull the newest 13.x.
 set -eu
 dest=$1
+# A component PyPI has for some architectures only comes as NAME@ARCH[,ARCH...] (components.toml
+# `only`): it is kept where the architecture being built (BuildKit's TARGETARCH) is one of them.
+wanted=
+for component in ${COMPONENTS:-}; do
+    case $component in
+        *@*) case ",${component#*@}," in *",${TARGETARCH:?},"*) wanted="$wanted ${component%%@*}" ;; esac ;;
+        *) wanted="$wanted $component" ;;
+    esac
+done
+COMPONENTS=${wanted# }
 export PIP_ROOT_USER_ACTION=ignore   # pip runs as root on purpose: a throw-away stage
 work=$(mktemp -d)
 pip() {

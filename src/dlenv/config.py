@@ -32,6 +32,11 @@ from dlenv.errors import ConfigError
 from dlenv.sources import LineDict, LineList, TomlDoc, load_toml, load_yaml
 
 FLAVORS = ("base", "runtime", "devel")
+# The platforms dlenv builds: images/cuda-pip/layout.sh lays CUDA out for x86_64 and sbsa
+# (arm64 servers: Grace Hopper, GB200, DGX Spark). The architecture part is Debian's name too.
+Platform = Literal["linux/amd64", "linux/arm64"]
+PLATFORMS: tuple[str, ...] = typing.get_args(Platform)
+DEFAULT_PLATFORMS = ["linux/amd64"]
 DEFAULT_REGISTRY = "127.0.0.1:5000"
 # The placeholders a tag template may use (see tags.py for their values).
 TAG_FIELDS = ("id", "cuda", "cuda_mm", "cuda_major", "flavor", "os", "stack", "recipes",
@@ -143,6 +148,19 @@ SIMPLE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")   # suites, packages, OS t
 TIMEZONE = re.compile(r"^[A-Za-z0-9_+-]+(/[A-Za-z0-9_+-]+)*$")
 
 
+def arch(platform: str) -> str:
+    """linux/arm64 -> arm64: Docker's TARGETARCH, and Debian's architecture, for dlenv's platforms."""
+    return platform.split("/", 1)[1]
+
+
+def _distinct(v: list[str]) -> list[str]:
+    if len(set(v)) != len(v):
+        raise ValueError("a platform is listed twice")
+    if not v:
+        raise ValueError("list at least one platform")
+    return v
+
+
 def _simple(value: str, what: str) -> str:
     if not SIMPLE.match(value):
         raise ValueError(f"{what} {value!r} may hold letters, digits and . _ + - only")
@@ -204,6 +222,14 @@ class CudaSpec(_Strict):
     allow_eol: bool = False
     """Build this release after its end of life (src/dlenv/data/cuda_releases.toml): an explicit,
     reviewed choice, like --allow-eol on the command line."""
+    platforms: list[Platform] | None = None
+    """The platforms this release is built for, of the family's `platforms`. Empty: every one
+    its source has (for source pip: images/cuda-pip/components.toml)."""
+
+    @field_validator("platforms")
+    @classmethod
+    def _platforms(cls, v):
+        return v if v is None else _distinct(v)
 
     @field_validator("image")
     @classmethod
@@ -235,11 +261,21 @@ class Rule(_Strict):
     """A glob over stacks: recipe names joined by +, none for bare CUDA."""
     recipe: str | None = None
     """A glob matching any recipe of the stack."""
+    platform: str | None = None
+    """A glob over platforms, e.g. linux/arm64: the rule leaves out only that platform of the
+    combinations it matches (they keep their others)."""
+
+    @field_validator("platform")
+    @classmethod
+    def _platform(cls, v):
+        if v is not None and not any(fnmatchcase(p, v) for p in PLATFORMS):
+            raise ValueError(f"{v!r} matches no platform dlenv builds ({', '.join(PLATFORMS)})")
+        return v
 
     @model_validator(mode="after")
     def _not_empty(self):
-        if not any(getattr(self, k) for k in ("cuda", "flavor", "os", "stack", "recipe")):
-            raise ValueError("a rule needs at least one of cuda, flavor, os, stack, recipe")
+        if not any(getattr(self, k) for k in ("cuda", "flavor", "os", "stack", "recipe", "platform")):
+            raise ValueError("a rule needs at least one of cuda, flavor, os, stack, recipe, platform")
         return self
 
 
@@ -253,6 +289,13 @@ class Include(_Strict):
     """An OS declared under os."""
     stack: list[str] = []
     """Recipe names, layered in order; [] is bare CUDA."""
+    platforms: list[Platform] | None = None
+    """The platforms of this combination, of the family's `platforms`. Empty: all of them."""
+
+    @field_validator("platforms")
+    @classmethod
+    def _platforms(cls, v):
+        return v if v is None else _distinct(v)
 
 
 def _check_template(v: str) -> str:
@@ -340,6 +383,9 @@ class MatrixModel(_Strict):
     """TZ in every image (tzdata installed)."""
     locale: str = "C.UTF-8"
     """LANG and LC_ALL; anything but C/POSIX is compiled with locales."""
+    platforms: list[Platform] = DEFAULT_PLATFORMS
+    """The platforms every tag holds, one image each in the tag's index (a variant that cannot
+    have one is listed by `nox -s list` with the reason)."""
     mirrors: Mirrors = Mirrors()
     proxy: Proxy = Proxy()
     os: dict[str, OsSpec]
@@ -408,6 +454,11 @@ class MatrixModel(_Strict):
                 raise ValueError("declare at least one CUDA version")
         return v
 
+    @field_validator("platforms")
+    @classmethod
+    def _platforms(cls, v):
+        return _distinct(v)
+
     @field_validator("flavors")
     @classmethod
     def _flavors(cls, v):
@@ -423,6 +474,7 @@ class Constraints(_Strict):
     flavors: list[Literal["base", "runtime", "devel"]] = list(FLAVORS)
     os: list[str] = ["*"]
     os_family: list[Literal["debian", "ubuntu"]] = ["debian", "ubuntu"]
+    platforms: list[Platform] = list(PLATFORMS)
 
 
 class CheckModel(_Strict):
@@ -480,6 +532,7 @@ class CompatModel(_Strict):
     pypi: bool = False              # PyPI's wheels of these versions are this CUDA build
     args: dict[str, ArgValue]       # build args, e.g. TORCH_VERSION
     note: str = ""
+    platforms: list[Platform] = list(PLATFORMS)   # the platforms this row is for
 
     @field_validator("index")
     @classmethod
@@ -526,6 +579,30 @@ class Components(_Strict):
     devel: list[str] = []
     extra: dict[str, list[str]] = {}
     unsupported: dict[str, str] = {}
+    # The platforms PyPI has this release's wheels for, and components it has for some of them only.
+    platforms: list[Platform] = DEFAULT_PLATFORMS
+    only: dict[str, list[Platform]] = {}
+
+    @model_validator(mode="after")
+    def _only(self):
+        known = self.base + self.runtime + self.devel
+        for name in self.only:
+            if name not in known:
+                raise ValueError(f"only.{name}: not a component of base, runtime or devel")
+        return self
+
+    def for_platforms(self, names: list[str], platforms: tuple[str, ...]) -> list[str]:
+        """names for a build of these platforms: a component some of them lack is written
+        name@arch,... (fetch.sh installs it for those architectures only), one all of them lack
+        is dropped."""
+        out = []
+        for name in names:
+            has = [p for p in platforms if p in self.only.get(name, platforms)]
+            if len(has) == len(platforms):
+                out.append(name)
+            elif has:
+                out.append(f"{name}@{','.join(arch(p) for p in has)}")
+        return out
 
 
 @dataclass(frozen=True)
@@ -578,6 +655,7 @@ class Compat:
     args: tuple[tuple[str, str], ...]
     note: str
     line: int
+    platforms: tuple[str, ...] = PLATFORMS
 
 
 @dataclass(frozen=True)
@@ -593,9 +671,9 @@ class Recipe:
     checks: tuple[Check, ...] = ()
     compat: tuple[Compat, ...] = ()
 
-    def compat_for(self, cuda: str) -> Compat | None:
-        """The first row of the compatibility table for this CUDA version."""
-        return next((row for row in self.compat if fnmatchcase(cuda, row.cuda)), None)
+    def compat_for(self, cuda: str, platform: str) -> Compat | None:
+        """The first row of the compatibility table for this CUDA version on this platform."""
+        return next((row for row in self.compat if fnmatchcase(cuda, row.cuda) and platform in row.platforms), None)
 
 
 @dataclass(frozen=True)
@@ -704,7 +782,14 @@ def load_recipe(path: Path, root: Path) -> Recipe:
         raise ConfigError(label, doc.line_of(("dockerfile",)), "dockerfile",
                           f"no Dockerfile in {model.dockerfile!r} (a folder under the repository, e.g. images/python)")
     compat = tuple(Compat(row.cuda, row.index, row.pypi, tuple(sorted(row.args.items())), row.note,
-                          doc.line_of(("compat", i))) for i, row in enumerate(model.compat))
+                          doc.line_of(("compat", i)), tuple(row.platforms)) for i, row in enumerate(model.compat))
+    for row in compat:
+        # One tag holds every platform of a variant, built from one set of build args.
+        first = next(r for r in compat if r.cuda == row.cuda)
+        if (row.index, row.args) != (first.index, first.args):
+            raise ConfigError(label, row.line, "compat", f"the rows for CUDA {row.cuda} at lines {first.line} and "
+                              f"{row.line} differ in index or args: a tag's platforms are built from one set of build "
+                              "args (use one version for every platform)")
     return Recipe(name, label, model.description, model.dockerfile, model.tag, tuple(model.requires),
                   tuple(sorted(model.args.items())), model.constraints,
                   tuple(Check.of(c, label) for c in model.checks), compat)
@@ -812,6 +897,18 @@ def load(matrix_path: Path, root: Path | None = None, recipes_dir: Path | None =
             raise ConfigError(label, line("cuda", version, "source"), f"cuda.{version}.source",
                               f"PyPI components for CUDA {version.split('.')[0]} are not described "
                               f"(images/cuda-pip/components.toml has {', '.join(sorted(components)) or 'none'})")
+        for index, platform in enumerate(spec.platforms or ()):
+            why = _platform_problem(model, components, version, platform)
+            if why:
+                raise ConfigError(label, line("cuda", version, "platforms", index), f"cuda.{version}.platforms.{index}", why)
+    for ii, inc in enumerate(model.include):
+        for index, platform in enumerate(inc.platforms or ()):
+            why = _platform_problem(model, components, inc.cuda, platform) or next(
+                (f"recipe {name} cannot be built for {platform} (constraints.platforms in {recipes[name].file}: "
+                 f"{', '.join(recipes[name].constraints.platforms)})"
+                 for name in inc.stack if platform not in recipes[name].constraints.platforms), None)
+            if why:
+                raise ConfigError(label, line("include", ii, "platforms", index), f"include.{ii}.platforms.{index}", why)
     lines = {}
 
     def record(node: Any, prefix: str) -> None:
@@ -828,6 +925,33 @@ def load(matrix_path: Path, root: Path | None = None, recipes_dir: Path | None =
 
     record(data, "")
     return Matrix(label, root, model, recipes, components, lines, builtin_checks())
+
+
+def cuda_platforms(model: MatrixModel, components: dict[str, Components], version: str) -> tuple[str, ...]:
+    """The family's platforms a CUDA release is built for: those its `platforms` name, else
+    every one its source has (PyPI's wheels as components.toml describes them; NVIDIA's images
+    hold every platform dlenv builds)."""
+    spec = model.cuda[version]
+    if spec.platforms:
+        return tuple(p for p in model.platforms if p in spec.platforms)
+    if spec.source == "pip":
+        return tuple(p for p in model.platforms if p in components[f"cuda{version.split('.')[0]}"].platforms)
+    return tuple(model.platforms)
+
+
+def _platform_problem(model: MatrixModel, components: dict[str, Components], version: str,
+                      platform: str) -> str | None:
+    """Why a CUDA release cannot be built for a platform the matrix names for it, or None."""
+    if platform not in model.platforms:
+        return f"{platform} is not one of the family's platforms ({', '.join(model.platforms)}); add it to `platforms`"
+    major = f"cuda{version.split('.')[0]}"
+    if model.cuda[version].source == "pip" and platform not in components[major].platforms:
+        return (f"CUDA {version} from PyPI cannot be built for {platform}: images/cuda-pip/components.toml gives "
+                f"{major} the platforms {', '.join(components[major].platforms)}")
+    spec = model.cuda[version]
+    if spec.platforms and platform not in spec.platforms:
+        return f"CUDA {version} is built for {', '.join(spec.platforms)} only (its `platforms`)"
+    return None
 
 
 def override(matrix: Matrix, values: dict[str, tuple[Any, str]]) -> Matrix:

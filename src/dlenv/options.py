@@ -59,6 +59,9 @@ class PlanRequest:
                                   help="build only matching variants, e.g. 'cuda=13.* flavor=devel' (repeatable)")
     skip: tuple[str, ...] = opt((), "--skip", metavar="EXPR",
                                 help="leave out matching variants, e.g. 'recipe=ssh' (repeatable)")
+    platform: tuple[str, ...] = opt((), "--platform", metavar="OS/ARCH",
+                                    help="build only these platforms of each variant, e.g. linux/arm64 "
+                                         "(repeatable, or comma separated)")
     shard: str | None = opt(None, "--shard", metavar="I/N",
                             help="only the I-th of N parts of the family (variants sharing a CUDA base stay together)")
     allow_eol: bool = opt(False, "--allow-eol",

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import datetime
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from fnmatch import fnmatchcase
 from pathlib import Path
@@ -57,6 +57,7 @@ class Node:
     args: tuple[tuple[str, str], ...] = ()
     rootfs: bootstrap.RootfsSpec | None = None
     summary: str = ""
+    platforms: tuple[str, ...] = ()   # built for: every platform of the variants above it
 
 
 @dataclass(frozen=True)
@@ -74,6 +75,8 @@ class Variant:
     checks: tuple[Check, ...] = ()
     # Floating tags it renders that name a newer CUDA's variant instead: (tag, that variant).
     newer: tuple[tuple[str, str], ...] = ()
+    # The entries of its tags' image index: one image per platform, all under the same tags.
+    platforms: tuple[str, ...] = tuple(config.DEFAULT_PLATFORMS)
 
     @property
     def node(self) -> str:
@@ -90,6 +93,7 @@ class LeftOut:
     reason: Reason
     detail: str
     fix: str = ""
+    platform: str = ""   # "" leaves out the whole combination; else only this platform of it
 
 
 @dataclass(frozen=True)
@@ -122,10 +126,45 @@ class Plan:
     def without(self, gone: dict[str, LeftOut]) -> Plan:
         """The same plan with some variants moved to left_out (e.g. unreachable sources)."""
         kept = tuple(v for v in self.variants if v.id not in gone)
-        used = {n for v in kept for n in v.chain}
-        return Plan(self.matrix, self.build, self.mirrors, kept,
-                    {k: n for k, n in self.nodes.items() if k in used},
+        return Plan(self.matrix, self.build, self.mirrors, kept, _built_nodes(kept, self.nodes, self.matrix),
                     self.left_out + tuple(gone[v.id] for v in self.variants if v.id in gone))
+
+    def without_platforms(self, gone: Mapping[str, LeftOut]) -> Plan:
+        """The same plan without some platforms (platform -> why, e.g. one the engine cannot
+        run): each variant keeps its other platforms; one left with none is left out."""
+        kept: list[Variant] = []
+        left: list[LeftOut] = []
+        for v in self.variants:
+            lost = {p: replace(gone[p], id=v.id) for p in v.platforms if p in gone}
+            platforms = tuple(p for p in v.platforms if p not in lost)
+            left += _left_out(lost, whole=not platforms)
+            if platforms:
+                kept.append(replace(v, platforms=platforms))
+        return Plan(self.matrix, self.build, self.mirrors, tuple(kept), _built_nodes(kept, self.nodes, self.matrix),
+                    self.left_out + tuple(left))
+
+    @property
+    def platforms(self) -> tuple[str, ...]:
+        """Every platform some variant of the plan is built for, in the family's order."""
+        return tuple(p for p in self.matrix.model.platforms if any(p in v.platforms for v in self.variants))
+
+
+def _built_nodes(variants: Iterable[Variant], nodes: dict[str, Node], matrix: Matrix) -> dict[str, Node]:
+    """The nodes the variants are built on, each for every platform of the variants above it."""
+    on: dict[str, set[str]] = {}
+    for v in variants:
+        for name in v.chain:
+            on.setdefault(name, set()).update(v.platforms)
+    return {name: replace(node, platforms=tuple(p for p in matrix.model.platforms if p in on[name]))
+            for name, node in nodes.items() if name in on}
+
+
+def _left_out(lost: dict[str, LeftOut], whole: bool) -> list[LeftOut]:
+    """The entries for the platforms a combination lost (platform -> why); whole: it has none
+    left, and where every platform went for the same reason, one entry says so for all."""
+    if whole and len({(x.reason, x.detail, x.fix) for x in lost.values()}) == 1:
+        return [next(iter(lost.values()))]
+    return [replace(x, platform=p) for p, x in lost.items()]
 
 
 def target_name(text: str) -> str:
@@ -183,8 +222,10 @@ class _Builder:
                                   upstream=image, args=self.os_args(), summary=f"CUDA {cuda} {flavor} ({image})"))]
         chain = self.os_chain(os_key)
         components = self.m.components[f"cuda{cuda.split('.')[0]}"]
+        # By the CUDA release's platforms, not the selection's: a node is named by its content.
+        platforms = config.cuda_platforms(self.model, self.m.components, cuda)
         for step in FLAVORS[: FLAVORS.index(flavor) + 1]:
-            args = (("COMPONENTS", " ".join(getattr(components, step))),
+            args = (("COMPONENTS", " ".join(components.for_platforms(getattr(components, step), platforms))),
                     ("CUDA_VERSION", cuda),
                     ("EXTRA_PACKAGES", " ".join(components.extra.get(step, []))),
                     ("FLAVOR", step),
@@ -193,10 +234,15 @@ class _Builder:
                                        args=args, summary=f"CUDA {cuda} {step} (PyPI)")))
         return chain
 
-    def recipe_node(self, parent: str, recipe: Recipe, cuda: str, prefix: str) -> str:
+    def recipe_node(self, parent: str, recipe: Recipe, cuda: str, prefix: str, platforms: tuple[str, ...]) -> str:
         args = dict(recipe.args)
         args.update(CUDA_VERSION=cuda, PIP_INDEX_URL=self.mirrors.pypi)
-        row = recipe.compat_for(cuda)
+        rows = {row for p in platforms if (row := recipe.compat_for(cuda, p))}
+        if len({(r.index, r.args) for r in rows}) > 1:
+            raise ConfigError(recipe.file, max(r.line for r in rows), "compat",
+                              f"the rows for CUDA {cuda} on {', '.join(platforms)} differ in index or args: a tag's "
+                              "platforms are built from one set of build args")
+        row = min(rows, key=lambda r: r.line, default=None)
         if row:
             args.update(row.args)
             args["WHEEL_INDEX_URL"] = f"{self.mirrors.pytorch}/{row.index}" if self.mirrors.pytorch else self.mirrors.pypi
@@ -211,10 +257,12 @@ def _rule_matches(rule, axes: dict[str, object]) -> bool:
             return False
     if rule.recipe is not None and not any(fnmatchcase(r, rule.recipe) for r in axes["recipe"]):
         return False
+    if rule.platform is not None and not fnmatchcase(str(axes["platform"]), rule.platform):
+        return False
     return True
 
 
-def _constraint_problem(recipe: Recipe, cuda: str, flavor: str, os_key: str, family: str) -> str | None:
+def _constraint_problem(recipe: Recipe, cuda: str, flavor: str, os_key: str, family: str, platform: str) -> str | None:
     c = recipe.constraints
     if not any(fnmatchcase(cuda, p) for p in c.cuda):
         return f"recipe {recipe.name} supports CUDA {', '.join(c.cuda)} only"
@@ -222,16 +270,22 @@ def _constraint_problem(recipe: Recipe, cuda: str, flavor: str, os_key: str, fam
         return f"recipe {recipe.name} supports flavors {', '.join(c.flavors)} only"
     if not any(fnmatchcase(os_key, p) for p in c.os) or family not in c.os_family:
         return f"recipe {recipe.name} supports OS {', '.join(c.os)} ({', '.join(c.os_family)}) only"
+    if platform not in c.platforms:
+        return f"recipe {recipe.name} supports platforms {', '.join(c.platforms)} only"
     return None
 
 
-def _compat_problem(recipe: Recipe, cuda: str, mirrors: Mirrors) -> LeftOut | None:
-    """Why a recipe with a compatibility table cannot be built for this CUDA, if it cannot."""
+def _compat_problem(recipe: Recipe, cuda: str, mirrors: Mirrors, platform: str) -> LeftOut | None:
+    """Why a recipe with a compatibility table cannot be built for this CUDA on this platform, if it cannot."""
     if not recipe.compat:
         return None
-    row = recipe.compat_for(cuda)
+    row = recipe.compat_for(cuda, platform)
     if row is None:
-        known = ", ".join(r.cuda for r in recipe.compat)
+        if any(fnmatchcase(cuda, r.cuda) for r in recipe.compat):
+            return LeftOut("", "unsupported", f"recipe {recipe.name} has no wheels for CUDA {cuda} on {platform} "
+                           f"(no row of its table in {recipe.file} is for {platform})",
+                           f"add a row for {platform} to {recipe.file}")
+        known = ", ".join(dict.fromkeys(r.cuda for r in recipe.compat))
         return LeftOut("", "unsupported", f"recipe {recipe.name} has no wheels for CUDA {cuda} "
                        f"(its table in {recipe.file} covers {known})", f"add a row to {recipe.file}")
     if not row.pypi and not mirrors.pytorch:
@@ -248,8 +302,8 @@ def expand(matrix: Matrix, build: BuildInfo, mirrors: Mirrors, selection: Select
     selection = selection or Selection()
     today = today or datetime.datetime.fromtimestamp(build.epoch, datetime.timezone.utc).date()
     builder = _Builder(matrix, mirrors)
-    # vid -> (cuda, flavor, os, stack, include rule or None); an include wins over an exclude.
-    combos: dict[str, tuple[str, str, str, tuple[str, ...], str | None]] = {}
+    # vid -> (cuda, flavor, os, stack, include rule or None, platforms); an include wins over an exclude.
+    combos: dict[str, tuple[str, str, str, tuple[str, ...], str | None, tuple[str, ...]]] = {}
 
     def vid_of(cuda: str, flavor: str, os_key: str, stack: tuple[str, ...]) -> str:
         return "-".join([cuda, flavor, os_key, *(matrix.recipes[name].tag for name in stack)])
@@ -259,49 +313,34 @@ def expand(matrix: Matrix, build: BuildInfo, mirrors: Mirrors, selection: Select
             for flavor in model.flavors:
                 for stack in model.stacks:
                     vid = vid_of(cuda, flavor, os_key, tuple(stack))
-                    combo = (cuda, flavor, os_key, tuple(stack), None)
+                    combo = (cuda, flavor, os_key, tuple(stack), None, tuple(model.platforms))
                     if combos.setdefault(vid, combo)[:4] != combo[:4]:
                         where = matrix.where("os", os_key)
                         raise ConfigError(where.file, where.line, f"os.{os_key}",
                                           f"two combinations would both be called {vid!r} (rename this OS)")
     for index, inc in enumerate(model.include):
         combos[vid_of(inc.cuda, inc.flavor, inc.os, tuple(inc.stack))] = (
-            inc.cuda, inc.flavor, inc.os, tuple(inc.stack), f"include.{index}")
+            inc.cuda, inc.flavor, inc.os, tuple(inc.stack), f"include.{index}",
+            tuple(p for p in model.platforms if p in (inc.platforms or model.platforms)))
 
     variants: list[Variant] = []
     family: list[tuple[str, str, str, tuple[str, ...]]] = []   # every variant built if selected, and its tags
     left: list[LeftOut] = []
     all_axes = []
-    for vid, (cuda, flavor, os_key, stack, included) in combos.items():
+    buildable: set[str] = set()   # the platforms some variant can be built for
+    for vid, (cuda, flavor, os_key, stack, included, wanted) in combos.items():
         recipes = [matrix.recipes[name] for name in stack]
         axes = {"id": vid, "cuda": cuda, "flavor": flavor, "os": os_key,
                 "stack": "+".join(stack) or "none", "recipe": stack}
-        if not included:
-            rule = next((i for i, r in enumerate(model.exclude) if _rule_matches(r, axes)), None)
-            if rule is not None:
-                where = matrix.where("exclude", rule)
-                left.append(LeftOut(vid, "excluded", f"exclude rule at {where.file}:{where.line}"))
-                continue
-        cuda_spec, os_spec = model.cuda[cuda], model.os[os_key]
-        components = matrix.components.get(f"cuda{cuda.split('.')[0]}")
-        if cuda_spec.source == "pip" and components and flavor in components.unsupported:
-            left.append(LeftOut(vid, "unsupported", components.unsupported[flavor],
-                                "use source: image for this CUDA version, or another flavor"))
-            continue
-        problem = next((p for r in recipes if (p := _constraint_problem(r, cuda, flavor, os_key, os_spec.os_family))), None)
-        if problem:
-            left.append(LeftOut(vid, "constraint", problem))
-            continue
-        wheels = next((p for r in recipes if (p := _compat_problem(r, cuda, mirrors))), None)
-        if wheels:
-            left.append(LeftOut(vid, wheels.reason, wheels.detail, wheels.fix))
-            continue
-        if lifecycle.is_eol(cuda, today) and not (allow_eol or cuda_spec.allow_eol):
-            left.append(LeftOut(vid, "eol", f"NVIDIA's images of CUDA {lifecycle.major_minor(cuda)} reached end of life "
-                                f"on {lifecycle.eol_date(cuda)}",
-                                f"pass --allow-eol, or set cuda.\"{cuda}\".allow_eol: true in {matrix.file}"))
+        cuda_spec = model.cuda[cuda]
+        lost = {p: replace(why, id=vid) for p in wanted
+                if (why := _why_not(matrix, mirrors, axes, bool(included), p, today, allow_eol))}
+        platforms = tuple(p for p in wanted if p not in lost)
+        left += _left_out(lost, whole=not platforms)
+        if not platforms:
             continue
         all_axes.append(axes)
+        buildable.update(platforms)
         values = {"id": vid, "cuda": cuda, "cuda_mm": ".".join(cuda.split(".")[:2]),
                   "cuda_major": cuda.split(".")[0], "flavor": flavor, "os": os_key,
                   "stack": "".join(f"-{r.tag}" for r in recipes), "recipes": "-".join(stack) or "none",
@@ -319,24 +358,76 @@ def expand(matrix: Matrix, build: BuildInfo, mirrors: Mirrors, selection: Select
         if not selection.wants(axes):
             left.append(LeftOut(vid, "unselected", "not matched by --select/--skip"))
             continue
+        chosen = selection.on(platforms)
+        left += _left_out({p: LeftOut(vid, "unselected", "not matched by --platform")
+                           for p in platforms if p not in chosen}, whole=not chosen)
+        if not chosen:
+            continue
         chain = builder.cuda_chain(os_key, cuda, flavor)
         prefix = f"{cuda}-{flavor}-{os_key}"
         for recipe in recipes:
             prefix += f"-{recipe.tag}"
-            chain.append(builder.recipe_node(chain[-1], recipe, cuda, prefix))
+            chain.append(builder.recipe_node(chain[-1], recipe, cuda, prefix, platforms))
         checks = matrix.checks.get("global", ()) + tuple(
             c for step in FLAVORS[: FLAVORS.index(flavor) + 1] for c in matrix.checks.get(step, ()))
         checks += tuple(c for r in recipes for c in r.checks)
         variants.append(Variant(vid, cuda, flavor, os_key, stack, tuple(chain), immutable, floating,
-                                cuda_spec.source, checks))
+                                cuda_spec.source, checks, platforms=chosen))
 
     known = {"cuda": list(model.cuda), "flavor": list(model.flavors), "os": list(model.os),
              "recipe": list(matrix.recipes)}
     selection.check_possible(known, all_axes)
+    selection.check_platforms(model.platforms, buildable)
     owner = _tag_owners(matrix, family)
     variants = [replace(v, floating=tuple(t for t in v.floating if owner[t] == v.id),
                         newer=tuple((t, owner[t]) for t in v.floating if owner[t] != v.id)) for v in variants]
-    return Plan(matrix, build, mirrors, tuple(variants), builder.nodes, tuple(left))
+    return Plan(matrix, build, mirrors, tuple(variants), _built_nodes(variants, builder.nodes, matrix), tuple(left))
+
+
+def _why_not(matrix: Matrix, mirrors: Mirrors, axes: dict, included: bool, platform: str, today: datetime.date,
+             allow_eol: bool) -> LeftOut | None:
+    """Why the combination axes cannot be built for platform (the first reason), or None."""
+    model = matrix.model
+    cuda, flavor, os_key = str(axes["cuda"]), str(axes["flavor"]), str(axes["os"])
+    recipes = [matrix.recipes[name] for name in axes["recipe"]]
+    cuda_spec = model.cuda[cuda]
+    components = matrix.components.get(f"cuda{cuda.split('.')[0]}")
+    if not included:
+        rule = next((i for i, r in enumerate(model.exclude) if _rule_matches(r, {**axes, "platform": platform})), None)
+        if rule is not None:
+            where = matrix.where("exclude", rule)
+            return LeftOut("", "excluded", f"exclude rule at {where.file}:{where.line}")
+    if platform not in config.cuda_platforms(model, matrix.components, cuda):
+        return _cuda_platform_problem(matrix, cuda, platform)
+    if cuda_spec.source == "pip" and components and flavor in components.unsupported:
+        return LeftOut("", "unsupported", components.unsupported[flavor],
+                       "use source: image for this CUDA version, or another flavor")
+    constraint = next((p for r in recipes if (
+        p := _constraint_problem(r, cuda, flavor, os_key, model.os[os_key].os_family, platform))), None)
+    if constraint:
+        return LeftOut("", "constraint", constraint)
+    wheels = next((p for r in recipes if (p := _compat_problem(r, cuda, mirrors, platform))), None)
+    if wheels:
+        return wheels
+    if lifecycle.is_eol(cuda, today) and not (allow_eol or cuda_spec.allow_eol):
+        return LeftOut("", "eol", f"NVIDIA's images of CUDA {lifecycle.major_minor(cuda)} reached end of life "
+                       f"on {lifecycle.eol_date(cuda)}",
+                       f"pass --allow-eol, or set cuda.\"{cuda}\".allow_eol: true in {matrix.file}")
+    return None
+
+
+def _cuda_platform_problem(matrix: Matrix, cuda: str, platform: str) -> LeftOut:
+    """Why a CUDA release is not built for a platform of the family (config.cuda_platforms)."""
+    spec = matrix.model.cuda[cuda]
+    if spec.platforms:
+        where = matrix.where("cuda", cuda, "platforms")
+        return LeftOut("", "constraint", f"CUDA {cuda} is built for {', '.join(spec.platforms)} only "
+                       f"(its platforms at {where.file}:{where.line})")
+    major = f"cuda{cuda.split('.')[0]}"
+    return LeftOut("", "unsupported", f"PyPI's CUDA {cuda.split('.')[0]} wheels are not described for {platform} "
+                   f"(images/cuda-pip/components.toml gives {major} {', '.join(matrix.components[major].platforms)})",
+                   f"add {platform} to {major}.platforms in images/cuda-pip/components.toml where PyPI has its "
+                   "wheels, or use source: image for this CUDA version")
 
 
 def _tag_owners(matrix: Matrix, family: list[tuple[str, str, str, tuple[str, ...]]]) -> dict[str, str]:
@@ -383,7 +474,7 @@ def load(request: PlanRequest, *more: object, environ: Mapping[str, str] | None 
     request, more) put over its fields, expanded, selected and sharded. Bad input raises ConfigError before anything is touched;
     nothing here writes this process's environment (environ is only read, for the proxies)."""
     environ = os.environ if environ is None else environ
-    selection = Selection.parse(list(request.select), list(request.skip))
+    selection = Selection.parse(list(request.select), list(request.skip), list(request.platform))
     matrix = config.load(request.matrix, root=request.root)
     matrix = config.override(matrix, {k: v for r in (request, *more) for k, v in options.overrides(r).items()})
     info = build_info(matrix.root, request.build_id, matrix.model.source,

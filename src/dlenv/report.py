@@ -60,13 +60,15 @@ def plan_json(plan: Plan) -> dict:
         "build": plan.build.build,
         "image": plan.image,
         "variants": [{"id": v.id, "cuda": v.cuda, "flavor": v.flavor, "os": v.os, "stack": list(v.stack),
+                      "platforms": list(v.platforms),
                       "tags": [plan.ref(t) for t in v.tags], "immutable": plan.ref(v.immutable),
                       "chain": list(v.chain), "target": v.node,
                       # only where it applies, so plans without such aliases read as before
                       **({"aliases_of_newer": {plan.ref(t): newer for t, newer in v.newer}}
                          if v.newer else {})} for v in plan.variants],
-        "left_out": [{"id": left.id, "reason": left.reason, "detail": left.detail, "fix": left.fix}
-                     for left in plan.left_out],
+        # "platform" only where one platform of a combination is left out (it keeps the others)
+        "left_out": [{"id": left.id, "reason": left.reason, "detail": left.detail, "fix": left.fix,
+                      **({"platform": left.platform} if left.platform else {})} for left in plan.left_out],
     }
 
 
@@ -83,12 +85,13 @@ def _short(node) -> str:
 def plan_table(plan: Plan) -> None:
     table = Table(title=f"{plan.image}  build {plan.build.build}", title_justify="left")
     table.add_column("variant", style="bold")
+    table.add_column("platforms")
     table.add_column("tags")
     table.add_column("layer chain")
     for v in plan.variants:
         # An alias several variants render names the newest CUDA's: say so under the others.
         tags = [*v.tags, *(f"({tag} names the newer {newer})" for tag, newer in v.newer)]
-        table.add_row(v.id, "\n".join(tags), " > ".join(_short(plan.nodes[n]) for n in v.chain))
+        table.add_row(v.id, "\n".join(v.platforms), "\n".join(tags), " > ".join(_short(plan.nodes[n]) for n in v.chain))
     console.print(table)
     left = [x for x in plan.left_out if x.reason != "unselected"]
     if left:
@@ -97,11 +100,14 @@ def plan_table(plan: Plan) -> None:
         out.add_column("why")
         out.add_column("detail")
         for x in left:
-            out.add_row(x.id, x.reason, x.detail + (f"\nfix: {x.fix}" if x.fix else ""))
+            # A platform left out of a variant that keeps its others is named under the variant.
+            out.add_row(x.id + (f"\n{x.platform}" if x.platform else ""), x.reason,
+                        x.detail + (f"\nfix: {x.fix}" if x.fix else ""))
         console.print(out)
-    unselected = sum(1 for x in plan.left_out if x.reason == "unselected")
-    console.print(f"{len(plan.variants)} variants, {len(plan.nodes)} bake targets"
-                  + (f", {unselected} not selected" if unselected else ""))
+    unselected = sum(1 for x in plan.left_out if x.reason == "unselected" and not x.platform)
+    images = sum(len(v.platforms) for v in plan.variants)
+    console.print(f"{len(plan.variants)} variants ({images} images: {', '.join(plan.platforms) or 'none'}), "
+                  f"{len(plan.nodes)} bake targets" + (f", {unselected} not selected" if unselected else ""))
 
 
 class LiveBoard:

@@ -161,6 +161,33 @@ CASES = [
      "recipes/extra.toml", 7, "compat.0.args.TORCH", "control character '\\x1b'"),
     ("hf-mirror-not-url", GOOD + "mirrors: {huggingface: hf-mirror}\n", {}, [], "matrix.yaml", 16,
      "mirrors.huggingface", "URL"),
+    # Platforms: unknown ones, and a CUDA release, include or selection asking for one it cannot have.
+    ("unknown-platform", GOOD + "platforms: [linux/amd64, linux/riscv64]\n", {}, [], "matrix.yaml", 16,
+     "platforms.1", "'linux/amd64' or 'linux/arm64'"),
+    ("platform-twice", GOOD + "platforms: [linux/arm64, linux/arm64]\n", {}, [], "matrix.yaml", 16, "platforms",
+     "listed twice"),
+    ("cuda-platform-not-in-family", GOOD.replace('"13.0.2": {source: pip}', '"13.0.2": {source: pip, platforms: [linux/arm64]}'),
+     {}, [], "matrix.yaml", 7, "cuda.13.0.2.platforms.0", "not one of the family's platforms"),
+    ("exclude-platform-matches-none", GOOD.replace('{cuda: "12.6.*", os: "debian*"}', "{platform: linux/arm}"), {}, [],
+     "matrix.yaml", 15, "exclude.0.platform", "matches no platform"),
+    ("recipe-unknown-platform", None, {"extra.toml": 'description = "x"\ndockerfile = "images/python"\ntag = "x"\n'
+                                                     '[constraints]\nplatforms = ["linux/arm64", "arm64"]\n'}, [],
+     "recipes/extra.toml", 5, "constraints.platforms.1", "'linux/amd64' or 'linux/arm64'"),
+    ("include-platform-recipe-cannot", GOOD + "platforms: [linux/amd64, linux/arm64]\ninclude:\n"
+     "  - {cuda: '13.0.2', flavor: base, os: debian12, stack: [x86only], platforms: [linux/arm64]}\n",
+     {"x86only.toml": 'description = "x"\ndockerfile = "images/python"\ntag = "x"\n'
+                      '[constraints]\nplatforms = ["linux/amd64"]\n'}, [],
+     "matrix.yaml", 18, "include.0.platforms.0", "recipe x86only cannot be built for linux/arm64"),
+    ("compat-rows-differ-by-platform", None, {"extra.toml": 'description = "x"\ndockerfile = "images/python"\ntag = "x"\n'
+                                                            '[[compat]]\ncuda = "13.0.*"\nindex = "cu130"\n'
+                                                            'platforms = ["linux/amd64"]\nargs = { V = "1" }\n'
+                                                            '[[compat]]\ncuda = "13.0.*"\nindex = "cu130"\n'
+                                                            'platforms = ["linux/arm64"]\nargs = { V = "2" }\n'}, [],
+     "recipes/extra.toml", 9, "compat", "differ in index or args"),
+    ("platform-option-unknown", None, {}, ["--platform", "linux/arm"], "--platform", None, "platform",
+     "did you mean 'linux/arm64'"),
+    ("platform-option-not-in-family", None, {}, ["--platform", "linux/amd64,linux/arm64"], "--platform", None, "platform",
+     "linux/arm64 is not one of the matrix's platforms"),
 ]
 
 

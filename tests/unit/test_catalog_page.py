@@ -51,7 +51,7 @@ def inventory(variant: plan.Variant, torch_recipe: config.Recipe) -> str:
     if "python" in variant.stack:
         packages, archs = {"pip": "25.3", "uv": "0.9.9"}, []
         if "pytorch" in variant.stack:
-            row = torch_recipe.compat_for(variant.cuda)
+            row = torch_recipe.compat_for(variant.cuda, variant.platforms[0])
             args = dict(row.args)
             packages |= {"torch": args["TORCH_VERSION"] + ("" if row.pypi else f"+{row.index}"),
                          "torchvision": args["TORCHVISION_VERSION"], "numpy": "2.3.5"}
