@@ -117,9 +117,11 @@ class Builder:
         self.bakefile.write_text(graph.render(graph.definition(self.plan, self.output, self.secrets, self.options)))
         self.probefile.write_text(graph.render(graph.definition(self.plan, "cache", self.secrets, self.options)))
         remaining = list(self.plan.variants)
-        if self.options.push and self.output == "push":
-            # BuildKit pushes as it builds, so an immutable tag that exists is kept by not building
-            # its variant again.
+        if self.output == "push":
+            # An immutable tag names one build of one commit (the build id is the commit, plus a
+            # hash of any uncommitted change): where the registry holds it already, that image is
+            # kept by not building its variant again. A rerun then bakes, exports and pushes
+            # nothing, and needs no image in the engine's store.
             for variant in self.plan.variants:
                 kept = self.publisher.already_pushed(variant)
                 if kept:

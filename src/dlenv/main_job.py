@@ -11,7 +11,7 @@ import dataclasses
 import datetime
 from dataclasses import dataclass
 
-from dlenv import build, disk, engine, release, report, smoke
+from dlenv import build, disk, engine, publish, release, report, smoke
 from dlenv.options import BuildRequest
 from dlenv.plan import Plan
 
@@ -74,4 +74,9 @@ def _run(plan: Plan, request: BuildRequest) -> JobReport:
         promotions = release.promote(plan, [v for v in plan.variants if v.id in done], statuses, runner.digests)
         report.promotions(promotions)
         result = JobReport(built, tuple(verdicts), tuple(promotions))
+    if not request.load and not request.keep_images:
+        gone = publish.forget(plan)
+        if gone:
+            report.say(f"removed {gone} images of {plan.image} from the engine's store (pushed and tested: the "
+                       "registry has them; --keep-images keeps them)")
     return result

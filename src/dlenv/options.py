@@ -120,6 +120,9 @@ class BuildRequest:
                            help="push immutable tags only; skip the smoke checks that would move the floating tags")
     require_gpu: bool = opt(False, "--require-gpu", help="smoke: a missing GPU fails instead of skipping")
     retest: bool = opt(False, "--retest", help="smoke: run the checks again on an image that already passed them")
+    keep_images: bool = opt(False, "--keep-images",
+                            help="keep the pushed images in the engine's store (by default they go once pushed and "
+                                 "tested: the registry has them)")
     force: bool = opt(False, "--force",
                       help="build even where the engine's data root looks too small for the plan (see docs/benchmarks.md)")
 

@@ -130,3 +130,18 @@ class Publisher:
             size = None
         tags = (self.plan.ref(variant.immutable),) if self.output == "push" else tuple(self.plan.ref(t) for t in variant.tags)
         return Result(variant.id, "built", tags, digest, size, seconds, node=variant.node)
+
+
+def forget(plan: Plan, client: DockerClient | None = None) -> int:
+    """Remove the family's images from the engine's store once they are pushed (and tested):
+    the registry and the build cache keep what a rerun needs; an unpacked copy of every
+    variant in the store is the largest thing on the data root. Returns how many went."""
+    client = client or DockerClient()
+    gone = 0
+    for image in client.image.list(repository_or_tag=plan.image):
+        try:
+            client.image.remove(image, force=True)
+            gone += 1
+        except DockerException:
+            pass   # in use by a container the user started: theirs to keep
+    return gone
