@@ -6,6 +6,8 @@ Hugging Face) from the host, restarts unless stopped, logs in with the user's SS
 passes mirrors, proxies (taken from the environment of `docker compose up`), the Hugging Face
 endpoint and the CA bundle of a TLS-intercepting proxy as run-time settings, never baked into an
 image. One service and no profiles: `docker compose down` stops everything `up` started.
+With --jupyter the image's JupyterLab is served on the web port, its token taken from the
+environment of `docker compose up` (or made by the server at start), and no ssh.
 
 The front door is run(Request) -> the file written, or the text for `-o -`.
 """
@@ -55,6 +57,9 @@ class Request:
     restart: str = opt("unless-stopped", "--restart", choices=RESTART, help="when Docker restarts the container")
     ssh_key: str | None = opt(None, "--ssh-key", metavar="FILE",
                               help="public key to log in with (default: ~/.ssh/id_*.pub)")
+    jupyter: bool = opt(False, "--jupyter",
+                        help="the image serves JupyterLab (a -jupyter tag): on --web-port, with the token "
+                             "JUPYTER_TOKEN of `docker compose up` (unset: made at start, in the log); no ssh")
     user: bool = opt(False, "--user", help="work as a non-root user with your uid/gid (under sudo: the sudoer's)")
     uid: int | None = opt(None, "--uid", help="that user's uid (implies --user)")
     gid: int | None = opt(None, "--gid", help="that user's gid (default: the uid's)")
@@ -84,6 +89,7 @@ class ComposeOptions:
     cache: str = "~/.cache"
     restart: str = "unless-stopped"
     ssh_key: str = ""                  # public key text
+    jupyter: bool = False              # serve the image's JupyterLab on web_port (images/jupyter), no ssh
     uid: int | None = None             # run as a non-root user with these ids (images/ssh)
     gid: int | None = None
     sudo: bool = False
@@ -178,7 +184,12 @@ def run_environment(hf_endpoint: str, pip_index: str) -> dict[str, str]:
 
 def document(o: ComposeOptions) -> dict:
     home = "/root" if o.uid is None else "/home/dev"
-    env = {"SSH_AUTHORIZED_KEYS": o.ssh_key, "HF_HOME": f"{home}/.cache/huggingface", **o.environment}
+    env = {} if o.jupyter else {"SSH_AUTHORIZED_KEYS": o.ssh_key}
+    env.update({"HF_HOME": f"{home}/.cache/huggingface", **o.environment})
+    if o.jupyter:
+        # The token stays a reference to the environment of `docker compose up`: never in the
+        # file. Empty there, the server makes one at start and logs the URL with it.
+        env.update(JUPYTER_PORT=str(o.web_port), JUPYTER_TOKEN="${JUPYTER_TOKEN:-}")
     if o.uid is not None:
         env.update(DLENV_UID=str(o.uid), DLENV_GID=str(o.gid if o.gid is not None else o.uid))
         if o.sudo:
@@ -191,7 +202,7 @@ def document(o: ComposeOptions) -> dict:
     service = {
         "image": o.image,
         "restart": o.restart,
-        "ports": [f"{prefix}{o.ssh_port}:22", f"{prefix}{o.web_port}:{o.web_port}"],
+        "ports": ([] if o.jupyter else [f"{prefix}{o.ssh_port}:22"]) + [f"{prefix}{o.web_port}:{o.web_port}"],
         "volumes": volumes,
         "working_dir": "/workspace",
         "environment": env,
@@ -208,10 +219,20 @@ def document(o: ComposeOptions) -> dict:
     return {"name": o.name, "services": {o.name: service}}
 
 
+def jupyter_url(o: ComposeOptions, token: str = "") -> str:
+    """Where JupyterLab answers on this host (with the token, where one is given)."""
+    host = o.host_ip if o.host_ip not in ("", "0.0.0.0") else "localhost"
+    return f"http://{host}:{o.web_port}/lab" + (f"?token={token}" if token else "")
+
+
 def render(o: ComposeOptions) -> str:
-    header = ("# Written by `dlenv compose`. Start: docker compose up -d   Stop: docker compose down\n"
-              f"# Log in: ssh -p {o.ssh_port} {'dev' if o.uid is not None else 'root'}@HOST   "
-              f"or: docker compose exec {o.name} bash\n")
+    header = "# Written by `dlenv compose`. Start: docker compose up -d   Stop: docker compose down\n"
+    if o.jupyter:
+        header += (f"# JupyterLab: {jupyter_url(o, '$JUPYTER_TOKEN')} (JUPYTER_TOKEN of `docker compose up`; "
+                   f"unset, `docker compose logs {o.name}` shows the token the server made)\n")
+    else:
+        header += f"# Log in: ssh -p {o.ssh_port} {'dev' if o.uid is not None else 'root'}@HOST   "
+    header += f"{'# Shell: ' if o.jupyter else 'or: '}docker compose exec {o.name} bash\n"
     return header + yaml.safe_dump(document(o), sort_keys=False, width=1000)
 
 
@@ -237,17 +258,24 @@ def write(o: ComposeOptions, text: str, path: Path) -> Path:
     return path
 
 
-def run(request: Request, say: Callable[[str], None] = print) -> Path | str:
+def run(request: Request, say: Callable[[str], None] = print,
+        environ: Mapping[str, str] | None = None) -> Path | str:
     """The compose front door: the file written (request.image is a full reference), or its text
-    where the output is '-'. Bad options raise ConfigError before anything is written."""
+    where the output is '-'. Bad options raise ConfigError before anything is written.
+    environ: where JUPYTER_TOKEN is read, for the URL printed with --jupyter."""
+    environ = os.environ if environ is None else environ
     for port in (request.ssh_port, request.web_port):
         if not 1 <= port <= 65535:
             raise ConfigError("--ssh-port/--web-port", None, "port", f"{port} is not a port number")
+    if request.jupyter and request.ssh_key:
+        raise ConfigError("--jupyter", None, "ssh key", "the image's command is JupyterLab, which starts no sshd: "
+                                                         "leave out --ssh-key (docker compose exec gives a shell)")
     uid, gid = user_ids(request)
     o = ComposeOptions(
         image=request.image, name=request.name, gpus=request.gpus, host_ip=request.host_ip,
         ssh_port=request.ssh_port, web_port=request.web_port, models=request.models, code=request.code,
-        cache=request.cache, restart=request.restart, ssh_key=find_ssh_key(request.ssh_key), uid=uid, gid=gid,
+        cache=request.cache, restart=request.restart, uid=uid, gid=gid, jupyter=request.jupyter,
+        ssh_key="" if request.jupyter else find_ssh_key(request.ssh_key),
         sudo=request.sudo, environment=run_environment(request.hf_endpoint, request.pip_index),
         ca_bundle=trust_bundle(request.ca_bundle))
     text = render(o)   # a bad --gpus is an error here, before anything is written
@@ -256,6 +284,13 @@ def run(request: Request, say: Callable[[str], None] = print) -> Path | str:
         return text
     path = write(o, text, Path(request.output))
     say(f"wrote {path}: start with `docker compose -f {path} up -d`, stop with `docker compose -f {path} down`; "
-        f"log in with `ssh -p {o.ssh_port} {'dev' if uid is not None else 'root'}@localhost`")
+        + (f"log in with `ssh -p {o.ssh_port} {'dev' if uid is not None else 'root'}@localhost`" if not o.jupyter
+           else f"a shell: `docker compose -f {path} exec {o.name} bash`"))
+    if o.jupyter:
+        token = environ.get("JUPYTER_TOKEN", "")
+        say(f"JupyterLab: open {jupyter_url(o, token)}" + (
+            " (JUPYTER_TOKEN: export the same one where `docker compose up` runs)" if token else
+            f" with the token the server makes at start: `docker compose -f {path} logs {o.name}` prints the URL "
+            "with it (or export JUPYTER_TOKEN before `up` to choose it)"))
     return path
 

@@ -97,6 +97,7 @@ def test_write_makes_the_mounted_folders_and_a_yaml_file(tmp_path):
     (["--ssh-key", "/nonexistent/id.pub"], "--ssh-key"),
     (["--ca-bundle", "/nonexistent/ca.pem"], "--ca-bundle: ca_bundle: no such file"),
     (["--ca-bundle", "id.pub"], "--ca-bundle: ca_bundle: "),   # there, but no certificate in it
+    (["--jupyter"], "--jupyter: ssh key: "),                      # JupyterLab's image starts no sshd
 ])
 def test_bad_compose_options_exit_2_in_one_line_and_write_nothing(argv, field, tmp_path, capsys, monkeypatch):
     from dlenv.cli import main
@@ -207,3 +208,34 @@ def test_a_bare_tag_of_a_matrix_in_another_folder(project, tmp_path, capsys, mon
     family = yaml.safe_load(SMALL)
     image = yaml.safe_load(capsys.readouterr().out)["services"]["dlenv"]["image"]
     assert image == f"{family['registry']}/{family['repository']}:{tag}"
+
+
+def test_jupyter_is_served_on_the_web_port_with_the_token_of_compose_up_and_no_ssh():
+    service = doc(jupyter=True, web_port=9999, host_ip="127.0.0.1", code="./notebooks")["services"]["dlenv"]
+    assert service["ports"] == ["127.0.0.1:9999:9999"]                      # no ssh: the image runs no sshd
+    env = service["environment"]
+    # The token is a reference compose fills in from the shell that runs `up`, never a value.
+    assert env["JUPYTER_TOKEN"] == "${JUPYTER_TOKEN:-}" and env["JUPYTER_PORT"] == "9999"
+    assert "SSH_AUTHORIZED_KEYS" not in env
+    assert "./notebooks:/workspace" in service["volumes"] and service["working_dir"] == "/workspace"
+    assert not {"JUPYTER_TOKEN", "JUPYTER_PORT"} & set(doc()["services"]["dlenv"]["environment"])
+
+
+@pytest.mark.parametrize("token", ["", "s3cr3t-t0ken"])
+def test_jupyter_needs_no_ssh_key_keeps_the_token_out_of_the_file_and_prints_the_url(token, tmp_path, capsys,
+                                                                                   monkeypatch):
+    from dlenv.cli import main
+
+    monkeypatch.setenv("HOME", str(tmp_path))                 # no ~/.ssh: no key to find
+    monkeypatch.setenv("JUPYTER_TOKEN", token)
+    out = tmp_path / "dc.yaml"
+    assert main(["compose", "r/x:t", "--jupyter", "--web-port", "8890", "--host-ip", "127.0.0.1", "-o", str(out),
+                 "--models", str(tmp_path / "m"), "--code", str(tmp_path / "c"), "--cache", str(tmp_path / "k")]) == 0
+    printed = " ".join(capsys.readouterr().err.split())   # the terminal may wrap long lines
+    url = "http://127.0.0.1:8890/lab" + (f"?token={token}" if token else "")
+    assert f"JupyterLab: open {url}" in printed, printed
+    if token:
+        assert token not in out.read_text()
+    else:
+        assert "logs dlenv` prints the URL" in printed
+    assert yaml.safe_load(out.read_text())["services"]["dlenv"]["environment"]["JUPYTER_TOKEN"] == "${JUPYTER_TOKEN:-}"
