@@ -73,6 +73,10 @@ class Image:
     torch_archs: tuple[str, ...] = field(default=())
 
 
+# The first Docker that pulls zstd-compressed layers (containerd 1.5 and podman do too).
+ZSTD_DOCKER = (23,)
+
+
 def version(text: str) -> tuple[int, ...]:
     return tuple(int(p) for p in re.findall(r"\d+", text))
 
@@ -175,6 +179,12 @@ def judge_host(host: Host) -> list[Finding]:
         out.append(Finding("Docker engine", "fail", host.docker_error,
                            "install Docker and start it (or run `dlenv engine up`), or set DOCKER_HOST; without an "
                            "engine the images still run through `rootfs_run.py` (docs/smoke.md)"))
+    elif host.docker_version and version(host.docker_version) < ZSTD_DOCKER:
+        out.append(Finding("Docker engine", "warn",
+                           f"Docker {host.docker_version} cannot pull zstd-compressed layers, which the family's "
+                           "images use by default (build.compression)",
+                           "install Docker 23 or newer (Docker's own packages); a family built with "
+                           "build.compression: gzip also pulls here"))
     else:
         out.append(Finding("Docker engine", "ok", f"Docker {host.docker_version}"))
     if host.smi_error:

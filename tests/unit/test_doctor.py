@@ -190,3 +190,10 @@ def test_the_h200_machine_against_the_torch_image_as_recorded():
     assert found["driver vs the image's CUDA"].status == "ok"      # 580.159.04 >= 580.65.06
     assert found["NVIDIA H200 vs CUDA 13.0"].status == "ok"         # compute 9.0
     assert found["NVIDIA H200 vs torch 2.11.0+cu130"].status == "ok"   # sm_90 in torch's list
+
+
+def test_a_docker_older_than_23_is_told_it_cannot_pull_zstd_layers():
+    old = by_check(doctor.judge_host(Host(docker_version="20.10.24", runtimes=("nvidia", "runc"), gpus=(H200,))))
+    assert old["Docker engine"].status == "warn" and "zstd" in old["Docker engine"].detail
+    assert "Docker 23" in old["Docker engine"].fix
+    assert by_check(doctor.judge_host(READY))["Docker engine"].status == "ok"

@@ -189,6 +189,12 @@ def test_attestations_and_pushing_follow_the_options(project):
     assert full["output"] == ["type=image,oci-mediatypes=true,rewrite-timestamp=true,push=true"]
     # BuildKit pushes: only the immutable tag; floating tags move after the smoke checks.
     assert full["tags"] == [p.ref(p.variants[0].immutable)]
+    # matrix.yaml's compression (zstd unless it says gzip) reaches the exporter, level and all.
+    options, _ = export_options(BuildSettings(), DOCKER, None)
+    zstd = graph.definition(p, "push", (), options)["target"][node]["output"][0]
+    assert "compression=zstd" in zstd and "compression-level" not in zstd
+    options, _ = export_options(BuildSettings(compression="gzip", compression_level=9), DOCKER, None)
+    assert "compression=gzip,compression-level=9" in graph.definition(p, "push", (), options)["target"][node]["output"][0]
     default_scanner = graph.definition(p, "push", (), graph.Options(sbom=""))["target"][node]
     assert "type=sbom" in default_scanner["attest"]
     assert graph.definition(p, "load", (), graph.Options(provenance="max"))["target"][node]["attest"] == \
