@@ -1,0 +1,138 @@
+"""The main job (`nox -s build-matrix`) cold and then again with nothing changed: wall time,
+the disk's peak growth, when the first line of progress reached a piped log after the bake
+started, the longest the log stayed silent, and where the time went (BuildKit's step times from the build log).
+
+Cold means dlenv's engine is stopped and its data (images, build cache, registry, bootstrap
+cache) removed first, as on a fresh machine. `--ref` runs the code of another commit (a git
+worktree of it) on the same matrix, for a ratio against today's code in the same run:
+
+    python benchmarks/bench_main_job.py --json out/bench-main-job.json
+    python benchmarks/bench_main_job.py --ref 3216d5f --label before --json out/bench-main-job-before.json
+
+It runs alone on the machine: it removes the engine's data.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA = [Path("/var/lib/dlenv"), Path("/var/cache/dlenv")]
+STEP = re.compile(r"^#\d+ (DONE|CACHED) ?([\d.]+)?s?$")
+
+
+def used() -> int:
+    return shutil.disk_usage("/").used
+
+
+def cold(tree: Path) -> None:
+    subprocess.run([sys.executable, "-m", "dlenv", "engine", "down"], cwd=tree, capture_output=True,
+                   env={"PYTHONPATH": str(tree / "src"), "PATH": "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin"})
+    for folder in DATA:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def run(tree: Path, args: list[str], log: Path) -> dict:
+    """One main job; its stderr timestamped line by line into log."""
+    start_used, peak = used(), used()
+    stop = threading.Event()
+
+    def sample() -> None:
+        nonlocal peak
+        while not stop.wait(2):
+            peak = max(peak, used())
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    started = time.monotonic()
+    first_progress = None
+    bake_started = None
+    last_line, silence = 0.0, 0.0
+    env = {"PYTHONPATH": str(tree / "src"), "PATH": "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin",
+           "HOME": "/root"}
+    with open(log, "w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "dlenv", "build", *args], cwd=tree, env=env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            now = time.monotonic() - started
+            out.write(f"{now:8.1f} {line}")
+            silence, last_line = max(silence, now - last_line), now
+            if bake_started is None and line.startswith("building ") and "variants" in line:
+                bake_started = now
+            elif bake_started is not None and first_progress is None and line.strip():
+                first_progress = now - bake_started
+        code = proc.wait()
+    seconds = time.monotonic() - started
+    stop.set()
+    sampler.join()
+    peak = max(peak, used())
+    return {"exit": code, "seconds": round(seconds, 1), "peak_growth_bytes": peak - start_used,
+            "longest_silence_s": round(silence, 1),
+            "first_progress_after_bake_start_s": None if first_progress is None else round(first_progress, 1)}
+
+
+def step_times(build_log: Path) -> dict[str, float]:
+    """Seconds per kind of BuildKit step (RUN, exporting, ...), summed over the log."""
+    names: dict[str, str] = {}
+    totals: dict[str, float] = {}
+    if not build_log.exists():
+        return totals
+    for line in build_log.read_text(errors="replace").splitlines():
+        match = re.match(r"^#(\d+) \[[^\]]*\] (\S+)", line) or re.match(r"^#(\d+) (exporting|importing|resolve)", line)
+        if match:
+            names.setdefault(match.group(1), match.group(2))
+            continue
+        match = re.match(r"^#(\d+) DONE ([\d.]+)s$", line)
+        if match and match.group(1) in names:
+            kind = names.pop(match.group(1))
+            totals[kind] = round(totals.get(kind, 0.0) + float(match.group(2)), 1)
+    return totals
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--ref", default=None, help="run this commit's code (a worktree); default: this checkout")
+    parser.add_argument("--label", default="now", help="a name for the run in the JSON")
+    parser.add_argument("--matrix", default="matrix.yaml")
+    parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--no-cold", action="store_true", help="keep the engine's data (a warm run)")
+    options = parser.parse_args()
+    tree = ROOT
+    if options.ref:
+        tree = Path(tempfile.mkdtemp(prefix="dlenv-bench-tree-"))
+        subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", "-f", str(tree), options.ref],
+                       check=True, capture_output=True)
+    work = ROOT / "out" / f"bench-main-job-{options.label}"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    args = ["--matrix", options.matrix, "--workdir", str(work / "w1"), "--metadata", str(work / "first.json")]
+    if not options.no_cold:
+        cold(tree)
+    first = run(tree, args, work / "first.log")
+    first["steps"] = step_times(work / "w1" / "build.log")
+    again = run(tree, ["--matrix", options.matrix, "--workdir", str(work / "w2"), "--metadata",
+                       str(work / "second.json")], work / "second.log")
+    result = {"label": options.label, "ref": options.ref or "HEAD", "cold": first, "no_op": again,
+              "disk_free_after": shutil.disk_usage("/").free}
+    text = json.dumps(result, indent=2)
+    print(text)
+    if options.json:
+        options.json.parent.mkdir(parents=True, exist_ok=True)
+        options.json.write_text(text + "\n")
+    if options.ref:
+        subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(tree)], capture_output=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
