@@ -4,12 +4,18 @@ Order: DOCKER_HOST, the default socket, then dlenv's own private engine. Where n
 we run as root on Debian or Ubuntu, dlenv installs Docker 26 + buildx from Debian packages and
 starts a private dockerd (containerd image store) and a registry on 127.0.0.1:5000. Everything it
 starts is recorded by pid under the state directory, and `down` stops exactly those processes.
+
+A platform the builder does not run natively (linux/arm64 on an x86 host) runs under QEMU:
+`emulation` installs Debian's qemu-user-static, mounts binfmt_misc where it is not, and
+registers the handler with the F flag (the kernel opens the interpreter once, so containers
+need no copy of it); where it cannot, it says why and how to fix it.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import platform as host_info
 import re
 import shutil
 import signal
@@ -196,25 +202,41 @@ def install(say: Say = print) -> None:
             policy.unlink(missing_ok=True)
 
 
-def _install_from_next_debian(say: Say) -> None:
+def download_debs(packages: list[str], dest: Path, suite: str | None = None,
+                  architecture: str | None = None) -> list[Path]:
+    """Debian packages downloaded into dest from the host's Debian mirror, with a private apt
+    configuration (the host's own sources and apt state stay untouched): from suite (default:
+    the host's release), for architecture (default: the host's, e.g. arm64 for another's)."""
     mirror = hostconf.debian_mirror()
     if not mirror:
         raise EngineError("cannot find the host's Debian mirror in its apt sources",
-                          "install docker.io >= 26 and docker-buildx yourself")
+                          f"download {' '.join(packages)} yourself")
+    suite = suite or hostconf.os_release().get("VERSION_CODENAME", "")
+    apt = dest / ".apt"
+    (apt / "lists/partial").mkdir(parents=True, exist_ok=True)
+    (apt / "sources.list").write_text(f"deb{f' [arch={architecture}]' if architecture else ''} {mirror} {suite} main\n")
+    opts = ["-o", f"Dir::Etc::SourceList={apt / 'sources.list'}", "-o", "Dir::Etc::SourceParts=/dev/null",
+            "-o", f"Dir::State::Lists={apt / 'lists'}", "-o", f"Dir::Cache::Archives={apt}"]
+    if architecture:
+        opts += ["-o", f"APT::Architecture={architecture}", "-o", f"APT::Architectures={architecture}"]
+    try:
+        _apt(*opts, "update", "-qq")
+        out = subprocess.run(["apt-get", *opts, "download", *packages], cwd=dest, capture_output=True, text=True)
+        if out.returncode != 0:
+            raise EngineError(f"downloading {' '.join(packages)} failed: {out.stderr.strip()[-200:]}",
+                              "check the host's network and apt mirror")
+    finally:
+        shutil.rmtree(apt, ignore_errors=True)
+    return sorted(dest.glob("*.deb"))
+
+
+def _install_from_next_debian(say: Say) -> None:
     work = Path(tempfile.mkdtemp(prefix="dlenv-apt-"))
     try:
-        (work / "lists/partial").mkdir(parents=True)
-        (work / "sources.list").write_text(f"deb {mirror} trixie main\n")
-        # A private apt configuration: the host's own sources stay untouched.
-        opts = ["-o", f"Dir::Etc::SourceList={work / 'sources.list'}", "-o", "Dir::Etc::SourceParts=/dev/null",
-                "-o", f"Dir::State::Lists={work / 'lists'}", "-o", f"Dir::Cache::Archives={work}"]
-        _apt(*opts, "update", "-qq")
-        out = subprocess.run(["apt-get", *opts, "download", *ENGINE_PACKAGES], cwd=work,
-                             capture_output=True, text=True)
-        if out.returncode != 0:
-            raise EngineError(f"downloading the engine packages failed: {out.stderr.strip()[-200:]}",
-                              "check the host's network and apt mirror")
-        debs = sorted(str(p) for p in work.glob("*.deb"))
+        try:
+            debs = [str(p) for p in download_debs(ENGINE_PACKAGES, work, suite="trixie")]
+        except EngineError as exc:
+            raise EngineError(exc.message, "install docker.io >= 26 and docker-buildx yourself") from None
         out = subprocess.run(["dpkg", "-i", *debs], capture_output=True, text=True,
                              env=dict(os.environ, DEBIAN_FRONTEND="noninteractive"))
         if out.returncode != 0:
@@ -363,9 +385,138 @@ def down(say: Say = print) -> list[str]:
 
 def status() -> dict[str, str]:
     found = find()
+    handlers = [f"{name} ({found_handler['flags'] or 'no flags'})" for name, found_handler in
+                ((f"qemu-{cpu}", handler(p)) for p, cpu in QEMU_CPU.items() if p != host_platform()) if found_handler]
     return {
         "engine": f"{found[0]} (server {found[1]})" if found else "none reachable",
+        "builder platforms": ", ".join(builder_platforms(found[0])) if found else "-",
+        "emulation (binfmt_misc)": ", ".join(handlers) or "none registered",
         "dockerd started by dlenv": str(_read_pid("dockerd") or "no"),
         "registry started by dlenv": str(_read_pid("registry") or "no"),
         "default registry": f"{DEFAULT_REGISTRY} ({'up' if registry_answers(DEFAULT_REGISTRY, 2) else 'down'})",
     }
+
+
+# --- other platforms, under QEMU -----------------------------------------------------------------
+
+# What qemu and the kernel's handler call each platform's CPU (Debian's qemu-user-static names
+# its handler files /usr/lib/binfmt.d/qemu-<cpu>.conf).
+QEMU_CPU = {"linux/amd64": "x86_64", "linux/arm64": "aarch64"}
+QEMU_PACKAGE = "qemu-user-static"
+BINFMT = Path("/proc/sys/fs/binfmt_misc")
+BINFMT_CONF = Path("/usr/lib/binfmt.d")
+
+
+@dataclass(frozen=True)
+class Unreachable:
+    """A platform the engine cannot build or run here, why, and what would fix it."""
+
+    platform: str
+    detail: str
+    fix: str
+
+
+def host_platform() -> str:
+    """This host's platform, as Docker names it (linux/amd64, linux/arm64)."""
+    machine = host_info.machine()
+    return next((p for p, cpu in QEMU_CPU.items() if cpu == machine), f"linux/{machine}")
+
+
+def builder_platforms(docker_host: str | None = None, builder: str | None = None) -> tuple[str, ...]:
+    """The platforms `docker buildx inspect` says the builder runs; () where it says nothing."""
+    try:
+        out = _docker(docker_host or os.environ.get("DOCKER_HOST", ""), "buildx", "inspect",
+                      *([builder] if builder else []))
+    except (OSError, subprocess.TimeoutExpired):
+        return ()
+    found: list[str] = []
+    for line in out.stdout.splitlines():
+        if line.startswith("Platforms:"):
+            found += [p.strip().rstrip("*") for p in line.partition(":")[2].split(",") if p.strip()]
+    return tuple(dict.fromkeys(found))
+
+
+def handler(platform: str) -> dict[str, str] | None:
+    """The binfmt_misc handler registered for platform's CPU (its interpreter and flags), or None."""
+    try:
+        text = (BINFMT / f"qemu-{QEMU_CPU[platform]}").read_text()
+    except (OSError, KeyError):
+        return None
+    fields = dict(line.partition(" ")[::2] for line in text.splitlines() if " " in line)
+    if not text.startswith("enabled"):
+        return None
+    return {"interpreter": fields.get("interpreter", ""), "flags": fields.get("flags:", "")}
+
+
+def emulation(platforms: list[str] | tuple[str, ...], say: Say = print, builder: str | None = None) -> list[Unreachable]:
+    """Make the builder run each of platforms, natively or under QEMU; the ones it cannot, each
+    with why and the fix (a build leaves those platforms out as unreachable).
+
+    Where the builder lacks a platform and the engine is on this host, dlenv registers QEMU for
+    it (as root on Debian or Ubuntu) and says so in one line.
+    """
+    have = builder_platforms(builder=builder)
+    local = builder is None and os.environ.get("DOCKER_HOST", "unix://").startswith("unix://")
+    out = []
+    for platform in platforms:
+        if platform in have or (local and platform == host_platform()):
+            continue
+        if not local:
+            out.append(Unreachable(platform, f"builder {builder or os.environ.get('DOCKER_HOST')} does not run "
+                                   f"{platform} (`docker buildx inspect` lists {', '.join(have) or 'none'})",
+                                   f"give it a {platform} node, or register QEMU on its host (as root: apt-get "
+                                   f"install {QEMU_PACKAGE}; qemu-{QEMU_CPU.get(platform, '?')} with the F flag)"))
+            continue
+        try:
+            _register(platform, say)
+        except EngineError as exc:
+            out.append(Unreachable(platform, exc.message, exc.fix or ""))
+            continue
+        if platform not in builder_platforms():
+            out.append(Unreachable(platform, f"qemu-{QEMU_CPU[platform]} is registered, but the builder does not list "
+                                   f"{platform} (`docker buildx inspect`)",
+                                   "restart the engine so that it finds the emulator (`nox -s engine -- down`, then up)"))
+    return out
+
+
+def _register(platform: str, say: Say) -> None:
+    """qemu-user-static installed, binfmt_misc mounted and platform's handler registered with F."""
+    cpu = QEMU_CPU.get(platform)
+    if cpu is None:
+        raise EngineError(f"dlenv knows no emulator for {platform}", f"build {platform} on a {platform} host")
+    found = handler(platform)
+    if found and "F" in found["flags"]:
+        return
+    why = f"to run {platform} on this {host_platform()} host"
+    fix = (f"run dlenv as root on Debian or Ubuntu (it installs {QEMU_PACKAGE}, mounts binfmt_misc and registers "
+           f"qemu-{cpu} with the F flag), do that yourself, or build {platform} on a {platform} host")
+    if os.geteuid() != 0:
+        raise EngineError(f"{platform} needs QEMU on this {host_platform()} host, and registering it needs root", fix)
+    conf = BINFMT_CONF / f"qemu-{cpu}.conf"
+    done = []
+    if not conf.exists():
+        try:
+            install_tools([QEMU_PACKAGE], why, say=lambda _line: None)
+        except EngineError as exc:
+            raise EngineError(exc.message, fix) from None
+        done.append(f"installed {QEMU_PACKAGE}")
+    if not (BINFMT / "register").exists():
+        out = subprocess.run(["mount", "-t", "binfmt_misc", "binfmt_misc", str(BINFMT)], capture_output=True, text=True)
+        if out.returncode != 0:
+            raise EngineError(f"{platform} needs QEMU on this {host_platform()} host, and binfmt_misc cannot be mounted "
+                              f"here: {out.stderr.strip()[-160:]}", "run dlenv on a host, or in a privileged container, "
+                              f"where it can; or register qemu-{cpu} with the F flag on the host: {fix}")
+        done.append(f"mounted binfmt_misc at {BINFMT}")
+    if found:
+        # Registered without F: containers would look for the interpreter in their own filesystem.
+        (BINFMT / f"qemu-{cpu}").write_text("-1")
+    # Debian's handler line (name, ELF magic and mask, interpreter), with F: the kernel opens the
+    # interpreter now, so it works in every container.
+    fields = conf.read_text().strip().split(":")
+    fields[-1] = fields[-1] if "F" in fields[-1] else fields[-1] + "F"
+    try:
+        (BINFMT / "register").write_text(":".join(fields))
+    except OSError as exc:
+        raise EngineError(f"registering qemu-{cpu} failed: {exc}", fix) from None
+    done.append(f"registered qemu-{cpu} ({fields[-1]}) from {conf}" + (" again, with F" if found else ""))
+    say(f"dlenv: {platform} runs under QEMU on this {host_platform()} host: {', '.join(done)}")
