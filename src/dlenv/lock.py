@@ -5,6 +5,10 @@ base images (nvidia/cuda, OS images) are pulled by digest, so an upstream tag re
 driver requirements, or deleted after its end of life, changes nothing here; each bootstrapped
 OS rootfs is compared with the package versions it was locked with. A missing or stale entry is
 reported with its fix; `--locked` (the release pipeline) makes any of them an error.
+
+Per platform: an image's digest is its index's, which pins the image of every platform (the
+lock says where one the plan needs is missing from it); each OS bootstrap is locked per platform
+(version 2; a version 1 file, from before platforms, is read as linux/amd64's).
 """
 
 from __future__ import annotations
@@ -18,14 +22,17 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from dlenv import bootstrap
+from dlenv import bootstrap, config
 from dlenv.errors import ConfigError, DlenvError
 from dlenv.options import LockRequest
 from dlenv.plan import Plan
 from dlenv.rootfs_run import sha256
 
-VERSION = 1
+VERSION = 2
+READS = (1, 2)
 FIX = "run `nox -s lock` and commit the lock file"
+# Version 1 locked one bootstrap per OS, before a family had platforms: it was this one's.
+V1_PLATFORM = "linux/amd64"
 
 
 @dataclass(frozen=True)
@@ -41,13 +48,14 @@ class RootfsLock:
 
 @dataclass(frozen=True)
 class Lock:
-    images: dict[str, str]            # upstream image name -> manifest (index) digest
-    rootfs: dict[str, RootfsLock]     # OS name in matrix.yaml -> its bootstrap
+    images: dict[str, str]                       # upstream image name -> manifest (index) digest
+    rootfs: dict[tuple[str, str], RootfsLock]    # (OS name in matrix.yaml, platform) -> its bootstrap
 
     def to_json(self) -> dict:
-        return {"version": VERSION,
-                "images": dict(sorted(self.images.items())),
-                "rootfs": {k: v.to_json() for k, v in sorted(self.rootfs.items())}}
+        by_os: dict[str, dict] = {}
+        for (os_key, platform), found in sorted(self.rootfs.items()):
+            by_os.setdefault(os_key, {})[platform] = found.to_json()
+        return {"version": VERSION, "images": dict(sorted(self.images.items())), "rootfs": by_os}
 
 
 @dataclass(frozen=True)
@@ -70,14 +78,16 @@ def read(path: Path) -> Lock | None:
         return None
     try:
         data = json.loads(path.read_text())
-        if data.get("version") != VERSION:
-            raise ValueError(f"version {data.get('version')!r}, this dlenv reads version {VERSION}")
+        if data.get("version") not in READS:
+            raise ValueError(f"version {data.get('version')!r}, this dlenv reads versions "
+                             f"{', '.join(map(str, READS))}")
         images = {str(k): str(v) for k, v in data["images"].items()}
         for name, digest in images.items():
             if not digest.startswith("sha256:") or len(digest) != 71:
                 raise ValueError(f"images.{name} is not a sha256 digest")
-        rootfs = {str(k): RootfsLock(v["suite"], tuple(v["packages"]), v["sha256"])
-                  for k, v in data["rootfs"].items()}
+        by_platform = {k: ({V1_PLATFORM: v} if data["version"] == 1 else v) for k, v in data["rootfs"].items()}
+        rootfs = {(str(k), str(p)): RootfsLock(v["suite"], tuple(v["packages"]), v["sha256"])
+                  for k, platforms in by_platform.items() for p, v in platforms.items()}
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         line = exc.lineno if isinstance(exc, json.JSONDecodeError) else None
         raise ConfigError(str(path), line, "lock", f"not a dlenv lock file ({exc}); {FIX}") from None
@@ -101,21 +111,35 @@ def dpkg_packages(tar: Path) -> tuple[str, ...]:
     return tuple(sorted(out))
 
 
-def resolve_image(ref: str, env: dict[str, str] | None = None) -> tuple[str | None, str]:
-    """(digest, "") of what ref names now, or (None, why not); env: the run's proxies."""
+def resolve_image(ref: str, env: dict[str, str] | None = None,
+                  platforms: tuple[str, ...] = ()) -> tuple[str | None, str]:
+    """(digest, "") of what ref names now, or (None, why not); env: the run's proxies. An index
+    that lacks one of platforms is not resolved: the digest would pin no image for it."""
     try:
         out = subprocess.run(["docker", "buildx", "imagetools", "inspect", "--format", "{{json .Manifest}}", ref],
                              capture_output=True, text=True, timeout=60, env=env)
     except (OSError, subprocess.TimeoutExpired) as exc:
         return None, str(exc)
     try:
-        digest = str(json.loads(out.stdout).get("digest", "")) if out.returncode == 0 else ""
+        found = json.loads(out.stdout) if out.returncode == 0 else {}
     except ValueError:
-        digest = ""
+        found = {}
+    digest = str(found.get("digest", ""))
     if digest.startswith("sha256:"):
+        # A plain image manifest does not say its platform: only an index can lack one.
+        missing = [p for p in platforms if "manifests" in found and p not in index_platforms(found)]
+        if missing:
+            return None, f"its index {digest[:19]} has no image for {', '.join(missing)}"
         return digest, ""
     last = [line for line in out.stderr.strip().splitlines() if line.strip()][-1:] or ["no digest"]
     return None, last[0].rsplit(": ", 1)[-1][:160]
+
+
+def index_platforms(manifest: dict) -> set[str]:
+    """os/architecture of each image in an index (attestations aside); a plain image manifest
+    names none."""
+    return {f"{p.get('os')}/{p.get('architecture')}" for entry in manifest.get("manifests", [])
+            if (p := entry.get("platform")) and p.get("os") != "unknown"}
 
 
 def _rootfs_nodes(plan: Plan) -> dict[str, str]:
@@ -123,20 +147,32 @@ def _rootfs_nodes(plan: Plan) -> dict[str, str]:
     return {v.os: v.chain[0] for v in plan.variants if plan.nodes[v.chain[0]].kind == "rootfs"}
 
 
-def _images(plan: Plan) -> dict[str, str]:
-    """upstream image name -> the reference to pull it by (through a registry mirror, if set)."""
-    return {n.upstream: n.base_image for n in plan.nodes.values() if n.upstream and n.base_image}
+def _bootstraps(plan: Plan) -> list[tuple[str, str]]:
+    """(OS name, platform) of every bootstrap the plan builds on."""
+    return sorted((os_key, p) for os_key, name in _rootfs_nodes(plan).items() for p in plan.nodes[name].platforms)
+
+
+def _images(plan: Plan) -> dict[str, tuple[str, tuple[str, ...]]]:
+    """upstream image name -> the reference to pull it by (through a registry mirror, if set),
+    and the platforms the plan needs of it."""
+    out: dict[str, tuple[str, tuple[str, ...]]] = {}
+    for n in plan.nodes.values():
+        if n.upstream and n.base_image:
+            needed = out.get(n.upstream, (n.base_image, ()))[1]
+            out[n.upstream] = (n.base_image, tuple(sorted({*needed, *n.platforms})))
+    return out
 
 
 def _rootfs_lock(suite: str, tar: Path) -> RootfsLock:
     return RootfsLock(suite, dpkg_packages(tar), sha256(str(tar)))
 
 
-def bootstrapped(plan: Plan, os_key: str, say=print) -> RootfsLock:
+def bootstrapped(plan: Plan, os_key: str, platform: str, say=print) -> RootfsLock:
     """What the build will use: the cached rootfs (bootstrapped now if there is none)."""
     spec = plan.nodes[_rootfs_nodes(plan)[os_key]].rootfs
     assert spec is not None
-    return _rootfs_lock(spec.suite, bootstrap.ensure_rootfs(spec, say, plan.network.env()) / "rootfs.tar")
+    bootstrap.ensure_rootfs(spec, say, plan.network.env())
+    return _rootfs_lock(spec.suite, bootstrap.rootfs_tar(spec, config.arch(platform)))
 
 
 def make(plan: Plan, say=print, keep: bool = True, besides: Lock | None = None) -> tuple[Lock, list[Problem]]:
@@ -149,26 +185,29 @@ def make(plan: Plan, say=print, keep: bool = True, besides: Lock | None = None) 
     have = besides or Lock({}, {})
     images: dict[str, str] = dict(have.images)
     problems = []
-    for name, ref in sorted(_images(plan).items()):
+    for name, (ref, platforms) in sorted(_images(plan).items()):
         if name in have.images:
             continue
-        digest, why = resolve_image(ref, plan.network.env())
+        digest, why = resolve_image(ref, plan.network.env(), platforms)
         if digest:
             images[name] = digest
         else:
             through = f" through {ref}" if ref != name else ""
             problems.append(Problem(name, f"not resolved{through}: {why}; set mirrors.registry to a mirror that has it"))
     rootfs = dict(have.rootfs)
-    for os_key in sorted(set(_rootfs_nodes(plan)) - set(have.rootfs)):
+    for os_key, platform in _bootstraps(plan):
+        if (os_key, platform) in have.rootfs:
+            continue
         spec = plan.nodes[_rootfs_nodes(plan)[os_key]].rootfs
         assert spec is not None
+        architecture = config.arch(platform)
         bootstrap.cache_root().mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=bootstrap.cache_root()) as tmp:
-            tar = bootstrap.make_rootfs(spec, Path(tmp) / "rootfs.tar", say, plan.network.env())
-            rootfs[os_key] = _rootfs_lock(spec.suite, tar)
+            tar = bootstrap.make_rootfs(spec, architecture, Path(tmp) / "rootfs.tar", say, plan.network.env())
+            rootfs[(os_key, platform)] = _rootfs_lock(spec.suite, tar)
             if keep:
                 bootstrap.rootfs_dir(spec).mkdir(parents=True, exist_ok=True)
-                os.replace(tar, bootstrap.rootfs_dir(spec) / "rootfs.tar")
+                os.replace(tar, bootstrap.rootfs_tar(spec, architecture))
     return Lock(images, rootfs), problems
 
 
@@ -185,9 +224,9 @@ def pin(plan: Plan, lock: Lock | None, lock_file: Path) -> tuple[Plan, list[Prob
                 nodes[name] = dataclasses.replace(node, base_image=f"{node.base_image}@{digest}")
             else:
                 problems.append(Problem(node.upstream, f"not in {lock_file.name}: pulled by tag; {FIX}"))
-    for os_key in sorted(_rootfs_nodes(plan)):
-        if os_key not in lock.rootfs:
-            problems.append(Problem(os_key, f"its bootstrap is not in {lock_file.name}; {FIX}"))
+    for os_key, platform in _bootstraps(plan):
+        if (os_key, platform) not in lock.rootfs:
+            problems.append(Problem(f"{os_key} {platform}", f"its bootstrap is not in {lock_file.name}; {FIX}"))
     return dataclasses.replace(plan, nodes=nodes), problems
 
 
@@ -205,12 +244,12 @@ def differences(locked: RootfsLock, now: RootfsLock) -> str | None:
 def verify_rootfs(plan: Plan, lock: Lock, say=print) -> list[Problem]:
     """Bootstrap (or reuse) each OS rootfs of the plan and compare its packages with the lock."""
     problems = []
-    for os_key in sorted(_rootfs_nodes(plan)):
-        if os_key in lock.rootfs:
-            diff = differences(lock.rootfs[os_key], bootstrapped(plan, os_key, say))
+    for os_key, platform in _bootstraps(plan):
+        if (os_key, platform) in lock.rootfs:
+            diff = differences(lock.rootfs[(os_key, platform)], bootstrapped(plan, os_key, platform, say))
             if diff:
-                problems.append(Problem(os_key, f"{diff}: the apt mirror moved since the lock; {FIX}, "
-                                                "or point mirrors.apt at a dated snapshot"))
+                problems.append(Problem(f"{os_key} {platform}", f"{diff}: the apt mirror moved since the lock; "
+                                                                f"{FIX}, or point mirrors.apt at a dated snapshot"))
     return problems
 
 
@@ -219,11 +258,11 @@ def compare(old: Lock, new: Lock) -> list[Problem]:
     problems = [Problem(name, f"moved upstream: locked {old.images[name][:19]}, now {digest[:19]}")
                 for name, digest in sorted(new.images.items()) if name in old.images and old.images[name] != digest]
     problems += [Problem(name, "not in the lock") for name in sorted(new.images.keys() - old.images.keys())]
-    for os_key, now in sorted(new.rootfs.items()):
-        if os_key not in old.rootfs:
-            problems.append(Problem(os_key, "its bootstrap is not in the lock"))
-        elif diff := differences(old.rootfs[os_key], now):
-            problems.append(Problem(os_key, diff))
+    for (os_key, platform), now in sorted(new.rootfs.items()):
+        if (os_key, platform) not in old.rootfs:
+            problems.append(Problem(f"{os_key} {platform}", "its bootstrap is not in the lock"))
+        elif diff := differences(old.rootfs[(os_key, platform)], now):
+            problems.append(Problem(f"{os_key} {platform}", diff))
     return problems
 
 
@@ -268,6 +307,6 @@ def update(plan: Plan, request: LockRequest, say=print) -> LockReport:
         new = Lock({**{k: v for k, v in old.images.items() if partial or k in keep}, **new.images},
                    {**(old.rootfs if partial else {}), **new.rootfs})
     added = sorted(set(new.images) - set(old.images if old else {})) + \
-        sorted(set(new.rootfs) - set(old.rootfs if old else {}))
+        [f"{os_key} {platform}" for os_key, platform in sorted(set(new.rootfs) - set(old.rootfs if old else {}))]
     write(path, new)
     return LockReport(path, False, (), tuple(unresolved), new, tuple(added))

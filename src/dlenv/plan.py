@@ -150,13 +150,19 @@ class Plan:
 
 
 def _built_nodes(variants: Iterable[Variant], nodes: dict[str, Node], matrix: Matrix) -> dict[str, Node]:
-    """The nodes the variants are built on, each for every platform of the variants above it."""
+    """The nodes the variants are built on, each for every platform of the variants above it (a
+    bootstrap node's rootfs for each of their architectures)."""
     on: dict[str, set[str]] = {}
     for v in variants:
         for name in v.chain:
             on.setdefault(name, set()).update(v.platforms)
-    return {name: replace(node, platforms=tuple(p for p in matrix.model.platforms if p in on[name]))
-            for name, node in nodes.items() if name in on}
+    out = {}
+    for name, node in nodes.items():
+        if name in on:
+            platforms = tuple(p for p in matrix.model.platforms if p in on[name])
+            rootfs = node.rootfs and replace(node.rootfs, architectures=tuple(config.arch(p) for p in platforms))
+            out[name] = replace(node, platforms=platforms, rootfs=rootfs)
+    return out
 
 
 def _left_out(lost: dict[str, LeftOut], whole: bool) -> list[LeftOut]:

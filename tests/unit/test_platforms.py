@@ -151,8 +151,11 @@ def test_platform_selection_keeps_only_those_platforms(project):
     assert {v.platforms for v in p.variants} == {("linux/arm64",)}
     assert {n.platforms for n in p.nodes.values()} == {("linux/arm64",)}
     # Node args follow the CUDA release's platforms, not the selection: a node is named by its content.
-    assert p.nodes == {k: n for k, n in ((k, dataclasses.replace(n, platforms=("linux/arm64",)))
-                                         for k, n in whole.nodes.items())}
+    assert {k: n.args for k, n in p.nodes.items()} == {k: n.args for k, n in whole.nodes.items()}
+    # The bootstrap node's rootfs is made for the selected platforms' architectures only.
+    assert p.nodes["rootfs-debian12"].rootfs.architectures == ("arm64",)
+    assert whole.nodes["rootfs-debian12"].rootfs.architectures == ("amd64", "arm64")
+    assert p.nodes["rootfs-debian12"].rootfs.key == whole.nodes["rootfs-debian12"].rootfs.key
     assert {(x.reason, x.platform) for x in p.left_out if x.reason == "unselected"} == {("unselected", "linux/amd64")}
 
 
@@ -226,3 +229,38 @@ def test_a_cuda_release_asking_for_a_platform_its_source_lacks_exits_2(x86_only_
     assert len(lines) == 1
     assert "matrix.yaml:8: cuda.12.8.1.platforms.0: CUDA 12.8.1 from PyPI cannot be built for linux/arm64" in lines[0]
     assert not (x86_only_cuda12 / "out").exists()
+
+
+def test_a_rootfs_folder_holds_one_tarball_per_architecture(tmp_path, monkeypatch):
+    from dlenv import bootstrap
+
+    monkeypatch.setenv("DLENV_CACHE", str(tmp_path))
+    made: list[str] = []
+
+    def make(spec, architecture, tar, say=print, env=None):
+        made.append(architecture)
+        tar.write_bytes(architecture.encode())
+        return tar
+
+    monkeypatch.setattr(bootstrap, "make_rootfs", make)
+    spec = bootstrap.RootfsSpec("bookworm", "http://apt.invalid/debian", ())
+    both = dataclasses.replace(spec, architectures=("amd64", "arm64"))
+    assert both.key == spec.key, "the architectures share one folder: the bootstrap node's context"
+    folder = bootstrap.rootfs_dir(spec)
+    folder.mkdir(parents=True)
+    bootstrap.rootfs_tar(spec, "amd64").write_bytes(b"bootstrapped before")
+    assert bootstrap.ensure_rootfs(both) == folder
+    # What the cache holds is kept; only what it lacks is bootstrapped.
+    assert made == ["arm64"]
+    assert bootstrap.rootfs_tar(spec, "amd64").read_bytes() == b"bootstrapped before"
+    bootstrap.ensure_rootfs(both)
+    assert made == ["arm64"]
+    # The Dockerfile ADDs each architecture's tarball by the name rootfs_tar gives it, in a stage
+    # named for BuildKit's TARGETARCH (amd64's by its name from before platforms: its cache key stays).
+    assert bootstrap.rootfs_tar(spec, "amd64").name == "rootfs.tar"
+    dockerfile = (REPO / "images/os-bootstrap/Dockerfile").read_text()
+    for architecture in both.architectures:
+        assert (f"FROM scratch AS rootfs-{architecture}\nADD {bootstrap.rootfs_tar(spec, architecture).name} /"
+                in dockerfile), architecture
+        assert bootstrap.rootfs_tar(spec, architecture).exists()
+    assert "FROM rootfs-${TARGETARCH}" in dockerfile

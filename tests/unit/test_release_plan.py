@@ -92,12 +92,35 @@ def test_dpkg_packages_lists_installed_packages_only(tmp_path):
 
 
 def test_lock_round_trips_and_names_its_file(tmp_path):
-    written = lock.Lock({"ubuntu:24.04": DIGEST}, {"debian12": lock.RootfsLock("bookworm", ("a=1",), "f" * 64)})
+    written = lock.Lock({"ubuntu:24.04": DIGEST},
+                        {("debian12", "linux/amd64"): lock.RootfsLock("bookworm", ("a=1",), "f" * 64),
+                         ("debian12", "linux/arm64"): lock.RootfsLock("bookworm", ("b=1",), "e" * 64)})
     path = lock.path_for(tmp_path / "matrix.yaml")
     assert path.name == "matrix.lock.json"
     lock.write(path, written)
+    assert json.loads(path.read_text())["version"] == lock.VERSION
     assert lock.read(path) == written
     assert lock.read(tmp_path / "none.lock.json") is None
+
+
+def test_a_version_1_lock_is_read_as_linux_amd64s(tmp_path):
+    path = tmp_path / "matrix.lock.json"
+    path.write_text(json.dumps({"version": 1, "images": {"ubuntu:24.04": DIGEST},
+                                "rootfs": {"debian12": {"suite": "bookworm", "sha256": "f" * 64, "packages": ["a=1"]}}}))
+    assert lock.read(path) == lock.Lock({"ubuntu:24.04": DIGEST},
+                                        {("debian12", "linux/amd64"): lock.RootfsLock("bookworm", ("a=1",), "f" * 64)})
+
+
+def test_a_lock_pins_each_platforms_bootstrap_and_an_index_with_each_platform(project, tmp_path):
+    p = expand(project, SMALL + "platforms: [linux/amd64, linux/arm64]\n")
+    amd64 = lock.RootfsLock("bookworm", ("a=1",), "f" * 64)
+    _, problems = lock.pin(p, lock.Lock({}, {("debian12", "linux/amd64"): amd64}), Path("matrix.lock.json"))
+    assert "debian12 linux/arm64" in {x.what for x in problems}
+    assert "debian12 linux/amd64" not in {x.what for x in problems}
+    assert lock.index_platforms({"manifests": [
+        {"platform": {"os": "linux", "architecture": "amd64"}},
+        {"platform": {"os": "linux", "architecture": "arm64", "variant": "v8"}},
+        {"platform": {"os": "unknown", "architecture": "unknown"}}]}) == {"linux/amd64", "linux/arm64"}
 
 
 @pytest.mark.parametrize("text, expected", [
@@ -122,7 +145,7 @@ def test_pin_pulls_locked_images_by_digest_and_reports_what_the_lock_lacks(proje
     assert graph.definition(pinned)["target"]["os-ubuntu24_04"]["contexts"]["base"] == \
         f"docker-image://ubuntu:24.04@{DIGEST}"
     missing = {x.what for x in problems}
-    assert "nvidia/cuda:12.6.3-base-ubuntu24.04" in missing and "debian12" in missing
+    assert "nvidia/cuda:12.6.3-base-ubuntu24.04" in missing and "debian12 linux/amd64" in missing
     assert "ubuntu:24.04" not in missing
     _, none = lock.pin(p, None, Path("matrix.lock.json"))
     assert len(none) == 1 and "no lock file" in str(none[0])
@@ -140,20 +163,21 @@ def test_differences_and_compare_say_what_moved():
     diff = lock.differences(old, new)
     assert diff.startswith("3 packages differ") and "libc6 2.36-9 -> 2.36-10" in diff and "+new" in diff
     assert lock.differences(old, old) is None
-    moved = lock.compare(lock.Lock({"ubuntu:24.04": DIGEST}, {"debian12": old}),
-                         lock.Lock({"ubuntu:24.04": "sha256:" + "b" * 64, "ubuntu:22.04": DIGEST}, {"debian12": new}))
+    key = ("debian12", "linux/arm64")
+    moved = lock.compare(lock.Lock({"ubuntu:24.04": DIGEST}, {key: old}),
+                         lock.Lock({"ubuntu:24.04": "sha256:" + "b" * 64, "ubuntu:22.04": DIGEST}, {key: new}))
     text = [str(m) for m in moved]
     assert any(t.startswith("ubuntu:24.04: moved upstream") for t in text)
     assert "ubuntu:22.04: not in the lock" in text
-    assert any(t.startswith("debian12: 3 packages differ") for t in text)
+    assert any(t.startswith("debian12 linux/arm64: 3 packages differ") for t in text)
 
 
 def test_the_repositorys_own_locks_are_valid_and_cover_their_bootstraps():
     root = REPO
     for matrix in (root / "matrix.yaml", root / "tests/family.yaml", root / "tests/release-family.yaml"):
         found = lock.read(lock.path_for(matrix))
-        assert found and "debian12" in found.rootfs, matrix
-        assert any(p.startswith("libc6=") for p in found.rootfs["debian12"].packages)
+        assert found and ("debian12", "linux/amd64") in found.rootfs, matrix
+        assert any(p.startswith("libc6=") for p in found.rootfs[("debian12", "linux/amd64")].packages)
         # The mirror a lock was made with is this host's choice, not part of the lock.
         assert "://" not in lock.path_for(matrix).read_text()
 
