@@ -148,12 +148,23 @@ class LiveBoard:
 
     def _beat(self) -> None:
         while not self._stop.wait(self.heartbeat):
-            running = [f"{v} ({self.current[v]})" if self.current[v] else v
-                       for v in self.order if self.status[v] == "building"]
-            waiting = sum(1 for v in self.order if self.status[v] == "waiting")
-            done = len(self.order) - len(running) - waiting
-            say(f"... {time.monotonic() - self.started:.0f}s: {done} done, {waiting} waiting"
-                + (f", running: {'; '.join(running)}" if running else ""))
+            say(self.heartbeat_line())
+
+    def heartbeat_line(self) -> str:
+        """One line: how far, and the distinct steps running (several variants share a step)."""
+        running = [v for v in self.order if self.status[v] == "building"]
+        waiting = sum(1 for v in self.order if self.status[v] == "waiting")
+        done = len(self.order) - len(running) - waiting
+        steps = list(dict.fromkeys(" ".join(self.current[v].split())[:70] for v in running if self.current[v]))
+        shown = "; ".join(steps[:3]) + (f"; +{len(steps) - 3} more" if len(steps) > 3 else "")
+        return (f"... {time.monotonic() - self.started:.0f}s: {done} of {len(self.order)} variants done, "
+                f"{len(running)} building, {waiting} waiting" + (f"; now: {shown}" if shown else ""))
+
+    def drop(self, variants: set[str]) -> None:
+        """Variants left out after the board started (unreachable sources): no longer shown."""
+        self.order = [v for v in self.order if v not in variants]
+        if self.live:
+            self.live.update(self._render())
 
     def node_done(self, node: str, seconds: float | None = None) -> None:
         """A node's image was exported (in a log: a line, once per node)."""

@@ -20,6 +20,14 @@ def test_off_a_terminal_a_heartbeat_names_what_is_running_and_each_layer_gets_a_
     err = capsys.readouterr().err
     beats = [line for line in err.splitlines() if line.startswith("... ")]
     assert len(beats) >= 2, err
-    assert f"running: {first.id} ([3/5] RUN pip install)" in beats[0]
+    assert f"0 of {len(plan.variants)} variants done, 1 building" in beats[0]
+    assert "now: [3/5] RUN pip install" in beats[0]
     assert err.count(f"exported {first.chain[0]} in 12s") == 1
     assert any(line.startswith("built") and first.id in line for line in err.splitlines())
+
+
+def test_variants_dropped_after_the_start_are_not_counted(project):
+    plan = expand(project, select=["os=debian12 cuda=13.0.2"])
+    board = report.LiveBoard(plan, heartbeat=60)
+    board.drop({v.id for v in plan.variants[1:]})
+    assert "0 of 1 variants done, 0 building, 1 waiting" in board.heartbeat_line()
