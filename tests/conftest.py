@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from dlenv import hostconf
-from helpers import REPO
+from helpers import CHROMEDRIVER, CHROMIUM, REPO
 
 ENGINE_TESTS = Path(__file__).resolve().parent / "engine"
 
@@ -62,3 +62,27 @@ def pytest_sessionstart(session):
         subprocess.run(["apt-get", "update", "-qq"], env=env, check=False, capture_output=True)
         subprocess.run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", *missing], env=env,
                        check=True, capture_output=True)
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    """Debian's chromium, headless, driven by selenium through Debian's chromium-driver, with a
+    fresh profile (nothing from an earlier run) and its console kept for get_log("browser")."""
+    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is installed by `nox -s tests`")
+    from selenium.webdriver.chrome.service import Service
+
+    if not (CHROMIUM.exists() and CHROMEDRIVER.exists()):
+        pytest.skip("needs Debian's chromium and chromium-driver (the tests install them as root)")
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    profile = tmp_path_factory.mktemp("chromium-profile")
+    # Headless as root; no background requests (this machine's network refuses them).
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--window-size=1400,900", f"--user-data-dir={profile}"):
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    # The driver given by path: selenium looks for nothing to download.
+    driver = webdriver.Chrome(options=options, service=Service(str(CHROMEDRIVER)))
+    yield driver
+    driver.quit()

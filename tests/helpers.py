@@ -3,11 +3,14 @@ matrices and their plans for the unit tests, projects and a dlenv process for th
 
 from __future__ import annotations
 
+import gzip
+import io
 import os
 import secrets
 import shutil
 import subprocess
 import sys
+import tarfile
 import textwrap
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -21,6 +24,8 @@ if TYPE_CHECKING:
 
 REPO = Path(__file__).resolve().parent.parent
 REGISTRY = engine.DEFAULT_REGISTRY
+# Debian's browser and its driver, for the tests of pages (conftest.py installs them as root).
+CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 
 
 def write(path: Path, text: str) -> Path:
@@ -111,6 +116,72 @@ def attestations(reg: str, repository: str, reference: str, user: tuple[str, str
         for layer in attestation["layers"]:
             yield (layer.get("annotations", {}).get("in-toto.io/predicate-type", ""),
                    registry.blob(reg, repository, layer["digest"], user=user))
+
+
+def marker_bundle(tmp: Path) -> tuple[Path, str]:
+    """The host's CA bundle plus a certificate made here: if it leaks into a layer, we will find it."""
+    key, cert = tmp / "marker.key", tmp / "marker.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj",
+                    f"/CN=dlenv-leak-marker-{secrets.token_hex(4)}", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True)
+    body = "".join(cert.read_text().strip().splitlines()[1:-1])
+    bundle = tmp / "bundle.pem"
+    bundle.write_text(Path("/etc/ssl/certs/ca-certificates.crt").read_text() + cert.read_text())
+    return bundle, body[40:100]
+
+
+def layers_and_configs(repository: str, tags: list[str], user=None):
+    """Every blob anyone who pulls tags reads: configs (with the history), layers (unpacked) and
+    attestations, as (what, bytes)."""
+    reg, cred = (user[0], user[1]) if user else (REGISTRY, None)
+    seen = set()
+    for tag in tags:
+        manifest = registry.image_manifest(reg, repository, tag, user=cred)
+        yield "config " + tag, registry.blob(reg, repository, manifest["config"]["digest"], user=cred)
+        for layer in manifest["layers"]:
+            if layer["digest"] in seen:
+                continue
+            seen.add(layer["digest"])
+            yield f"layer {layer['digest'][:19]} of {tag}", gzip.decompress(registry.blob(reg, repository,
+                                                                                          layer["digest"], user=cred))
+        for kind, statement in attestations(reg, repository, tag, user=cred):
+            yield f"attestation {kind} of {tag}", statement
+
+
+def layer_files(data: bytes) -> dict[str, tarfile.TarInfo]:
+    """The regular files of an unpacked layer, by path (no leading ./)."""
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        return {m.name.removeprefix("./"): m for m in tar.getmembers() if m.isfile()}
+
+
+def read_files(data: bytes, names: list[str]) -> dict[str, bytes]:
+    """The contents of some regular files of an unpacked layer, by path (no leading ./)."""
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        return {m.name.removeprefix("./"): tar.extractfile(m).read() for m in tar.getmembers()
+                if m.isfile() and m.name.removeprefix("./") in names}
+
+
+def leaks(what: str, data: bytes, marker: str, bundle: Path) -> list[str]:
+    """What leaked into one blob of layers_and_configs: the build's CA bundle (marker: a
+    certificate only it holds), secret files, apt lists and .debs, pip/uv caches, SSH host keys,
+    private keys."""
+    found = []
+    if marker.encode() in data or bundle.read_bytes()[-2000:] in data:
+        found.append(f"the build's CA bundle leaked into {what}")
+    if not what.startswith("layer"):
+        return found
+    files = list(layer_files(data))
+    rules = {"a secret file": lambda n: n.startswith("run/secrets/"),
+             "apt lists": lambda n: n.startswith("var/lib/apt/lists/") and not n.endswith("/lock"),
+             "apt's .debs": lambda n: n.startswith("var/cache/apt/") and n.endswith(".deb"),
+             "pip/uv caches": lambda n: "/.cache/pip/" in "/" + n or "/.cache/uv/" in "/" + n,
+             "SSH host keys": lambda n: n.startswith("etc/ssh/ssh_host_"),
+             "private keys": lambda n: n.rsplit("/", 1)[-1] in ("id_rsa", "id_ecdsa", "id_ed25519")}
+    for name, rule in rules.items():
+        hits = [n for n in files if rule(n)]
+        if hits:
+            found.append(f"{name} in {what}: {hits[:3]}")
+    return found
 
 
 def sh(docker: DockerClient, image: str, script: str, **kwargs) -> str:

@@ -18,14 +18,12 @@ from dlenv import catalog, config, doctor, gpuarch, lifecycle, plan
 from dlenv.doctor import Gpu, Host, Image
 from dlenv.report import human_size
 from dlenv.tags import BuildInfo
-from helpers import REPO
+from helpers import CHROMEDRIVER, CHROMIUM, REPO
 
-webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is installed by `nox -s tests`")
-from selenium.webdriver.chrome.service import Service  # noqa: E402
+pytest.importorskip("selenium.webdriver", reason="selenium is installed by `nox -s tests`")
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support.ui import Select  # noqa: E402
 
-CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 pytestmark = pytest.mark.skipif(not (CHROMIUM.exists() and CHROMEDRIVER.exists()),
                                 reason="needs Debian's chromium and chromium-driver (the tests install them as root)")
 
@@ -77,23 +75,6 @@ def family() -> tuple[list[catalog.Entry], list[catalog.NotPublished]]:
 @pytest.fixture(scope="module")
 def site(family, tmp_path_factory) -> Path:
     return catalog.write(tmp_path_factory.mktemp("site"), *family, NOW).page
-
-
-@pytest.fixture(scope="module")
-def browser(tmp_path_factory):
-    options = webdriver.ChromeOptions()
-    options.binary_location = str(CHROMIUM)
-    profile = tmp_path_factory.mktemp("chromium-profile")   # a fresh one: nothing from an earlier run
-    # Headless as root; no background requests (this machine's network refuses them).
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--window-size=1400,900", f"--user-data-dir={profile}"):
-        options.add_argument(flag)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    # The driver given by path: selenium looks for nothing to download.
-    driver = webdriver.Chrome(options=options, service=Service(str(CHROMEDRIVER)))
-    yield driver
-    driver.quit()
 
 
 @pytest.fixture
