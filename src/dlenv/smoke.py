@@ -8,6 +8,7 @@ them; on a host without a GPU, GPU checks are skipped with that reason, never pa
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import shutil
 import subprocess
@@ -19,7 +20,7 @@ import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import IO, Literal
 
 from python_on_whales import DockerClient
 from python_on_whales.exceptions import DockerException
@@ -183,32 +184,35 @@ def read_inventory(path: Path) -> set[str]:
                          "write one on the GPU host: python3 rootfs_run.py --inventory DIR --json FILE") from None
 
 
-def leave_out(archive: Path, have: set[str]) -> list[dict]:
-    """Drop from a rootfs tar the large files whose SHA-256 is in `have` (the GPU host has them);
-    return what was dropped, for donated.json (the rootfs runner copies them back by hash)."""
+def leave_out(src: IO[bytes], dst: IO[bytes], have: set[str]) -> list[dict]:
+    """Copy a rootfs tar stream from src to dst without the large files whose SHA-256 is in
+    `have` (the GPU host has them); return what was left out, for donated.json (the rootfs runner
+    copies them back by hash). Streams, so a rootfs of many gigabytes never lands on disk whole."""
     donated: list[dict] = []
     by_name: dict[str, dict] = {}
-    slim = archive.with_suffix(".slim")
-    with tarfile.open(archive) as src, tarfile.open(slim, "w", format=tarfile.PAX_FORMAT) as out:
-        for member in src:
+    with tarfile.open(fileobj=src, mode="r|") as tar, \
+            tarfile.open(fileobj=dst, mode="w|", format=tarfile.PAX_FORMAT) as out:
+        for member in tar:
             if member.islnk() and member.linkname in by_name:   # a hard link to a dropped file
                 donated.append(dict(by_name[member.linkname], path="/" + member.name.removeprefix("./")))
                 continue
-            if member.isfile() and member.size >= rootfs_run.MIN_DONATION:
-                with src.extractfile(member) as f:
-                    digest = rootfs_run.sha256_of(f)
+            data = tar.extractfile(member) if member.isfile() else None
+            if data and have and member.size >= rootfs_run.MIN_DONATION:
+                data = io.BytesIO(data.read())   # read once: hashed, then written if the host lacks it
+                digest = rootfs_run.sha256_of(data)
                 if digest in have:
                     entry = {"path": "/" + member.name.removeprefix("./"), "sha256": digest, "size": member.size,
                              "mode": member.mode, "uid": member.uid, "gid": member.gid}
                     by_name[member.name] = entry
                     donated.append(entry)
                     continue
-            out.addfile(member, src.extractfile(member) if member.isfile() else None)
-    slim.replace(archive)
+                data.seek(0)
+            out.addfile(member, data)
     return donated
 
 
-def export_bundle(plan: Plan, variant: Variant, dest: Path, folder: Path, have: set[str] | None = None) -> Path:
+def export_bundle(plan: Plan, variant: Variant, dest: Path, folder: Path, have: set[str] | None = None,
+                  platform: str = "linux/amd64") -> Path:
     """A folder the rootfs runner takes to a GPU host: rootfs.tar.xz, manifest.json, checks/,
     and donated.json when `have` (hashes of the GPU host's large files) let files stay behind."""
     client = DockerClient()
@@ -216,23 +220,28 @@ def export_bundle(plan: Plan, variant: Variant, dest: Path, folder: Path, have: 
     ref = f"{plan.image}@{digest}" if digest else plan.ref(variant.immutable)
     if not available(client, ref):
         raise DlenvError(missing(ref))
-    bundle = dest / variant.id
+    # A platform's own folder; linux/amd64's keeps the name bundles had before platforms.
+    bundle = dest / (variant.id if platform == "linux/amd64" else f"{variant.id}-{platform.split('/')[1]}")
     bundle.mkdir(parents=True, exist_ok=True)
     shutil.copytree(folder, bundle / "checks", dirs_exist_ok=True)
     shutil.copy(Path(__file__).parent / "rootfs_run.py", bundle / "rootfs_run.py")
-    container = client.container.create(ref, ["/bin/true"], entrypoint="/bin/true")
+    (bundle / "donated.json").unlink(missing_ok=True)
+    container = client.container.create(ref, ["/bin/true"], entrypoint="/bin/true", platform=platform)
+    # docker export | leave_out | xz: only the compressed rootfs is written.
     try:
-        client.container.export(container, bundle / "rootfs.tar")
+        with open(bundle / "rootfs.tar.xz", "wb") as archive:
+            export = subprocess.Popen(["docker", "export", container.id], stdout=subprocess.PIPE)
+            xz = subprocess.Popen(["xz", "-T0", "-6"], stdin=subprocess.PIPE, stdout=archive)
+            donated = leave_out(export.stdout, xz.stdin, have or set())
+            xz.stdin.close()
+            if export.wait() or xz.wait():
+                raise DlenvError(f"exporting {ref} failed (docker export: exit {export.returncode}, xz: exit {xz.returncode})")
     finally:
         client.container.remove(container)
-    (bundle / "donated.json").unlink(missing_ok=True)
-    if have:
-        donated = leave_out(bundle / "rootfs.tar", have)
-        if donated:
-            (bundle / "donated.json").write_text(json.dumps(donated, indent=1) + "\n")
-    subprocess.run(["xz", "-T0", "-6", "-f", str(bundle / "rootfs.tar")], check=True)
+    if donated:
+        (bundle / "donated.json").write_text(json.dumps(donated, indent=1) + "\n")
     config = client.image.inspect(ref).config
-    manifest = {"variant": variant.id, "image": ref, "digest": digest,
+    manifest = {"variant": variant.id, "image": ref, "digest": digest, "platform": platform,
                 "cuda": variant.cuda, "flavor": variant.flavor,
                 "env": list(config.env or []),
                 "checks": [{"name": c.name, "run": c.run, "expect_exit": c.expect_exit, "expect_output": c.expect_output,
