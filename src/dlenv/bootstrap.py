@@ -98,10 +98,10 @@ def make_rootfs(spec: RootfsSpec, architecture: str, tar: Path, say=print,
         # mmdebstrap runs the foreign packages' scripts under QEMU; arch-test tells it that it can.
         if not shutil.which("arch-test"):
             engine.install_tools(["arch-test"], f"mmdebstrap for {architecture} on this host", say)
-        unreachable = engine.emulation([f"linux/{architecture}"], say)
-        if unreachable:
-            raise EngineError(f"cannot bootstrap {spec.suite} for {architecture}: {unreachable[0].detail}",
-                              unreachable[0].fix)
+        try:
+            engine.register_emulator(f"linux/{architecture}", say)
+        except EngineError as exc:
+            raise EngineError(f"cannot bootstrap {spec.suite} for {architecture}: {exc.message}", exc.fix) from None
     tar.parent.mkdir(parents=True, exist_ok=True)
     partial = tar.with_name(tar.name + ".partial")
     packages = ",".join(sorted(set(BASE_PACKAGES) | set(spec.packages)))

@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from dlenv import engine, gpuarch, lifecycle  # standard library only, like this module
+from dlenv import engine, gpuarch, lifecycle, registry  # standard library only, like this module
 from dlenv.errors import DlenvError
 
 Status = Literal["ok", "warn", "fail", "skip"]
@@ -61,6 +61,7 @@ class Host:
     cgroup_v2: bool = False
     systemd: int = 0                   # systemd's version, 0 when not running
     no_cgroups: bool | None = None     # no-cgroups in the toolkit's config.toml, if set
+    platform: str = ""                 # this host's, as Docker names it (linux/amd64, linux/arm64)
 
 
 @dataclass(frozen=True)
@@ -71,6 +72,7 @@ class Image:
     require_cuda: str = ""             # NVIDIA_REQUIRE_CUDA
     torch: str = ""                    # torch.__version__, if the image has torch
     torch_archs: tuple[str, ...] = field(default=())
+    platforms: tuple[str, ...] = ()    # the images the tag's index holds; () where the registry was not read
 
 
 # The first Docker that pulls zstd-compressed layers (containerd 1.5 and podman do too).
@@ -143,12 +145,26 @@ def gather_host() -> Host:
                 cdi_specs=specs, toolkit=toolkit, smi_error=smi_error, gpus=gpus, driver_cuda=driver_cuda,
                 cgroup_v2=os.path.exists("/sys/fs/cgroup/cgroup.controllers"),
                 systemd=int(match.group(1)) if match and os.path.isdir("/run/systemd/system") else 0,
-                no_cgroups=no_cgroups)
+                no_cgroups=no_cgroups, platform=engine.host_platform())
 
 
 # torch.cuda.get_arch_list() is empty without a GPU; the compiled-in flags are not.
 TORCH_PROBE = ("python -c \"import torch; print(torch.__version__); "
                "print(getattr(torch._C, '_cuda_getArchFlags', lambda: '')() or '')\" 2>/dev/null || true")
+
+
+def image_platforms(ref: str) -> tuple[str, ...]:
+    """The platforms of the images a tag's index holds, read from its registry (a plain image:
+    its config's); () where the registry cannot be read from here."""
+    try:
+        host, repository, reference = registry.split(ref)
+        data, _ = registry.manifest(host, repository, reference)
+        if "manifests" in data:
+            return tuple(registry.index_platforms(data))
+        config = json.loads(registry.blob(host, repository, data["config"]["digest"]))
+        return (f"{config['os']}/{config['architecture']}",)
+    except (OSError, ValueError, KeyError, DlenvError):   # urllib's errors are OSErrors
+        return ()
 
 
 def gather_image(ref: str) -> Image:
@@ -168,7 +184,8 @@ def gather_image(ref: str) -> Image:
         return Image(ref, error=" ".join((exc.stderr or str(exc)).split())[-200:])
     lines = out.strip().splitlines()
     return Image(ref, cuda=env.get("CUDA_VERSION", ""), require_cuda=env.get("NVIDIA_REQUIRE_CUDA", ""),
-                 torch=lines[0] if lines else "", torch_archs=tuple(lines[1].split()) if len(lines) > 1 else ())
+                 torch=lines[0] if lines else "", torch_archs=tuple(lines[1].split()) if len(lines) > 1 else (),
+                 platforms=image_platforms(ref))
 
 
 # --- verdicts ----------------------------------------------------------------------------------
@@ -233,14 +250,28 @@ def _nvml_risk(host: Host) -> Finding:
     return Finding(name, "warn", detail, fix)
 
 
+def judge_platform(host: Host, image: Image) -> Finding:
+    """Does the tag hold an image for this host's platform (GH200, GB200 and DGX Spark are arm64)?"""
+    name = "image platform vs this host"
+    if not image.platforms:
+        return Finding(name, "skip", f"the platforms of {image.ref} could not be read from its registry")
+    held = ", ".join(image.platforms)
+    if host.platform in image.platforms:
+        return Finding(name, "ok", f"{image.ref} holds a {host.platform} image ({held})")
+    return Finding(name, "fail", f"{image.ref} holds no {host.platform} image, only {held}: what runs here is "
+                   "emulated at best (no GPU), else `exec format error`",
+                   f"pick a tag built for {host.platform} (the catalog's platform filter; `nox -s list` shows each "
+                   "variant's platforms)")
+
+
 def judge_image(host: Host, image: Image, table: dict) -> list[Finding]:
     if image.error:
         return [Finding(f"image {image.ref}", "skip", image.error)]
-    out = []
+    out = [judge_platform(host, image)] if host.platform else []
     mm = ".".join(image.cuda.split(".")[:2])
     release = table["release"].get(mm)
     if not image.cuda:
-        return [Finding("image CUDA", "skip", f"{image.ref} sets no CUDA_VERSION: not a CUDA image")]
+        return [*out, Finding("image CUDA", "skip", f"{image.ref} sets no CUDA_VERSION: not a CUDA image")]
     if not host.gpus:
         out.append(Finding("driver vs the image's CUDA", "skip", f"CUDA {image.cuda} image; no GPU driver to compare"))
     elif release is None:

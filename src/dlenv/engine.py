@@ -424,9 +424,9 @@ def host_platform() -> str:
 
 def builder_platforms(docker_host: str | None = None, builder: str | None = None) -> tuple[str, ...]:
     """The platforms `docker buildx inspect` says the builder runs; () where it says nothing."""
+    docker_host = docker_host or os.environ.get("DOCKER_HOST") or (find() or ("",))[0]
     try:
-        out = _docker(docker_host or os.environ.get("DOCKER_HOST", ""), "buildx", "inspect",
-                      *([builder] if builder else []))
+        out = _docker(docker_host, "buildx", "inspect", *([builder] if builder else []))
     except (OSError, subprocess.TimeoutExpired):
         return ()
     found: list[str] = []
@@ -468,7 +468,7 @@ def emulation(platforms: list[str] | tuple[str, ...], say: Say = print, builder:
                                    f"install {QEMU_PACKAGE}; qemu-{QEMU_CPU.get(platform, '?')} with the F flag)"))
             continue
         try:
-            _register(platform, say)
+            register_emulator(platform, say)
         except EngineError as exc:
             out.append(Unreachable(platform, exc.message, exc.fix or ""))
             continue
@@ -479,8 +479,12 @@ def emulation(platforms: list[str] | tuple[str, ...], say: Say = print, builder:
     return out
 
 
-def _register(platform: str, say: Say) -> None:
-    """qemu-user-static installed, binfmt_misc mounted and platform's handler registered with F."""
+def register_emulator(platform: str, say: Say) -> None:
+    """This host runs platform's programs: natively, or with qemu-user-static installed,
+    binfmt_misc mounted and platform's handler registered with F (what a build's RUN steps and
+    mmdebstrap's package scripts need); an EngineError with the fix where it cannot."""
+    if platform == host_platform():
+        return
     cpu = QEMU_CPU.get(platform)
     if cpu is None:
         raise EngineError(f"dlenv knows no emulator for {platform}", f"build {platform} on a {platform} host")

@@ -22,7 +22,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from dlenv import bootstrap, config
+from dlenv import bootstrap, config, registry
 from dlenv.errors import ConfigError, DlenvError
 from dlenv.options import LockRequest
 from dlenv.plan import Plan
@@ -127,19 +127,12 @@ def resolve_image(ref: str, env: dict[str, str] | None = None,
     digest = str(found.get("digest", ""))
     if digest.startswith("sha256:"):
         # A plain image manifest does not say its platform: only an index can lack one.
-        missing = [p for p in platforms if "manifests" in found and p not in index_platforms(found)]
+        missing = [p for p in platforms if "manifests" in found and p not in registry.index_platforms(found)]
         if missing:
             return None, f"its index {digest[:19]} has no image for {', '.join(missing)}"
         return digest, ""
     last = [line for line in out.stderr.strip().splitlines() if line.strip()][-1:] or ["no digest"]
     return None, last[0].rsplit(": ", 1)[-1][:160]
-
-
-def index_platforms(manifest: dict) -> set[str]:
-    """os/architecture of each image in an index (attestations aside); a plain image manifest
-    names none."""
-    return {f"{p.get('os')}/{p.get('architecture')}" for entry in manifest.get("manifests", [])
-            if (p := entry.get("platform")) and p.get("os") != "unknown"}
 
 
 def _rootfs_nodes(plan: Plan) -> dict[str, str]:

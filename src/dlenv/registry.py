@@ -186,17 +186,33 @@ def digest(ref: str) -> str | None:
     return found
 
 
+def _attestation(entry: dict) -> bool:
+    return entry.get("annotations", {}).get("vnd.docker.reference.type") == "attestation-manifest"
+
+
+def index_platforms(index: dict) -> list[str]:
+    """os/architecture of each image an index holds, in its order (attestations aside); a plain
+    image manifest names none."""
+    return [f"{p.get('os')}/{p.get('architecture')}" for entry in index.get("manifests", [])
+            if (p := entry.get("platform")) and not _attestation(entry) and p.get("os") != "unknown"]
+
+
 def image_manifest(registry: str, repository: str, reference: str,
-                   user: tuple[str, str] | None = None) -> dict:
-    """The linux/amd64 image manifest behind reference, following an index if there is one."""
+                   user: tuple[str, str] | None = None, platform: str = "linux/amd64") -> dict:
+    """platform's image manifest behind reference, following an index if there is one (a plain
+    image manifest is the image, whatever its platform)."""
     data, _ = manifest(registry, repository, reference, user)
-    if "manifests" in data:
-        for entry in data["manifests"]:
-            platform = entry.get("platform", {})
-            if platform.get("architecture") in ("amd64", None) and platform.get("os") in ("linux", None) \
-                    and entry.get("annotations", {}).get("vnd.docker.reference.type") != "attestation-manifest":
-                return image_manifest(registry, repository, entry["digest"], user)
-    return data
+    if "manifests" not in data:
+        return data
+    want_os, _, want_arch = platform.partition("/")
+    for entry in data["manifests"]:
+        found = entry.get("platform", {})
+        if found.get("architecture") in (want_arch, None) and found.get("os") in (want_os, None) \
+                and not _attestation(entry):
+            return image_manifest(registry, repository, entry["digest"], user, platform)
+    raise DlenvError(f"{registry}/{repository}:{reference} has no {platform} image "
+                     f"(its index holds {', '.join(index_platforms(data)) or 'none'})",
+                     "pick a tag built for that platform (nox -s list shows each variant's platforms)")
 
 
 def raw_manifest(registry: str, repository: str, reference: str,
@@ -212,8 +228,9 @@ def retag(registry: str, repository: str, digest: str, tag: str, user: tuple[str
     _request(registry, f"{repository}/manifests/{tag}", method="PUT", data=body, content_type=media_type, user=user)
 
 
-def compressed_size(registry: str, repository: str, reference: str) -> int:
-    data = image_manifest(registry, repository, reference)
+def compressed_size(registry: str, repository: str, reference: str, platform: str = "linux/amd64") -> int:
+    """What a pull of platform's image downloads: its layers and config, compressed."""
+    data = image_manifest(registry, repository, reference, platform=platform)
     return sum(layer.get("size", 0) for layer in data.get("layers", [])) + data.get("config", {}).get("size", 0)
 
 

@@ -37,13 +37,17 @@ from concurrent.futures import ThreadPoolExecutor
 
 DRIVER_LIBS = ("libcuda.so*", "libnvidia-ptxjitcompiler.so*", "libnvidia-nvvm.so*", "libnvidia-ml.so*",
                "libcudadebugger.so*", "libnvidia-gpucomp.so*")
+# A bundle's platform (its manifest's; bundles from before platforms are linux/amd64's), the CPU
+# that runs it, and where Debian and Ubuntu keep that platform's libraries (multiarch).
+PLATFORMS = {"linux/amd64": ("x86_64", "x86_64-linux-gnu"), "linux/arm64": ("aarch64", "aarch64-linux-gnu")}
 
 
-def driver_libraries() -> list[str]:
-    """The host's driver libraries, wherever its linker finds them."""
+def driver_libraries(platform: str = "linux/amd64") -> list[str]:
+    """The host's driver libraries for platform, wherever its linker finds them."""
     out = subprocess.run(["ldconfig", "-p"], capture_output=True, text=True).stdout
     dirs = {os.path.dirname(p) for p in re.findall(r"=> (\S*libcuda\.so\S*)", out)}
-    dirs |= {d for d in ("/usr/local/nvidia/lib64", "/usr/lib/x86_64-linux-gnu", "/usr/lib64") if os.path.isdir(d)}
+    multiarch = f"/usr/lib/{PLATFORMS[platform][1]}"
+    dirs |= {d for d in ("/usr/local/nvidia/lib64", multiarch, "/usr/lib64") if os.path.isdir(d)}
     found = {}
     for folder in sorted(dirs):
         for pattern in DRIVER_LIBS:
@@ -116,7 +120,19 @@ def run(cmd: list[str], **kw) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, check=True, **kw)
 
 
-def prepare(bundle: str, root: str, donors: list[str]) -> int:
+def platform_problem(platform: str, machine: str) -> str | None:
+    """Why a bundle of platform cannot run on a host whose CPU is machine, or None."""
+    if platform not in PLATFORMS:
+        return f"this bundle is for {platform}, which this runner does not know ({', '.join(PLATFORMS)})"
+    cpu = PLATFORMS[platform][0]
+    if machine != cpu:
+        here = next((p for p, (c, _) in PLATFORMS.items() if c == machine), machine)
+        return (f"this bundle is {platform}'s ({cpu}) and this host is {here}: its programs cannot run here; "
+                f"export the variant's {here} bundle (dlenv smoke --export) for this host")
+    return None
+
+
+def prepare(bundle: str, root: str, donors: list[str], platform: str = "linux/amd64") -> int:
     archive = next(p for p in (os.path.join(bundle, n) for n in ("rootfs.tar.xz", "rootfs.tar.gz", "rootfs.tar"))
                    if os.path.exists(p))
     run(["tar", "-xf", archive, "-C", root, "--no-same-owner"] if os.geteuid() else ["tar", "-xf", archive, "-C", root])
@@ -129,7 +145,7 @@ def prepare(bundle: str, root: str, donors: list[str]) -> int:
     run(["mount", "--rbind", "/sys", os.path.join(root, "sys")])
     run(["mount", "--bind", os.path.join(bundle, "checks"), os.path.join(root, "dlenv-checks")])
     target = os.path.join(root, "usr/local/nvidia/lib64")
-    for name, path in driver_libraries():
+    for name, path in driver_libraries(platform):
         dest = os.path.join(target, name)
         open(dest, "a").close()
         run(["mount", "--bind", path, dest])
@@ -185,13 +201,17 @@ def main() -> int:
     bundle = os.path.abspath(args.bundle)
     with open(os.path.join(bundle, "manifest.json")) as f:
         manifest = json.load(f)
+    platform = manifest.get("platform", "linux/amd64")
+    problem = platform_problem(platform, os.uname().machine)
+    if problem:
+        raise SystemExit(f"rootfs_run: {problem}")
     checks = list(manifest["checks"])
     for extra in args.extra:
         name, _, command = extra.partition("=")
         checks.append({"name": name, "run": command, "gpu": True, "timeout": 300, "origin": "--extra"})
     root = tempfile.mkdtemp(prefix="dlenv-rootfs-")
     started = time.monotonic()
-    filled = prepare(bundle, root, args.donor)
+    filled = prepare(bundle, root, args.donor, platform)
     prepared = time.monotonic() - started
     if filled:
         print(f"filled {filled} files from the donor folders, each checked by SHA-256")
@@ -209,9 +229,9 @@ def main() -> int:
                          "origin": check.get("origin", "")})
         last = proc.stdout.strip().splitlines()[-1][:100] if proc.stdout.strip() else ""
         print(f"{status:7} {check['name']}" + (f"  [{last}]" if last else ""))
-    result = {"variant": manifest["variant"], "digest": manifest.get("digest", ""),
+    result = {"variant": manifest["variant"], "digest": manifest.get("digest", ""), "platform": platform,
               "prepare_seconds": round(prepared, 1), "donated_files": filled, "verdicts": verdicts,
-              "driver_libraries": [name for name, _ in driver_libraries()]}
+              "driver_libraries": [name for name, _ in driver_libraries(platform)]}
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=2)

@@ -37,7 +37,7 @@ def test_debians_handler_is_registered_with_f(binfmt, flags):
     proc, conf = binfmt
     (conf / "qemu-aarch64.conf").write_text(DEBIAN + flags + "\n")
     said: list[str] = []
-    engine._register("linux/arm64", said.append)
+    engine.register_emulator("linux/arm64", said.append)
     written = (proc / "register").read_text()
     assert written.startswith(DEBIAN) and set(written.removeprefix(DEBIAN)) == set(flags) | {"F"}
     assert len(said) == 1 and "registered qemu-aarch64" in said[0] and "linux/arm64" in said[0]
@@ -48,14 +48,14 @@ def test_a_handler_without_f_is_replaced_and_one_with_f_is_kept(binfmt):
     (conf / "qemu-aarch64.conf").write_text(DEBIAN + "OPF\n")
     registered = proc / "qemu-aarch64"
     registered.write_text("enabled\ninterpreter /usr/bin/qemu-aarch64-static\nflags: OC\noffset 0\n")
-    engine._register("linux/arm64", lambda line: None)
+    engine.register_emulator("linux/arm64", lambda line: None)
     assert registered.read_text() == "-1", "the handler without F was not removed first"
     assert (proc / "register").read_text() == DEBIAN + "OPF"
     # With F it stays as it is: nothing written, nothing said.
     registered.write_text("enabled\ninterpreter /usr/bin/qemu-aarch64-static\nflags: OCF\noffset 0\n")
     (proc / "register").write_text("")
     said: list[str] = []
-    engine._register("linux/arm64", said.append)
+    engine.register_emulator("linux/arm64", said.append)
     assert (proc / "register").read_text() == "" and not said
     assert engine.handler("linux/arm64") == {"interpreter": "/usr/bin/qemu-aarch64-static", "flags": "OCF"}
 
@@ -63,14 +63,14 @@ def test_a_handler_without_f_is_replaced_and_one_with_f_is_kept(binfmt):
 def test_without_root_it_says_why_and_the_fix(binfmt, monkeypatch):
     monkeypatch.setattr(engine.os, "geteuid", lambda: 1000)
     with pytest.raises(EngineError) as raised:
-        engine._register("linux/arm64", lambda line: None)
+        engine.register_emulator("linux/arm64", lambda line: None)
     assert "needs root" in raised.value.message and "qemu-user-static" in raised.value.fix
 
 
 def test_a_remote_builder_is_not_set_up_from_here(monkeypatch):
     monkeypatch.setenv("DOCKER_HOST", "tcp://builder.invalid:2376")
     monkeypatch.setattr(engine, "builder_platforms", lambda *args, **kw: ("linux/amd64",))
-    monkeypatch.setattr(engine, "_register", lambda *args: pytest.fail("registered QEMU for a remote builder"))
+    monkeypatch.setattr(engine, "register_emulator", lambda *args: pytest.fail("registered QEMU for a remote builder"))
     [unreachable] = engine.emulation(["linux/amd64", "linux/arm64"], say=lambda line: None)
     assert unreachable.platform == "linux/arm64"
     assert "does not run linux/arm64" in unreachable.detail and "linux/amd64" in unreachable.detail
