@@ -5,9 +5,9 @@ every image's full Python package list (the manifest docker-stacks publishes per
 the table and rule doctor judges a host by; catalog.html (also written as index.html, the page a
 web server gives for the folder) is one self-contained page over that JSON, with filters and a
 "which tag for my machine" helper. The facts come from the registry (the digest each variant's
-first floating tag names, and its compressed size), from inside the image at that digest
-(checks/inventory.sh), and from data/cuda_releases.toml for the end of life of NVIDIA's images
-of each CUDA release.
+first floating tag names, and per platform of its index the image's digest and compressed size),
+from inside each platform's image (checks/inventory.sh; another platform's under QEMU), and from
+data/cuda_releases.toml for the end of life of NVIDIA's images of each CUDA release.
 Only `run_in_image` needs an engine: everything else is testable from the script's output.
 """
 
@@ -37,7 +37,7 @@ PAGE_DATA = "__CATALOG_JSON__"     # where the page template takes the catalog's
 KEY_PACKAGES = ("torch", "torchvision", "numpy", "uv", "pip")
 BY_HAND = 'docker run --rm --entrypoint /bin/sh IMAGE -c "$(cat src/dlenv/checks/inventory.sh)"'
 
-Runner = Callable[[str, str], str]   # (image reference, sh script) -> what the script printed
+Runner = Callable[[str, str, str], str]   # (image reference, sh script, platform) -> what the script printed
 
 
 @dataclass(frozen=True)
@@ -53,8 +53,20 @@ class Inventory:
 
 
 @dataclass(frozen=True)
+class PlatformImage:
+    """One platform's image in a published variant's index."""
+
+    platform: str                # e.g. linux/arm64
+    digest: str                  # its image manifest: pull it by this to get exactly this platform's
+    size: int                    # compressed bytes: what a pull on that platform downloads
+    python: str | None
+    key_packages: dict[str, str]
+
+
+@dataclass(frozen=True)
 class Entry:
-    """One published variant, as its floating tags name it now."""
+    """One published variant, as its floating tags name it now. The facts besides `images` are
+    those of its first platform's image."""
 
     id: str
     image: str                   # registry/repository
@@ -75,6 +87,8 @@ class Entry:
     torch_archs: tuple[str, ...]  # sm_XY/compute_XY torch was built for, as doctor reads them
     eol: str | None              # YYYY-MM-DD: NVIDIA's images of this CUDA release reach end of life
     eol_reached: bool
+    platforms: tuple[str, ...] = ()       # those of its index (the page's platform filter)
+    images: tuple[PlatformImage, ...] = ()  # one per platform, in that order
 
 
 @dataclass(frozen=True)
@@ -92,10 +106,11 @@ def inventory_script() -> str:
     return INVENTORY.read_text()
 
 
-def run_in_image(ref: str, script: str) -> str:
-    """What `script` prints in the image. sh is the entrypoint: the ssh images have their own."""
+def run_in_image(ref: str, script: str, platform: str = "linux/amd64") -> str:
+    """What `script` prints in the image of platform (another one than the host's runs under
+    QEMU). sh is the entrypoint: the ssh images have their own."""
     try:
-        return DockerClient().run(ref, ["-c", script], entrypoint="/bin/sh", remove=True)
+        return DockerClient().run(ref, ["-c", script], entrypoint="/bin/sh", remove=True, platform=platform)
     except DockerException as exc:
         detail = " ".join((exc.stderr or str(exc)).split())[-300:]
         raise DlenvError(f"cannot read what {ref} holds: {detail}",
@@ -122,18 +137,25 @@ def _normal(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
-def entry(variant: Variant, image: str, tag: str, floating: tuple[str, ...], digest: str, size: int,
-          found: Inventory, today: datetime.date) -> Entry:
-    """A catalog row: the variant, what the registry and the image said, EOL as of today."""
+def key_packages(found: Inventory) -> dict[str, str]:
+    """Those of KEY_PACKAGES the image has, by their normalized names."""
     by_name = {_normal(name): version for name, version in found.packages.items()}
+    return {n: by_name[n] for n in KEY_PACKAGES if n in by_name}
+
+
+def entry(variant: Variant, image: str, tag: str, floating: tuple[str, ...], digest: str, size: int,
+          found: Inventory, today: datetime.date, images: tuple[PlatformImage, ...] = ()) -> Entry:
+    """A catalog row: the variant, what the registry and the image said (found: the first
+    platform's; images: every platform's), EOL as of today."""
     eol = lifecycle.eol_date(variant.cuda)
     return Entry(id=variant.id, image=image, tag=tag, floating=floating, digest=digest, size=size,
                  cuda=variant.cuda, os=variant.os, flavor=variant.flavor, recipes=variant.stack,
-                 python=found.python, key_packages={n: by_name[n] for n in KEY_PACKAGES if n in by_name},
+                 python=found.python, key_packages=key_packages(found),
                  os_name=found.os_name, cuda_runtime=found.cuda_runtime, debian_packages=found.debian_packages,
                  packages=tuple(f"{n}=={v}" for n, v in sorted(found.packages.items(), key=lambda i: i[0].lower())),
                  torch_archs=found.torch_archs,
-                 eol=eol.isoformat() if eol else None, eol_reached=lifecycle.is_eol(variant.cuda, today))
+                 eol=eol.isoformat() if eol else None, eol_reached=lifecycle.is_eol(variant.cuda, today),
+                 platforms=tuple(i.platform for i in images), images=images)
 
 
 # --- facts from the registry -------------------------------------------------------------------
@@ -173,13 +195,36 @@ def gather(plan: Plan, runner: Runner = run_in_image,
                                      "(floating tags move only after the smoke checks pass)"))
             continue
         floating = tuple(t for t in variant.floating if t == first or registry.digest(plan.ref(t)) == digest)
-        with registry.reading(reg):
-            size = registry.compressed_size(reg, repo, digest)
         ref = f"{plan.image}@{digest}"
-        found = parse_inventory(runner(ref, script), ref)
+        images, inventories = [], []
+        for platform, image_digest in platform_images(reg, repo, digest, variant.platforms):
+            with registry.reading(reg):
+                size = registry.compressed_size(reg, repo, digest, platform)
+            found = parse_inventory(runner(ref, script, platform), f"{ref} ({platform})")
+            images.append(PlatformImage(platform, image_digest, size, found.python, key_packages(found)))
+            inventories.append(found)
         entries.append(entry(variant, plan.image, _immutable(plan, variant, digest, repo_tags), floating,
-                             digest, size, found, today))
+                             digest, images[0].size, inventories[0], today, tuple(images)))
     return entries, left
+
+
+def platform_images(reg: str, repo: str, digest: str, wanted: tuple[str, ...]) -> list[tuple[str, str]]:
+    """(platform, image manifest digest) of each platform of wanted the index at digest holds, in
+    wanted's order; a plain image manifest is the image of the variant's first platform."""
+    with registry.reading(reg):
+        index, _ = registry.manifest(reg, repo, digest)
+    if "manifests" not in index:
+        return [(wanted[0], digest)]
+    held: dict[str, str] = {}
+    for item in index["manifests"]:   # attestations are unknown/unknown: never wanted
+        platform = item.get("platform") or {}
+        held.setdefault(f"{platform.get('os')}/{platform.get('architecture')}", item["digest"])
+    found = [(p, held[p]) for p in wanted if p in held]
+    if not found:
+        raise DlenvError(f"{reg}/{repo}@{digest} holds no image of {', '.join(wanted)} "
+                         f"(it holds {', '.join(registry.index_platforms(index)) or 'none'})",
+                         "build and promote the variant again (nox -s build-matrix)")
+    return found
 
 
 # --- output ------------------------------------------------------------------------------------
@@ -204,6 +249,23 @@ def _cell(text: str) -> str:
     return text.replace("|", "\\|")
 
 
+def _packages(found: dict[str, str]) -> str:
+    return ", ".join(f"{n} {v}" for n, v in found.items()) or "-"
+
+
+def _per_platform(e: Entry) -> tuple[str, str, str]:
+    """The key packages, size and digest cells: one line per platform where the index has several
+    (the key packages once where every platform has the same), else the image's own."""
+    if len(e.images) < 2:
+        return _packages(e.key_packages), human_size(e.size), f"`{e.digest.removeprefix('sha256:')[:12]}`"
+    arch = {i.platform: i.platform.split("/")[-1] for i in e.images}
+    same = len({tuple(i.key_packages.items()) for i in e.images}) == 1
+    packages = _packages(e.key_packages) if same else "<br>".join(
+        f"{arch[i.platform]}: {_packages(i.key_packages)}" for i in e.images)
+    return (packages, "<br>".join(f"{arch[i.platform]}: {human_size(i.size)}" for i in e.images),
+            "<br>".join(f"{arch[i.platform]}: `{i.digest.removeprefix('sha256:')[:12]}`" for i in e.images))
+
+
 def render_markdown(entries: list[Entry], left_out: list[NotPublished], generated_at: datetime.datetime) -> str:
     ordered = sorted(entries, key=_order)
     image = ordered[0].image if ordered else ""
@@ -219,10 +281,10 @@ def render_markdown(entries: list[Entry], left_out: list[NotPublished], generate
         for e in ordered:
             tags = "<br>".join([f"`{t}`" for t in e.floating] + ([f"pin: `{e.tag}`"] if e.tag else []))
             cuda = e.cuda + (f" (cudart {e.cuda_runtime})" if e.cuda_runtime else "")
-            packages = ", ".join(f"{n} {v}" for n, v in e.key_packages.items()) or "-"
+            packages, size, digest = _per_platform(e)
             lines.append(f"| {tags} | {cuda} | {e.flavor} | {_cell(e.os_name or e.os)} | "
-                         f"{' + '.join(e.recipes) or '-'} | {e.python or '-'} | {packages} | {human_size(e.size)} | "
-                         f"`{e.digest.removeprefix('sha256:')[:12]}` | {_support(e)} |")
+                         f"{' + '.join(e.recipes) or '-'} | {e.python or '-'} | {packages} | {size} | "
+                         f"{digest} | {_support(e)} |")
     past = [e for e in ordered if e.eol_reached]
     if past:
         lines += ["", "## Past end of life", "",

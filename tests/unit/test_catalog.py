@@ -14,6 +14,7 @@ import pytest
 
 from dlenv import catalog, config, gpuarch, lifecycle, plan, registry
 from dlenv.errors import DlenvError
+from dlenv.report import human_size
 from dlenv.tags import BuildInfo
 from helpers import REPO
 
@@ -145,18 +146,23 @@ def family() -> plan.Plan:
     return plan.expand(matrix, BUILD, plan.Mirrors(bootstrap_apt="http://apt.invalid/debian"))
 
 
-def fake_registry(monkeypatch, tags: dict[str, str]) -> list[str]:
-    """A registry holding tag -> digest; returns the references asked for, in order."""
+def fake_registry(monkeypatch, tags: dict[str, str], indexes: dict[str, dict] | None = None) -> list[str]:
+    """A registry holding tag -> digest, and digest -> the image index it names (a plain image
+    manifest where none is given); returns the tags asked for, in order."""
     asked = []
+    indexes = indexes or {}
 
     def manifest(reg, repo, reference, user=None):
+        if reference in tags.values():
+            return indexes.get(reference, {}), reference
         asked.append(reference)
         if reference not in tags:
             raise urllib.error.HTTPError(f"http://{reg}/v2/{repo}/manifests/{reference}", 404, "Not Found", {}, None)
         return {}, tags[reference]
     monkeypatch.setattr(registry, "manifest", manifest)
     monkeypatch.setattr(registry, "tags", lambda reg, repo, user=None: sorted(tags))
-    monkeypatch.setattr(registry, "compressed_size", lambda reg, repo, ref: {"sha256:aa": 1_600_000_000}.get(ref, 7))
+    monkeypatch.setattr(registry, "compressed_size", lambda reg, repo, ref, platform="linux/amd64": (
+        {"sha256:aa": 1_600_000_000}.get(ref, 7) + (0 if platform == "linux/amd64" else 1_000)))
     return asked
 
 
@@ -178,7 +184,7 @@ def test_gather_reads_what_the_floating_tags_name_and_leaves_out_what_was_never_
     })
     ran = []
 
-    def runner(ref, script):
+    def runner(ref, script, platform):
         ran.append(ref)
         assert script == catalog.INVENTORY.read_text()
         return TORCH_OUTPUT if ref.endswith("bb") else BASE_OUTPUT
@@ -204,7 +210,7 @@ def test_gather_reads_what_the_floating_tags_name_and_leaves_out_what_was_never_
 def test_a_family_without_floating_tags_publishes_nothing(monkeypatch, family):
     asked = fake_registry(monkeypatch, {"13.0.2-runtime-debian12-20261201-1234567": "sha256:aa"})
     bare = dataclasses.replace(family, variants=tuple(dataclasses.replace(v, floating=()) for v in family.variants))
-    entries, left = catalog.gather(bare, lambda ref, script: BASE_OUTPUT)
+    entries, left = catalog.gather(bare, lambda ref, script, platform: BASE_OUTPUT)
     assert entries == [] and asked == []
     assert [(n.tag, n.reason) for n in left] == [("", "the matrix gives it no floating tag")] * len(family.variants)
 
@@ -214,8 +220,54 @@ def test_an_unreachable_registry_is_a_one_line_error(monkeypatch, family):
         raise urllib.error.URLError(ConnectionRefusedError(111, "Connection refused"))
     monkeypatch.setattr(registry, "tags", refused)
     with pytest.raises(DlenvError, match="cannot reach the registry 127.0.0.1:5000") as err:
-        catalog.gather(family, lambda ref, script: BASE_OUTPUT)
+        catalog.gather(family, lambda ref, script, platform: BASE_OUTPUT)
     assert "--registry" in err.value.fix
+
+
+def test_each_platform_of_an_index_is_listed_with_its_digest_size_and_key_packages(monkeypatch, family, table):
+    both = ("linux/amd64", "linux/arm64")
+    two = dataclasses.replace(family, variants=tuple(dataclasses.replace(v, platforms=both) for v in family.variants))
+    torch = next(v for v in two.variants if "pytorch" in v.stack)
+    image = {"linux/amd64": "sha256:" + "1" * 64, "linux/arm64": "sha256:" + "2" * 64}
+    index = {"manifests": [
+        {"digest": image["linux/amd64"], "platform": {"os": "linux", "architecture": "amd64"}},
+        {"digest": image["linux/arm64"], "platform": {"os": "linux", "architecture": "arm64"}},
+        {"digest": "sha256:" + "f" * 64, "platform": {"os": "unknown", "architecture": "unknown"},
+         "annotations": {"vnd.docker.reference.type": "attestation-manifest"}}]}
+    fake_registry(monkeypatch, {torch.floating[0]: "sha256:bb", torch.immutable: "sha256:bb"}, {"sha256:bb": index})
+    arm = json.loads(TORCH_OUTPUT)
+    arm["python"]["packages"]["numpy"] = "2.4.0"   # a platform may get another build of a package
+    ran = []
+
+    def runner(ref, script, platform):
+        ran.append(platform)
+        return json.dumps(arm) if platform == "linux/arm64" else TORCH_OUTPUT
+
+    entries, _ = catalog.gather(two, runner, today=datetime.date(2028, 6, 1))
+    [e] = entries
+    assert ran == list(both) and e.platforms == both
+    assert [(i.platform, i.digest, i.size) for i in e.images] == [
+        ("linux/amd64", image["linux/amd64"], 7), ("linux/arm64", image["linux/arm64"], 1_007)]
+    assert e.images[1].key_packages["numpy"] == "2.4.0" and e.key_packages == e.images[0].key_packages
+    assert (e.digest, e.size) == ("sha256:bb", e.images[0].size)
+    # The Markdown gives a line per platform where the index has several.
+    row = next(line for line in catalog.render_markdown(entries, [], NOW).splitlines() if torch.floating[0] in line)
+    assert f"amd64: {human_size(7)}<br>arm64: {human_size(1_007)}" in row
+    assert f"amd64: `{'1' * 12}`<br>arm64: `{'2' * 12}`" in row
+    assert "arm64: torch 2.11.0" in row and "numpy 2.4.0" in row
+    data = json.loads(json.dumps(catalog.to_json(entries, [], NOW)))
+    assert data["images"][0]["platforms"] == list(both)
+    assert [i["platform"] for i in data["images"][0]["images"]] == list(both)
+
+
+def test_an_index_without_the_variants_platforms_is_an_error(monkeypatch, family):
+    v = family.variants[0]
+    index = {"manifests": [{"digest": "sha256:" + "c" * 64, "platform": {"os": "linux", "architecture": "s390x"}}]}
+    fake_registry(monkeypatch, {v.floating[0]: "sha256:bb"}, {"sha256:bb": index})
+    only = dataclasses.replace(family, variants=(v,))
+    with pytest.raises(DlenvError, match="holds no image of linux/amd64") as err:
+        catalog.gather(only, lambda ref, script, platform: BASE_OUTPUT)
+    assert "linux/s390x" in err.value.message
 
 
 # --- the pages -----------------------------------------------------------------------------------

@@ -177,6 +177,31 @@ def test_the_platform_filter_appears_only_when_the_family_has_several_platforms(
     assert shown(page) == [image["id"] for image in data["images"] if "linux/arm64" in image["platforms"]]
 
 
+def test_a_row_of_several_platforms_gives_each_ones_size_and_digest(page, family, tmp_path):
+    """Entries as catalog.gather writes them for a two-platform index (catalog.PlatformImage):
+    the platform filter is there from the data alone, and the row says each platform's facts."""
+    entries, left = family
+    both = ("linux/amd64", "linux/arm64")
+    images = {e.id: tuple(catalog.PlatformImage(p, "sha256:" + hashlib.sha256(f"{e.id}{p}".encode()).hexdigest(),
+                                                e.size + 1_000_000 * n, e.python,
+                                                {**e.key_packages, **({"numpy": "2.4.0"} if n else {})})
+                          for n, p in enumerate(both))
+              for e in entries[:3]}
+    two = [dataclasses.replace(e, platforms=both, images=images[e.id]) if e.id in images else e for e in entries]
+    page.get(catalog.write(tmp_path, two, left, NOW).page.as_uri())
+    assert platform_filter(page).is_displayed()
+    for e in two[:3]:
+        row = page.find_element(By.CSS_SELECTOR, f'tr[data-id="{e.id}"]')
+        lines = [d.text for d in row.find_elements(By.CSS_SELECTOR, "td.size div.platform")]
+        assert lines == [f"{i.platform.split('/')[1]}: {human_size(i.size)}" for i in e.images]
+        digests = [d.text for d in row.find_elements(By.CSS_SELECTOR, "td.digest div.platform")]
+        assert digests == [f"{i.platform.split('/')[1]}: {i.digest.removeprefix('sha256:')[:12]}" for i in e.images]
+        if len({tuple(i.key_packages.items()) for i in e.images}) > 1:
+            assert "arm64: " in row.text and "numpy 2.4.0" in row.text
+    choose(page, "platform", "linux/arm64")
+    assert shown(page) == ids(two, lambda e: e.id in images)
+
+
 def test_the_copy_button_puts_the_pull_by_digest_command_on_the_clipboard(page, family):
     entries, _ = family
     page.execute_cdp_cmd("Browser.grantPermissions", {"permissions": ["clipboardReadWrite", "clipboardSanitizedWrite"]})
