@@ -12,7 +12,7 @@ import datetime
 from dataclasses import dataclass
 
 from dlenv import build, disk, engine, publish, release, report, smoke
-from dlenv.options import BuildRequest
+from dlenv.options import BuildRequest, SmokeRequest
 from dlenv.plan import Plan
 
 
@@ -65,15 +65,15 @@ def _run(plan: Plan, request: BuildRequest) -> JobReport:
     done = {r.variant for r in built.results if r.status == "built"}
     result = JobReport(built)
     if done and not request.load and not request.no_promote:
-        runner = smoke.DockerRunner(plan, request.require_gpu, request.retest)
-        verdicts = [v for variant in plan.variants if variant.id in done for v in runner.variant(variant)]
-        report.smoke_table(verdicts)
+        tested = smoke.run(plan.unselect({v.id for v in plan.variants if v.id not in done}, "not built"),
+                           SmokeRequest(require_gpu=request.require_gpu, retest=request.retest), report.say)
+        report.smoke_table(list(tested.verdicts))
         statuses: dict[str, list[str]] = {}
-        for v in verdicts:
+        for v in tested.verdicts:
             statuses.setdefault(v.variant, []).append(v.status)
-        promotions = release.promote(plan, [v for v in plan.variants if v.id in done], statuses, runner.digests)
+        promotions = release.promote(plan, [v for v in plan.variants if v.id in done], statuses, tested.digests)
         report.promotions(promotions)
-        result = JobReport(built, tuple(verdicts), tuple(promotions))
+        result = JobReport(built, tested.verdicts, tuple(promotions))
     if not request.load and not request.keep_images:
         gone = publish.forget(plan)
         if gone:
