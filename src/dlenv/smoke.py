@@ -149,14 +149,15 @@ class DockerRunner:
         self.digests[variant.id] = digest
         # By digest where it was pushed: what runs is what a promotion would point at.
         ref = f"{self.plan.image}@{digest}" if digest else self.plan.ref(variant.immutable)
-        if not available(self.client, ref):
-            return [Verdict(variant.id, "image is available", "failed", 0.0, missing(ref), False, "dlenv")]
         model = self.plan.matrix.model
         kind, checks = ("cpu" if self.no_gpu else "gpu"), proven.fingerprint(variant.checks)
+        # Before the image is looked for: a proven image need not be in the engine (nor pulled).
         earlier = proven.recall(model.registry, model.repository, digest, kind, checks) \
             if digest and not self.retest else None
         if earlier:
             return [Verdict(**{**v, "proven": earlier["tested_at"]}) for v in earlier["verdicts"]]
+        if not available(self.client, ref):
+            return [Verdict(variant.id, "image is available", "failed", 0.0, missing(ref), False, "dlenv")]
         verdicts = [self._run(ref, variant, check) for check in variant.checks]
         problems = label_problems(self.client, ref, variant)
         verdicts.append(Verdict(variant.id, "labels are present and match the variant",
