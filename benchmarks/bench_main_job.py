@@ -106,6 +106,7 @@ def main() -> int:
     parser.add_argument("--matrix", default="matrix.yaml")
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--no-cold", action="store_true", help="keep the engine's data (a warm run)")
+    parser.add_argument("--build-id", default=None, help="pass this build id (e.g. an earlier run's, for a no-op)")
     options = parser.parse_args()
     tree = ROOT
     if options.ref:
@@ -115,12 +116,13 @@ def main() -> int:
     work = ROOT / "out" / f"bench-main-job-{options.label}"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
-    args = ["--matrix", options.matrix, "--workdir", str(work / "w1"), "--metadata", str(work / "first.json")]
+    given = ["--build-id", options.build_id] if options.build_id else []
+    args = ["--matrix", options.matrix, *given, "--workdir", str(work / "w1"), "--metadata", str(work / "first.json")]
     if not options.no_cold:
         cold(tree)
     first = run(tree, args, work / "first.log")
     first["steps"] = step_times(work / "w1" / "build.log")
-    again = run(tree, ["--matrix", options.matrix, "--workdir", str(work / "w2"), "--metadata",
+    again = run(tree, ["--matrix", options.matrix, *given, "--workdir", str(work / "w2"), "--metadata",
                        str(work / "second.json")], work / "second.log")
     result = {"label": options.label, "ref": options.ref or "HEAD", "cold": first, "no_op": again,
               "disk_free_after": shutil.disk_usage("/").free}
