@@ -47,8 +47,9 @@ def project(tmp_path: Path) -> Path:
 
 
 # smoke builds its CUDA probe with the host's C compiler (libc6-dev brings the headers); the
-# catalog page's tests drive Debian's chromium through its chromedriver.
-TEST_TOOLS = {"htpasswd": "apache2-utils", "ssh": "openssh-client", "openssl": "openssl", "cc": "gcc",
+# catalog page's tests drive Debian's chromium through its chromedriver; the leak scans unpack
+# zstd layers.
+TEST_TOOLS = {"htpasswd": "apache2-utils", "ssh": "openssh-client", "openssl": "openssl", "cc": "gcc", "zstd": "zstd",
               "/usr/include/stdio.h": "libc6-dev", "chromium": "chromium", "chromedriver": "chromium-driver"}
 
 
