@@ -98,6 +98,9 @@ def target(plan: Plan, node: Node, variant: Variant | None, output: Output,
         t["contexts"] = {"base": f"target:{node.parent}"}
     elif node.base_image:
         t["contexts"] = {"base": f"docker-image://{node.base_image}"}
+    if node.contexts:
+        # Relative to the project folder, where bake runs, like the node's own context.
+        t.setdefault("contexts", {}).update(node.contexts)
     args = dict(node.args)
     # Fixes the image's creation time to the commit's: rebuilds of a commit are identical.
     args["SOURCE_DATE_EPOCH"] = str(plan.build.epoch)

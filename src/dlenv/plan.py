@@ -58,6 +58,7 @@ class Node:
     rootfs: bootstrap.RootfsSpec | None = None
     summary: str = ""
     platforms: tuple[str, ...] = ()   # built for: every platform of the variants above it
+    contexts: tuple[tuple[str, str], ...] = ()   # more named contexts: (name, folder under the project)
 
 
 @dataclass(frozen=True)
@@ -253,7 +254,7 @@ class _Builder:
             args.update(row.args)
             args["WHEEL_INDEX_URL"] = f"{self.mirrors.pytorch}/{row.index}" if self.mirrors.pytorch else self.mirrors.pypi
         return self.add(Node(target_name(prefix), "recipe", recipe.dockerfile, parent,
-                             args=tuple(sorted(args.items())), summary=recipe.name))
+                             args=tuple(sorted(args.items())), summary=recipe.name, contexts=recipe.contexts))
 
 
 def _rule_matches(rule, axes: dict[str, object]) -> bool:

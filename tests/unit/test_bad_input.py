@@ -120,6 +120,12 @@ CASES = [
                                                   '[[compat]]\ncuda = "13.0.*"\nindex = "cu130"\n'
                                                   'args = { torch = "2.11.0" }\n'}, [],
      "recipes/extra.toml", 7, "compat.0.args", "UPPER_CASE"),
+    ("recipe-context-missing", None, {"extra.toml": 'description = "x"\ndockerfile = "images/python"\ntag = "x"\n'
+                                                    'contexts = { common = "images/nothing" }\n'}, [],
+     "recipes/extra.toml", 4, "contexts.common", "no folder 'images/nothing'"),
+    ("recipe-context-named-base", None, {"extra.toml": 'description = "x"\ndockerfile = "images/python"\ntag = "x"\n'
+                                                       'contexts = { base = "images/common" }\n'}, [],
+     "recipes/extra.toml", 4, "contexts", "not base"),
     ("pytorch-mirror-not-url", GOOD + "mirrors: {pytorch: torch.example/whl}\n", {}, [], "matrix.yaml", 16,
      "mirrors.pytorch", "URL"),
     ("stack-misses-requirement", GOOD.replace("- [python]\n", "- [needy]\n"),

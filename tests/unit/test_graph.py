@@ -37,6 +37,17 @@ def test_chains_link_through_named_contexts(project):
     assert t["os-ubuntu24_04"]["contexts"] == {"base": "docker-image://ubuntu:24.04"}
 
 
+def test_a_recipes_own_contexts_come_beside_base(project):
+    # recipes/ssh.toml names images/common (the DLENV_UID user), relative to the project like
+    # every context, since bake runs there.
+    p = expand(project)
+    ssh = dict(p.matrix.recipes["ssh"].contexts)
+    assert ssh and all((project / folder).is_dir() for folder in ssh.values())
+    t = graph.definition(p)["target"]
+    assert t["13_0_2-devel-debian12-py-dev-ssh"]["contexts"] == {"base": "target:13_0_2-devel-debian12-py-dev", **ssh}
+    assert t["13_0_2-devel-debian12-py-dev"]["contexts"] == {"base": "target:13_0_2-devel-debian12-py"}
+
+
 def test_only_variants_are_tagged_and_exported(project):
     p = expand(project, select=["cuda=13.0.2 os=debian12 flavor=devel stack=python"])
     t = graph.definition(p)["target"]
