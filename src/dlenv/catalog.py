@@ -34,7 +34,7 @@ INVENTORY = Path(__file__).parent / "checks/inventory.sh"
 PAGE = Path(__file__).parent / "data/catalog.html"
 PAGE_DATA = "__CATALOG_JSON__"     # where the page template takes the catalog's JSON
 # In the order the catalog shows them.
-KEY_PACKAGES = ("torch", "torchvision", "numpy", "uv", "pip")
+KEY_PACKAGES = ("torch", "torchvision", "jupyterlab", "numpy", "uv", "pip")
 BY_HAND = 'docker run --rm --entrypoint /bin/sh IMAGE -c "$(cat src/dlenv/checks/inventory.sh)"'
 
 Runner = Callable[[str, str, str], str]   # (image reference, sh script, platform) -> what the script printed

@@ -56,10 +56,10 @@ class Verdict:
 
 def checks_folder() -> Path:
     """What /dlenv-checks holds: the CUDA probe (built here), the test kernel's source, the
-    pytorch recipe's torch_checks.py, and gpuarch.py, so checks judge a GPU against an
-    architecture list by doctor's own rule."""
+    pytorch recipe's torch_checks.py, the jupyter recipe's jupyter_checks.py, and gpuarch.py,
+    so checks judge a GPU against an architecture list by doctor's own rule."""
     folder = Path(tempfile.mkdtemp(prefix="dlenv-checks-"))
-    for name in ("kernel.cu", "torch_checks.py"):
+    for name in ("kernel.cu", "torch_checks.py", "jupyter_checks.py"):
         shutil.copy(CHECKS_DIR / name, folder / name)
     shutil.copy(gpuarch.__file__, folder / "gpuarch.py")
     compiler = shutil.which("cc") or shutil.which("gcc")

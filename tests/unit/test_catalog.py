@@ -129,9 +129,11 @@ def test_an_entry_holds_the_key_packages_and_every_package(table):
 
 def test_key_packages_are_found_by_their_normalized_name(table):
     output = json.dumps({"os": "d", "cuda_runtime": "", "debian_packages": 1,
-                         "python": {"version": "3.12.3", "packages": {"NumPy": "2.1.0", "Torch_Vision": "0.2"},
+                         "python": {"version": "3.12.3", "packages": {"NumPy": "2.1.0", "Torch_Vision": "0.2",
+                                                                      "JupyterLab": "4.6.6"},
                                     "torch_archs": []}})
-    assert entry(output=output).key_packages == {"numpy": "2.1.0"}   # torch_vision is not torchvision
+    # torch_vision is not torchvision
+    assert entry(output=output).key_packages == {"numpy": "2.1.0", "jupyterlab": "4.6.6"}
 
 
 # --- gathering from a registry -------------------------------------------------------------------
