@@ -83,6 +83,15 @@ def dlenv(project: Path, *args: str, env: dict | None = None, timeout: int = 300
                           capture_output=True, text=True, timeout=timeout)
 
 
+def dlenv_started(project: Path, *args: str, output: Path, env: dict | None = None) -> subprocess.Popen:
+    """dlenv running in the background, its output going to the file output: for the tests
+    that signal it, or stop what it talks to, while it runs."""
+    environment = dict(os.environ, PYTHONPATH=str(REPO / "src"), **(env or {}))
+    with open(output, "w") as out:
+        return subprocess.Popen([sys.executable, "-m", "dlenv", *args], cwd=project, env=environment,
+                                stdout=out, stderr=subprocess.STDOUT, text=True)
+
+
 def new_project(path: Path, matrix: str, images: dict[str, str] | None = None,
                 recipes: dict[str, str] | None = None) -> Path:
     """A project using the repository's images and recipes, plus extra ones, as a git checkout."""

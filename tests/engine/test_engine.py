@@ -286,7 +286,8 @@ def test_a_registry_password_used_to_push_is_in_no_image(auth_registry, tmp_path
         found += 1
         assert password not in data and token not in data, f"the registry password leaked into {what}"
     # The config and every layer were read (the loop above cannot pass by reading nothing).
-    assert found >= 1 + len(registry.image_manifest(user[0], TINY_REPO, tags[0], user=user[1])["layers"])
+    layers = registry.image_manifest(user[0], TINY_REPO, tags[0], user=user[1])["layers"]
+    assert found >= 1 + len({layer["digest"] for layer in layers})   # an empty layer may be there twice
     # And without the login, the registry refuses: the password really was needed.
     with pytest.raises(Exception):
         registry.tags("127.0.0.1:5001", TINY_REPO, user=("tester", "wrong"))
@@ -549,9 +550,10 @@ def test_base_images_come_through_the_registry_mirror(docker, tmp_path):
     built = dlenv(project, "build", "--build-id", "src", "--no-promote", "--workdir", str(tmp_path / "w0"))
     assert built.returncode == 0, built.stderr[-2000:]
     hub_name = f"dlenv-os-{RUN}:1"
-    docker.image.pull(f"{REGISTRY}/{source_repo}:13.0.2-base-debian12-src", quiet=True)
-    docker.image.tag(f"{REGISTRY}/{source_repo}:13.0.2-base-debian12-src", f"{REGISTRY}/library/{hub_name}")
-    docker.image.push(f"{REGISTRY}/library/{hub_name}", quiet=True)
+    # Copied registry-side, index and attestations with it (the build removed its images from the
+    # engine's store once pushed).
+    docker.buildx.imagetools.create([f"{REGISTRY}/{source_repo}:13.0.2-base-debian12-src"],
+                                    tags=[f"{REGISTRY}/library/{hub_name}"])
     matrix = (TINY.format(registry=REGISTRY, repository=f"{TINY_REPO}-mirrored", stacks="  - []")
               .replace("  debian12: {source: bootstrap, suite: bookworm}\n",
                        f"  hubos: {{source: image, image: \"{hub_name}\", family: debian}}\n"))

@@ -102,12 +102,12 @@ def test_a_missing_or_stale_lock_stops_a_locked_build_before_anything_is_pushed(
         assert out.returncode == 1 and "no lock file" in out.stderr and "nox -s lock" in out.stderr
         # An apt mirror that moved since the lock: a package version the mirror no longer gives.
         data = json.loads(good)
-        packages = data["rootfs"]["debian12"]["packages"]
+        packages = data["rootfs"]["debian12"]["linux/amd64"]["packages"]
         packages[:] = [p if not p.startswith("libc6=") else "libc6=2.0-old" for p in packages]
         path.write_text(json.dumps(data))
         out = dlenv(project, "build", "--locked", "--build-id", "stale", "--workdir", str(tmp_path / "w2"))
         assert out.returncode == 1, out.stderr[-2000:]
-        assert "debian12: 1 packages differ from the lock (libc6 2.0-old ->" in " ".join(out.stderr.split())
+        assert "debian12 linux/amd64: 1 packages differ from the lock (libc6 2.0-old ->" in " ".join(out.stderr.split())
         assert registry.tags(PREFIXED, REPOSITORY) == before
         checked = dlenv(project, "lock", "--check")
         assert checked.returncode == 1 and "libc6 2.0-old ->" in " ".join(checked.stderr.split())
@@ -120,10 +120,9 @@ def test_a_locked_base_image_is_used_by_digest_after_its_tag_moves_upstream(rehe
     # A public base image that a registry mirror serves: the loopback registry plays both.
     hub = f"dlenv-hub-{RUN}:1"
     mirrored = f"{REGISTRY}/library/{hub}"
-    for variant in VARIANTS:
-        docker.image.pull(f"{PREFIXED}/{REPOSITORY}:{variant}-rel", quiet=True)
-    docker.image.tag(f"{PREFIXED}/{REPOSITORY}:{VARIANTS[0]}-rel", mirrored)   # bookworm
-    docker.image.push(mirrored, quiet=True)
+    # Copied registry-side, index and attestations with it (the images are not in the engine's
+    # store: the main job removes them once pushed and tested).
+    docker.buildx.imagetools.create([f"{PREFIXED}/{REPOSITORY}:{VARIANTS[0]}-rel"], tags=[mirrored])   # bookworm
     matrix = RELEASE.replace(f"repository: {REPOSITORY}", f"repository: {REPOSITORY}-pinned").replace(
         "  debian12: {source: bootstrap, suite: bookworm}\n  debian13: {source: bootstrap, suite: trixie}\n",
         f"  hubos: {{source: image, image: \"{hub}\", family: debian}}\n")
@@ -132,8 +131,7 @@ def test_a_locked_base_image_is_used_by_digest_after_its_tag_moves_upstream(rehe
     assert made.returncode == 0, made.stderr[-2000:]
     pinned = lock.read(lock.path_for(project / "matrix.yaml")).images[hub]
     # Upstream rebuilds the tag (here: another Debian release under the same name).
-    docker.image.tag(f"{PREFIXED}/{REPOSITORY}:{VARIANTS[1]}-rel", mirrored)
-    docker.image.push(mirrored, quiet=True)
+    docker.buildx.imagetools.create([f"{PREFIXED}/{REPOSITORY}:{VARIANTS[1]}-rel"], tags=[mirrored])
     _, now = registry.manifest(REGISTRY, f"library/dlenv-hub-{RUN}", "1")
     assert now != pinned
     checked = dlenv(project, "lock", "--check", "--registry-mirror", REGISTRY)
