@@ -18,7 +18,7 @@ from typing import Any
 
 from rich.markup import escape
 
-from dlenv import __version__, compose, config, engine, options, report
+from dlenv import __version__, compose, config, engine, interrupt, options, report
 from dlenv import plan as planmod
 from dlenv.errors import DlenvError
 from dlenv.options import (
@@ -240,6 +240,7 @@ def run_matrix_command(name: str, args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
+    previous = interrupt.install()   # SIGINT and SIGTERM: children stopped, exit 130 or 143
     try:
         if args.command in MATRIX_COMMANDS:
             return run_matrix_command(args.command, args)
@@ -247,6 +248,7 @@ def main(argv: list[str] | None = None) -> int:
     except DlenvError as exc:
         report.error(exc)
         return exc.exit_code
-    except KeyboardInterrupt:
-        report.console.print("dlenv: interrupted")
-        return 130
+    except KeyboardInterrupt as exc:
+        return interrupt.stopped(exc, report.say)
+    finally:
+        interrupt.restore(previous)

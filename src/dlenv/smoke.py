@@ -7,9 +7,12 @@ them; on a host without a GPU, GPU checks are skipped with that reason, never pa
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import io
+import itertools
 import json
+import os
 import shutil
 import subprocess
 import tarfile
@@ -122,15 +125,17 @@ class DockerRunner:
         self.folder = checks_folder()
         weakref.finalize(self, shutil.rmtree, self.folder, True)  # the probe and kernel source, once done
         self.digests: dict[str, str] = {}   # variant -> the digest its checks ran on, for promote
+        self._runs = itertools.count(1)     # names this run's check containers
 
     def _run(self, ref: str, variant: Variant, check: Check) -> Verdict:
         if check.gpu and self.no_gpu:
             return Verdict(variant.id, check.name, "skipped", 0.0, self.no_gpu, True, check.origin)
         started = time.monotonic()
         command = ["-c", f"timeout {check.timeout} sh -c \"$DLENV_CHECK\" 2>&1"]
+        name = f"dlenv-check-{os.getpid()}-{next(self._runs)}"
         try:
             output = self.client.run(
-                ref, command, entrypoint="/bin/sh", remove=True,
+                ref, command, entrypoint="/bin/sh", remove=True, name=name,
                 volumes=[(str(self.folder), CHECKS_MOUNT, "ro")],
                 envs={"DLENV_CHECK": check.run, "DLENV_CUDA": variant.cuda, "DLENV_FLAVOR": variant.flavor},
                 gpus="all" if check.gpu else None)
@@ -138,6 +143,12 @@ class DockerRunner:
         except DockerException as exc:
             code = exc.return_code
             output = (exc.stdout or "") + (exc.stderr or "")
+        except KeyboardInterrupt:
+            # Stopped by a signal: the container goes too (a `docker run` client that is killed
+            # leaves its container running).
+            with contextlib.suppress(DockerException):
+                self.client.container.remove(name, force=True)
+            raise
         seconds = time.monotonic() - started
         status, why = judge(dataclasses.asdict(check), code, output or "")
         text = (output or "").strip()
