@@ -32,7 +32,8 @@ def test_a_plan_that_cannot_fit_says_where_and_how_much(tmp_path):
 def test_the_sampler_sees_the_peak_growth(tmp_path):
     with disk.Sampler(tmp_path, every=0.05) as sampler:
         big = tmp_path / "big"
-        big.write_bytes(b"\0" * 50_000_000)
+        big.write_bytes(b"\1" * 300_000_000)
         time.sleep(0.3)
         big.unlink()
-    assert sampler.growth >= 40_000_000
+    # The whole filesystem is measured: others' writes only add to it; a margin for their deletions.
+    assert sampler.growth >= 200_000_000
