@@ -35,6 +35,9 @@ class _Quiet:
     def node_done(self, node: str, seconds: float | None = None) -> None:
         pass
 
+    def drop(self, variants: set[str]) -> None:
+        pass
+
 
 def export_options(settings: BuildSettings, caps: Capabilities, sbom_scanner: str | None,
                    secret_args: bool = False) -> tuple[graph.Options, list[str]]:
@@ -171,6 +174,7 @@ def run(plan: Plan, request: BuildRequest, board: Board, say: Callable[[str], No
             for (detail, fix), ids in rows.items():
                 warn(f"skipping {len(ids)} variants: {detail}\n  fix: {fix}")
             plan = plan.without(gone)
+            board.drop(set(gone))
             if not plan.variants:
                 raise DlenvError("every selected variant has unreachable sources", "see the fixes above")
             say(f"building the {len(plan.variants)} reachable variants (--strict makes this an error)")
