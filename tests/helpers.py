@@ -24,6 +24,19 @@ if TYPE_CHECKING:
 
 REPO = Path(__file__).resolve().parent.parent
 REGISTRY = engine.DEFAULT_REGISTRY
+# The smallest family: CUDA 13.0.2's base flavor from PyPI on bootstrapped Debian 12; the engine
+# tests give it a registry, a repository of their own and the stacks they need.
+TINY = """
+registry: {registry}
+repository: {repository}
+os:
+  debian12: {{source: bootstrap, suite: bookworm}}
+cuda:
+  "13.0.2": {{source: pip}}
+flavors: [base]
+stacks:
+{stacks}
+"""
 # Debian's browser and its driver, for the tests of pages (conftest.py installs them as root).
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 

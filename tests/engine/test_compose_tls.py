@@ -15,20 +15,8 @@ import yaml
 from tlsproxy import InterceptingProxy, PackageIndex, make_ca, mint, wheel
 
 from dlenv import compose, engine
-from helpers import REGISTRY, RUN, dlenv, new_project
+from helpers import REGISTRY, RUN, TINY, dlenv, new_project
 
-# The family's smallest image with Python: CUDA base from PyPI, then the python recipe.
-MATRIX = """
-registry: {registry}
-repository: {repository}
-os:
-  debian12: {{source: bootstrap, suite: bookworm}}
-cuda:
-  "13.0.2": {{source: pip}}
-flavors: [base]
-stacks:
-  - [python]
-"""
 BUILD = "tls"
 TAG = f"13.0.2-base-debian12-py-{BUILD}"   # the immutable tag of its one variant
 INDEX_HOST = "pypi.dlenv.test"            # resolved by nobody but the proxy
@@ -38,7 +26,8 @@ PROJECT = "dlenv-probe"
 @pytest.fixture(scope="module")
 def python_family(docker, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("tls-family")
-    project = new_project(tmp / "project", MATRIX.format(registry=REGISTRY, repository=f"test/compose-tls-{RUN}"))
+    project = new_project(tmp / "project", TINY.format(registry=REGISTRY, repository=f"test/compose-tls-{RUN}",
+                                                                  stacks="  - [python]"))
     out = dlenv(project, "build", "--build-id", BUILD, "--no-promote", "--workdir", str(tmp / "work"))
     assert out.returncode == 0, out.stderr[-3000:]
     return project / "matrix.yaml"

@@ -22,7 +22,7 @@ import yaml
 from netserver import MirrorProxy
 
 from dlenv import engine, hostconf, registry
-from helpers import REGISTRY, REPO, RUN, dlenv, layers_and_configs, leaks, marker_bundle, new_project, sh, write
+from helpers import REGISTRY, REPO, RUN, TINY, dlenv, layers_and_configs, leaks, marker_bundle, new_project, sh, write
 
 BUILD_ID = "test-" + time.strftime("%Y%m%d")
 FAMILY_REPO = f"dlenv-test/family-{RUN}"
@@ -33,17 +33,6 @@ FAMILY = (REPO / "tests/family.yaml").read_text().replace("repository: dlenv-tes
 VARIANTS = ["13.0.2-runtime-debian12", "13.0.2-runtime-debian12-py-ssh",
             "13.0.2-devel-debian12", "13.0.2-devel-debian12-py-ssh", "13.0.2-runtime-debian12-py-torch"]
 
-TINY = """
-registry: {registry}
-repository: {repository}
-os:
-  debian12: {{source: bootstrap, suite: bookworm}}
-cuda:
-  "13.0.2": {{source: pip}}
-flavors: [base]
-stacks:
-{stacks}
-"""
 
 
 @pytest.fixture(scope="session")

@@ -27,6 +27,7 @@ from helpers import (
     REGISTRY,
     REPO,
     RUN,
+    TINY,
     dlenv,
     layer_files,
     layers_and_configs,
@@ -39,18 +40,7 @@ from helpers import (
 
 REPOSITORY = f"dlenv-test/jupyter-{RUN}"
 BUILD_ID = "jupyter"
-MATRIX = f"""
-registry: {REGISTRY}
-repository: {REPOSITORY}
-os:
-  debian12: {{source: bootstrap, suite: bookworm}}
-cuda:
-  "13.0.2": {{source: pip}}
-flavors: [base]
-stacks:
-  - [python, jupyter]
-  - [ssh]
-"""
+MATRIX = TINY.format(registry=REGISTRY, repository=REPOSITORY, stacks="  - [python, jupyter]\n  - [ssh]")
 JUPYTER, SSH = "13.0.2-base-debian12-py-jupyter", "13.0.2-base-debian12-ssh"
 UID, GID = 4242, 4243
 # Where Jupyter reads its configuration (`jupyter --paths` in the image: the venv's, the

@@ -16,21 +16,10 @@ from dlenv import bake, config, plan
 from dlenv.isolate import isolate
 from dlenv.results import Result
 from dlenv.selection import Selection
-from helpers import BUILD, MIRRORS, new_project
+from helpers import BUILD, MIRRORS, REGISTRY, TINY, new_project
 
 DATA = Path(__file__).parent / "data" / "isolate"
 
-TINY = """
-registry: 127.0.0.1:5000
-repository: test/isolate
-os:
-  debian12: {{source: bootstrap, suite: bookworm}}
-cuda:
-  "13.0.2": {{source: pip}}
-flavors: [base]
-stacks:
-{stacks}
-"""
 IMAGES = {"broken": "FROM base\nRUN echo 'about to fail: dlenv-broken-marker' && exit 3\n",
           "leafbad": "FROM base\nRUN echo 'a leaf fails: dlenv-leaf-marker' && exit 4\n",
           "marker": "FROM base\nRUN echo built > /dlenv-marker\n"}
@@ -70,7 +59,7 @@ class Replay:
 
 
 def family(tmp_path: Path, name: str) -> plan.Plan:
-    matrix = TINY.format(stacks="".join(f"  - {s}\n" for s in STACKS[name]))
+    matrix = TINY.format(registry=REGISTRY, repository="test/isolate", stacks="".join(f"  - {s}\n" for s in STACKS[name]))
     project = new_project(tmp_path / name, matrix, images=IMAGES, recipes=RECIPES)
     return plan.expand(config.load(project / "matrix.yaml", root=project), BUILD, MIRRORS, Selection())
 
