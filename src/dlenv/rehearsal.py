@@ -10,7 +10,6 @@ Each step is shown as the command line the workflow runs, derived from its reque
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -62,19 +61,16 @@ def run(plan_request: PlanRequest, request: RehearseRequest) -> int:
     cache = request.cache or f"{family.matrix.model.registry}/{family.matrix.model.repository}-cache"
     steps: list[Step] = []
 
-    # The plan job: the shard matrix, written as `shards --github-output` writes it.
-    output = work / "github-output"
+    # The plan job: the shard matrix release.yml's build jobs get (the shards stage's front door,
+    # as `shards --github-output` calls it).
     wanted = ShardsRequest(count=request.shards, github_output=True)
+    parts: list[dict] = []
 
     def plan_job() -> int:
-        output.write_text(f"matrix={json.dumps(shards.matrix(family, wanted.count), separators=(',', ':'))}\n")
+        parts.extend(shards.matrix(family, wanted.count)["include"])
         return 0
 
     steps.append(_call("plan", "shards", plan_request, wanted, plan_job))
-    lines = [line for line in output.read_text().splitlines() if line.startswith("matrix=")] \
-        if steps[-1].rc == 0 else []
-    parts = json.loads(lines[-1].removeprefix("matrix="))["include"] if lines else []
-
     for index, entry in enumerate(parts):
         part = replace(plan_request, shard=entry["shard"])
         build = BuildRequest(cache=cache, locked=True, no_promote=True, workdir=work / f"build-{index}",
