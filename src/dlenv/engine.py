@@ -13,6 +13,7 @@ need no copy of it); where it cannot, it says why and how to fix it.
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import platform as host_info
@@ -28,9 +29,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from dlenv import hostconf
+from dlenv import hostconf, retry
 from dlenv.errors import EngineError
-from dlenv.registry import base_url
+from dlenv.registry import base_url, ping
 
 DEFAULT_REGISTRY = "127.0.0.1:5000"
 MIN_BUILDX = (0, 13)
@@ -78,6 +79,11 @@ def _probe(host: str) -> str | None:
     except (OSError, subprocess.TimeoutExpired):
         return None
     return out.stdout.strip() if out.returncode == 0 and out.stdout.strip() else None
+
+
+def answers(host: str) -> bool:
+    """Whether an engine answers at host (after a failure: is it the engine that went away?)."""
+    return _probe(host) is not None
 
 
 def _candidates() -> list[str]:
@@ -340,8 +346,14 @@ def ensure_registry(registry: str, say: Say = print) -> None:
     if registry_answers(registry):
         return
     if registry.split("/")[0] != DEFAULT_REGISTRY:
-        raise EngineError(f"registry {registry} is unreachable",
-                          "start it, log in, or set `registry:` in matrix.yaml / --registry")
+        try:   # one that answers 5xx or 429 for a moment, or drops the connection, is asked again
+            ping(registry)
+            return
+        except (OSError, http.client.HTTPException) as exc:
+            answered = f" (it answered {exc.code} {exc.reason}{retry.attempts(exc)})" \
+                if isinstance(exc, urllib.error.HTTPError) else ""
+            raise EngineError(f"registry {registry} is unreachable{answered}",
+                              "start it, log in, or set `registry:` in matrix.yaml / --registry") from None
     if not shutil.which("docker-registry"):
         install(say)
     state = state_dir()

@@ -4,7 +4,9 @@ A tag is a promise: an immutable tag never moves to another image. A builder tha
 builds keeps one by not building its variant again; with the docker driver bake exports to the
 engine's store, and dlenv pushes each variant's immutable tag itself, one after another (shared
 layers are uploaded once), unless the registry already holds the same image under it. Floating
-tags move later, in release, once the smoke checks pass.
+tags move later, in release, once the smoke checks pass. A push that fails for a moment is tried
+again (retry.py); a registry that stopped answering stops the run in one line (what was pushed
+stays pushed, and the rerun pushes the rest).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import time
 from python_on_whales import DockerClient
 from python_on_whales.exceptions import DockerException
 
-from dlenv import graph, registry
+from dlenv import engine, graph, registry, retry
 from dlenv.errors import DlenvError
 from dlenv.plan import Plan, Variant
 from dlenv.results import Board, Result
@@ -97,11 +99,18 @@ class Publisher:
         """Push a variant's immutable tag (floating tags move only after its smoke checks pass)."""
         ref = self.plan.ref(variant.immutable)
         try:
-            self.client.image.push(ref, quiet=True)
+            retry.call(lambda: self.client.image.push(ref, quiet=True), is_transient=_transient_push)
         except DockerException as exc:
-            stderr = exc.stderr.decode(errors="replace") if isinstance(exc.stderr, bytes) else (exc.stderr or "")
-            return f"pushing {ref} failed: " + (stderr.strip().splitlines() or ["?"])[-1]
+            return f"pushing {ref} failed{retry.attempts(exc)}: " + (_stderr(exc).strip().splitlines() or ["?"])[-1]
         return None
+
+    def _stopped(self, variant: Variant, error: str) -> None:
+        """A push or a read that failed because the registry no longer answers ends the run here:
+        every later variant would fail the same way, and nothing may be promoted."""
+        reg = self.plan.matrix.model.registry
+        if not engine.registry_answers(reg):
+            raise DlenvError(f"the registry {reg} stopped answering while dlenv pushed {variant.id}: {error}",
+                             "start it again and rerun: what was pushed stays, the rest is pushed then")
 
     def finish(self, variant: Variant, meta: dict, seconds: float) -> Result:
         """A variant bake built: pushed where dlenv pushes (guarded), sized, its Result.
@@ -118,6 +127,7 @@ class Publisher:
             digest = kept
             seconds += time.monotonic() - started
             if error:
+                self._stopped(variant, error)
                 return Result(variant.id, "failed", error=error, node=variant.node, seconds=seconds)
         size = None
         model = self.plan.matrix.model
@@ -133,15 +143,32 @@ class Publisher:
 
 
 def forget(plan: Plan, client: DockerClient | None = None) -> int:
-    """Remove the family's images from the engine's store once they are pushed (and tested):
+    """Remove this run's images from the engine's store once they are pushed (and tested):
     the registry and the build cache keep what a rerun needs; an unpacked copy of every
     variant in the store is the largest thing on the data root. Returns how many went."""
     client = client or DockerClient()
     gone = 0
-    for image in client.image.list(repository_or_tag=plan.image):
+    # This run's own tags only: another run on this engine may be building the same repository.
+    for ref in sorted({plan.ref(tag) for variant in plan.variants for tag in variant.tags}):
         try:
-            client.image.remove(image, force=True)
+            client.image.remove(ref, force=True)
             gone += 1
         except DockerException:
-            pass   # in use by a container the user started: theirs to keep
+            pass   # not in the store, or in use by a container the user started: theirs to keep
     return gone
+
+
+def _stderr(exc: DockerException) -> str:
+    return exc.stderr.decode(errors="replace") if isinstance(exc.stderr, bytes) else (exc.stderr or "")
+
+
+# What `docker push` prints when the registry failed for a moment (the engine retries each layer
+# a few times itself; a manifest it does not).
+_PUSH_TRANSIENT = ("500 Internal Server Error", "502 Bad Gateway", "503 Service Unavailable", "504 Gateway",
+                   "toomanyrequests", "429 Too Many Requests", "connection refused", "connection reset",
+                   "EOF", "i/o timeout", "TLS handshake timeout")
+
+
+def _transient_push(exc: BaseException) -> bool:
+    return isinstance(exc, DockerException) and any(text in _stderr(exc) for text in _PUSH_TRANSIENT)
+

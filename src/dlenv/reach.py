@@ -7,13 +7,14 @@ Variants whose sources do not answer are left out with the reason and the settin
 
 from __future__ import annotations
 
+import http.client
 import subprocess
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from dlenv import engine, hostconf
+from dlenv import engine, hostconf, retry
 from dlenv.hostconf import Network
 from dlenv.plan import LeftOut, Plan, Variant
 
@@ -49,13 +50,15 @@ def image_ok(image: str, network: Network) -> tuple[bool, str]:
 
 
 def _url_ok(url: str, network: Network) -> tuple[bool, str]:
+    """Whether url answers; a mirror that drops a connection or answers 5xx for a moment is
+    asked again (retry.py) before it is called unreachable."""
     try:
-        with network.urlopen(url, timeout=15) as response:
+        with retry.call(lambda: network.urlopen(url, timeout=15)) as response:
             return True, f"HTTP {response.status}"
     except urllib.error.HTTPError as exc:
-        return False, f"HTTP {exc.code}"
-    except (OSError, ValueError) as exc:
-        return False, str(getattr(exc, "reason", exc))[:160]
+        return False, f"HTTP {exc.code}{retry.attempts(exc)}"
+    except (OSError, ValueError, http.client.HTTPException) as exc:
+        return False, f"{str(getattr(exc, 'reason', exc)) or exc.__class__.__name__}"[:160] + retry.attempts(exc)
 
 
 def sources(plan: Plan, variant: Variant) -> list[Source]:

@@ -5,13 +5,15 @@ what was pushed (compressed size = what users download), to retag, and by the te
 back. Below the engine: it imports nothing that drives one. A registry may carry a path
 (host/team): repositories live under it. Credentials come from the Docker client's config, as
 `docker login` left them (plain or through a credential helper), and are traded for a token
-where the registry asks for one (Bearer).
+where the registry asks for one (Bearer). A registry that answers 5xx or 429, is slow past the
+timeout or drops the connection is asked again with backoff (retry.py), then the error is raised.
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
+import http.client
 import json
 import os
 import re
@@ -23,6 +25,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from dlenv import retry
 from dlenv.errors import DlenvError
 
 ACCEPT = ", ".join([
@@ -31,6 +34,9 @@ ACCEPT = ", ".join([
     "application/vnd.docker.distribution.manifest.list.v2+json",
     "application/vnd.docker.distribution.manifest.v2+json",
 ])
+
+
+TIMEOUT = 30   # seconds one request may take before it is given up (and tried again)
 
 
 def base_url(registry: str) -> str:
@@ -89,12 +95,13 @@ def _bearer(challenge: str, user: tuple[str, str] | None) -> str | None:
 
 
 def _open(registry: str, path: str, accept: str = ACCEPT, method: str = "GET", data: bytes | None = None,
-          content_type: str | None = None, user: tuple[str, str] | None = None, timeout: int = 30):
+          content_type: str | None = None, user: tuple[str, str] | None = None, timeout: float = TIMEOUT):
     """A response for /v2/<the registry's path prefix>/<path>, logged in the way the registry asks."""
     host, _, prefix = registry.partition("/")
     url = path if path.startswith(("http://", "https://")) else f"{base_url(host)}/v2/{prefix + '/' if prefix else ''}{path}"
     user = user or _credentials(host)
     headers = {"Accept": accept, **({"Content-Type": content_type} if content_type else {})}
+
     auth = _basic(user) if user else None
     for _ in range(2):
         request = urllib.request.Request(url, method=method, data=data, headers=headers)
@@ -111,14 +118,34 @@ def _open(registry: str, path: str, accept: str = ACCEPT, method: str = "GET", d
 
 
 def _request(registry: str, path: str, accept: str = ACCEPT, method: str = "GET", data: bytes | None = None,
-             content_type: str | None = None, user: tuple[str, str] | None = None) -> tuple[bytes, dict]:
-    with _open(registry, path, accept, method, data, content_type, user) as response:
-        return response.read(), dict(response.headers)
+             content_type: str | None = None, user: tuple[str, str] | None = None,
+             timeout: float | None = None) -> tuple[bytes, dict]:
+    """The body and headers of one request, asked again (retry.py) while the registry answers
+    5xx or 429, stalls past the timeout or drops the connection. Every request dlenv makes is
+    safe to repeat: reads, and PUTs of content named by its digest."""
+    def once() -> tuple[bytes, dict]:
+        with _open(registry, path, accept, method, data, content_type, user, timeout or TIMEOUT) as response:
+            return response.read(), dict(response.headers)
+
+    return retry.call(once)
 
 
 def _get(registry: str, path: str, accept: str = ACCEPT, user: tuple[str, str] | None = None) -> tuple[dict, dict]:
     body, headers = _request(registry, path, accept, user=user)
     return (json.loads(body) if body else {}), headers
+
+
+def ping(registry: str) -> None:
+    """Return when the registry answers its API root (a 401 counts: it is there and wants a
+    login); raise urllib's error, after retries, when it does not."""
+    def once() -> None:
+        try:
+            urllib.request.urlopen(f"{base_url(registry)}/v2/", timeout=TIMEOUT).close()
+        except urllib.error.HTTPError as exc:
+            if exc.code != 401:
+                raise
+
+    retry.call(once)
 
 
 def tags(registry: str, repository: str, user: tuple[str, str] | None = None) -> list[str]:
@@ -144,10 +171,11 @@ def reading(registry: str) -> Iterator[None]:
     try:
         yield
     except urllib.error.HTTPError as exc:
-        raise DlenvError(f"the registry {registry} answered {exc.code} {exc.reason} for {exc.url}",
-                         "check the registry and its login (docker login)") from None
-    except OSError as exc:  # URLError, timeouts, refused connections
-        raise DlenvError(f"cannot reach the registry {registry}: {exc}",
+        raise DlenvError(f"the registry {registry} answered {exc.code} {exc.reason} for {exc.url}"
+                         f"{retry.attempts(exc)}", "check the registry and its login (docker login)") from None
+    except (OSError, http.client.HTTPException) as exc:  # URLError, timeouts, refused or dropped connections
+        raise DlenvError(f"cannot reach the registry {registry}{retry.attempts(exc)}: "
+                         f"{exc or exc.__class__.__name__}",
                          "start it (`dlenv engine up`) or name the right one with --registry") from None
     except ValueError as exc:  # an answer that is not JSON
         raise DlenvError(f"the registry {registry} answered something unreadable: {exc}",
@@ -235,18 +263,16 @@ def compressed_size(registry: str, repository: str, reference: str, platform: st
 
 
 def blob(registry: str, repository: str, digest: str, user: tuple[str, str] | None = None) -> bytes:
-    with _open(registry, f"{repository}/blobs/{digest}", "*/*", user=user, timeout=120) as response:
-        return response.read()
+    return _request(registry, f"{repository}/blobs/{digest}", "*/*", user=user, timeout=4 * TIMEOUT)[0]
 
 
 def push_blob(registry: str, repository: str, data: bytes, media_type: str) -> dict:
     """Upload data as a blob (monolithic: POST, then PUT with its digest); its descriptor."""
     found = "sha256:" + hashlib.sha256(data).hexdigest()
-    with _open(registry, f"{repository}/blobs/uploads/", "*/*", method="POST", data=b"") as response:
-        location = response.headers["Location"]
+    location = _request(registry, f"{repository}/blobs/uploads/", "*/*", method="POST", data=b"")[1]["Location"]
     upload = location if location.startswith("http") else f"{base_url(registry.partition('/')[0])}{location}"
-    _open(registry, f"{upload}{'&' if '?' in upload else '?'}digest={found}", "*/*", method="PUT", data=data,
-          content_type="application/octet-stream", timeout=60).close()
+    _request(registry, f"{upload}{'&' if '?' in upload else '?'}digest={found}", "*/*", method="PUT", data=data,
+             content_type="application/octet-stream", timeout=2 * TIMEOUT)
     return {"mediaType": media_type, "digest": found, "size": len(data)}
 
 

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from dlenv import release
-from dlenv.errors import DlenvError
+from dlenv.errors import ConfigError
 
 
 def write(path, data):
@@ -40,12 +40,19 @@ def test_one_variant_tested_at_two_digests_counts_as_untested_digest(tmp_path):
     assert release.read_verdicts([a, b])[1] == {"v": ""}
 
 
-def test_a_file_that_is_not_a_smoke_result_is_one_clear_error(tmp_path):
-    with pytest.raises(DlenvError, match="not a smoke result"):
+def test_a_file_that_is_not_a_smoke_result_is_bad_input_naming_it(tmp_path):
+    with pytest.raises(ConfigError, match="x.json: verdicts: not a smoke result"):
         release.read_verdicts([write(tmp_path / "x.json", {"promotions": []})])
     (tmp_path / "y.json").write_text("{not json")
-    with pytest.raises(DlenvError, match="y.json: not a smoke result"):
+    with pytest.raises(ConfigError, match="y.json:1: verdicts: not a smoke result"):
         release.read_verdicts([tmp_path / "y.json"])
+    # A result cut short (a job killed while writing it): the line where it stops.
+    whole = json.dumps({"digests": {"v": "sha256:1"}, "verdicts": [{"variant": "v", "check": "c", "status": "passed"}]},
+                       indent=1)
+    (tmp_path / "z.json").write_text(whole[: len(whole) // 2])
+    with pytest.raises(ConfigError, match="z.json:[0-9]+: verdicts: not a smoke result") as err:
+        release.read_verdicts([tmp_path / "z.json"])
+    assert err.value.exit_code == 2
 
 
 @pytest.mark.parametrize("statuses, why", [([], "not smoke-tested"), (["passed", "failed"], "failed"),
