@@ -6,6 +6,10 @@ reads that text into an Outcome: the target whose step failed first, with that s
 lines, and when each target was exported. Every line also goes to the build log, under a
 `### bake TARGETS` header per bake. Also here: what a buildx builder can do (Capabilities) and
 the folder bake runs in (bake files name contexts relative to the project).
+
+A bake that failed because the engine went away, or because a disk filled up, is not a failing
+node: it stops the run at once, in one line (EngineError, disk.Full), without probing every node
+again against an engine that cannot build.
 """
 
 from __future__ import annotations
@@ -22,7 +26,8 @@ from pathlib import Path
 from python_on_whales import DockerClient
 from python_on_whales.exceptions import DockerException
 
-from dlenv.errors import DlenvError
+from dlenv import disk, engine
+from dlenv.errors import ConfigError, DlenvError, EngineError
 
 VERTEX = re.compile(r"^#(\d+) \[([^\] ]+)[^\]]*\] (.*)$")
 STATE = re.compile(r"^#(\d+) (DONE [\d.]+s|CACHED|ERROR:? .*|CANCELED)$")
@@ -119,6 +124,7 @@ def run(file: Path, targets: list[str], root: Path, log: Path, builder: str | No
     if metadata:
         metadata.unlink(missing_ok=True)
     progress = Progress(step, done=done)
+    stderr = ""
     env = {"BUILDX_BAKE_ENTITLEMENTS_FS": "0"}  # newer buildx asks before reading outside the context
     with open(log, "a") as out, working_dir(root):
         out.write(f"\n### bake {' '.join(targets)}\n")
@@ -130,11 +136,41 @@ def run(file: Path, targets: list[str], root: Path, log: Path, builder: str | No
                 out.write(line + "\n")
                 progress.read(line)
         except DockerException as exc:
-            progress.failed(exc.stderr.decode(errors="replace") if isinstance(exc.stderr, bytes) else (exc.stderr or ""))
+            stderr = exc.stderr.decode(errors="replace") if isinstance(exc.stderr, bytes) else (exc.stderr or "")
+            progress.failed(stderr)
     outcome = progress.outcome
+    if not outcome.ok:
+        _stopped([*outcome.error_lines, *stderr.splitlines()[-8:]], targets, log)
     if outcome.ok and metadata and metadata.exists():
-        outcome.metadata = json.loads(metadata.read_text())
+        outcome.metadata = read_metadata(metadata)
     return outcome
+
+
+def _stopped(lines: list[str], targets: list[str], log: Path) -> None:
+    """Raise when the bake failed (lines: its error) for a reason no node is to blame for: no
+    space left, or an engine that no longer answers."""
+    full = disk.full_folder(lines)
+    if full is not None:
+        raise disk.Full(full)
+    host = os.environ.get("DOCKER_HOST", "")
+    if host and not engine.answers(host):
+        raise EngineError(f"the engine at {host} stopped answering during the bake of {' '.join(targets)} "
+                          f"(log: {log})",
+                          "start it again (`dlenv engine up` for dlenv's own) and rerun: what finished is in its "
+                          "build cache and is not built again")
+
+
+def read_metadata(path: Path) -> dict:
+    """buildx's record of what it built; a file cut short or damaged is one line naming it."""
+    try:
+        data = json.loads(path.read_text())
+        if not isinstance(data, dict):
+            raise ValueError(f"a JSON {type(data).__name__}, not an object")
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        line = exc.lineno if isinstance(exc, json.JSONDecodeError) else None
+        raise ConfigError(str(path), line, "metadata", f"buildx's metadata file cannot be read ({exc}); nothing "
+                          "was pushed: run the build again") from None
+    return data
 
 
 @dataclass(frozen=True)

@@ -201,8 +201,11 @@ def run(plan: Plan, request: BuildRequest, board: Board, say: Callable[[str], No
         options, notes = export_options(plan.matrix.model.build, caps, scanner, graph.credentials_in_args(plan))
         for note in notes:
             warn(note)
-    results = Builder(plan, request.workdir, "load" if request.load else "push", graph.secrets(plan),
-                      request.builder, board, say, options).run()
+    try:
+        results = Builder(plan, request.workdir, "load" if request.load else "push", graph.secrets(plan),
+                          request.builder, board, say, options).run()
+    except disk.Full as full:   # --force, or an estimate that was low: the same figures, now
+        raise full.explained(engine.state_dir(), room) from None
     results += [Result(left.id, "skipped", error=f"unreachable: {left.detail}")
                 for left in plan.left_out if left.reason == "unreachable"]
     return BuildReport(plan, tuple(results), len(fresh))

@@ -5,16 +5,22 @@ seconds, and keeps the peak growth. At the end the growth per variant built afre
 in the data root (`disk.json`). Before a build, the variants whose immutable tag the registry
 lacks are counted and multiplied by that figure (or, on a machine with no record yet, by the
 one measured for this project, docs/benchmarks.md): a plan that cannot fit stops with one line
-before anything runs, instead of failing at "no space left on device" twenty minutes in.
+before anything runs, instead of failing at "no space left on device" twenty minutes in. A
+bake that runs out of space all the same (the estimate was low, or --force) stops at once with
+the same figures (`Full`): nothing is pushed or promoted, and what finished stays in the cache.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import re
 import shutil
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+
+from dlenv.errors import DlenvError
 
 # Peak growth of the data root per variant built afresh, measured on the repository's family
 # (docs/benchmarks.md, "Disk"); used until this machine has a record of its own.
@@ -61,6 +67,46 @@ def per_variant(root: Path) -> tuple[int, str]:
 def estimate(root: Path, fresh: int) -> Estimate:
     each, basis = per_variant(root)
     return Estimate(each * fresh, shutil.disk_usage(_existing(root)).free, fresh, each, basis)
+
+
+NO_SPACE = "no space left on device"
+
+
+def full_folder(lines: list[str]) -> Path | None:
+    """The folder a build's error says ran out of space (Path("") where it names none), or None
+    when it is not that error."""
+    text = "\n".join(lines)
+    if NO_SPACE not in text.lower():
+        return None
+    named = re.search(r"(/[^\s:'\"]+)[^\n/]*?: " + NO_SPACE, text, re.IGNORECASE)
+    return Path(named.group(1)) if named else Path("")
+
+
+def mount_of(path: Path) -> Path:
+    path = _existing(path.resolve())
+    while not os.path.ismount(path):
+        path = path.parent
+    return path
+
+
+class Full(DlenvError):
+    """A build ran out of space in folder (Path("") when its error named none)."""
+
+    def __init__(self, folder: Path):
+        super().__init__(f"no space left on device in {folder or 'the engine'}")
+        self.folder = folder
+
+    def explained(self, root: Path, room: Estimate) -> DlenvError:
+        """The one line for the user: which folder filled up, what is free there and what the
+        build needs (room: disk.estimate for the data root root)."""
+        where = self.folder if self.folder.is_absolute() else root
+        folder = root if where.is_relative_to(root) else mount_of(where)
+        free = shutil.disk_usage(_existing(folder)).free
+        return DlenvError(f"the build ran out of space in {folder} ({NO_SPACE}: {where}): {free / GB:.1f} GB free "
+                          f"there; building {room.fresh} variants afresh needs about {room.need / GB:.1f} GB "
+                          f"({room.per_variant / GB:.1f} GB each, {room.basis})",
+                          "free space there and rerun (nothing was pushed or promoted; finished steps are kept "
+                          "in the build cache)")
 
 
 def record(root: Path, growth: int, fresh: int, when: str) -> None:

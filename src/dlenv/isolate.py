@@ -37,6 +37,13 @@ def first_failing(chain: list[str], probe: Bake) -> tuple[str, list[str]] | None
     return None
 
 
+def sources(plan: Plan) -> str:
+    """Where a node's apt and pip steps fetch from, for the end of its error: a mirror that
+    dropped connections past apt's and pip's own retries is named by what they print, or here."""
+    apt = plan.mirrors.apt or plan.mirrors.bootstrap_apt or "the base image's own apt sources"
+    return f"(its sources: apt {apt}, pip {plan.mirrors.pypi or 'the default index (PyPI)'})"
+
+
 def failure(variant: Variant, node: str, lines: list[str]) -> Result:
     if node == variant.node:
         return Result(variant.id, "failed", error="\n".join(lines[-10:]), node=node)
@@ -86,5 +93,5 @@ def isolate(plan: Plan, variants: list[Variant], bake: Bake, probe: Bake, broken
                 settle(Result(variant.id, "failed", error="\n".join(run.error_lines[-10:]), node=variant.node))
                 continue
         node, lines = culprit
-        broken[node] = lines
+        broken[node] = [*lines, sources(plan)]
         found(node)
