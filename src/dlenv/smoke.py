@@ -1,8 +1,9 @@
 """Run each variant's checks in its image and say, per check, passed, failed or skipped.
 
 A variant's checks are inherited along its chain (global, CUDA flavors, recipes). The `docker`
-runner starts one container per check with python-on-whales, GPUs given where the host has
-them; on a host without a GPU, GPU checks are skipped with that reason, never passed.
+runner starts one container per variant with python-on-whales, GPUs given where the host has
+them, and checks/batch.sh runs each check in it with its own time limit; on a host without a
+GPU, GPU checks are skipped with that reason, never passed.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import io
 import itertools
 import json
 import os
+import secrets
 import shutil
 import subprocess
 import tarfile
@@ -58,11 +60,12 @@ class Verdict:
 
 
 def checks_folder() -> Path:
-    """What /dlenv-checks holds: the CUDA probe (built here), the test kernel's source, the
-    pytorch recipe's torch_checks.py, the jupyter recipe's jupyter_checks.py, and gpuarch.py,
-    so checks judge a GPU against an architecture list by doctor's own rule."""
+    """What /dlenv-checks holds: the batch runner, the CUDA probe (built here), the test
+    kernel's source, the pytorch recipe's torch_checks.py, the jupyter recipe's
+    jupyter_checks.py, and gpuarch.py, so checks judge a GPU against an architecture list by
+    doctor's own rule."""
     folder = Path(tempfile.mkdtemp(prefix="dlenv-checks-"))
-    for name in ("kernel.cu", "torch_checks.py", "jupyter_checks.py"):
+    for name in ("kernel.cu", "torch_checks.py", "jupyter_checks.py", "batch.sh"):
         shutil.copy(CHECKS_DIR / name, folder / name)
     shutil.copy(gpuarch.__file__, folder / "gpuarch.py")
     compiler = shutil.which("cc") or shutil.which("gcc")
@@ -127,33 +130,47 @@ class DockerRunner:
         self.digests: dict[str, str] = {}   # variant -> the digest its checks ran on, for promote
         self._runs = itertools.count(1)     # names this run's check containers
 
-    def _run(self, ref: str, variant: Variant, check: Check) -> Verdict:
-        if check.gpu and self.no_gpu:
-            return Verdict(variant.id, check.name, "skipped", 0.0, self.no_gpu, True, check.origin)
-        started = time.monotonic()
-        command = ["-c", f"timeout {check.timeout} sh -c \"$DLENV_CHECK\" 2>&1"]
+    def _batch(self, ref: str, variant: Variant, checks: list[Check]) -> list[Verdict]:
+        """All checks that can run here, in one container (checks/batch.sh); GPU checks are
+        skipped on a host without a GPU, with that reason."""
+        runnable = [c for c in checks if not (c.gpu and self.no_gpu)]
+        marker = f"@@dlenv-check-{secrets.token_hex(8)}"
+        envs = {"DLENV_CHECKS": str(len(runnable)), "DLENV_MARKER": marker,
+                "DLENV_CUDA": variant.cuda, "DLENV_FLAVOR": variant.flavor}
+        for i, check in enumerate(runnable, 1):
+            envs |= {f"DLENV_CHECK_{i}": check.run, f"DLENV_TIMEOUT_{i}": str(check.timeout)}
         name = f"dlenv-check-{os.getpid()}-{next(self._runs)}"
+        code, ended = 0, ""
         try:
             output = self.client.run(
-                ref, command, entrypoint="/bin/sh", remove=True, name=name,
-                volumes=[(str(self.folder), CHECKS_MOUNT, "ro")],
-                envs={"DLENV_CHECK": check.run, "DLENV_CUDA": variant.cuda, "DLENV_FLAVOR": variant.flavor},
-                gpus="all" if check.gpu else None)
-            code = 0
+                ref, [f"{CHECKS_MOUNT}/batch.sh"], entrypoint="/bin/sh", remove=True, name=name,
+                volumes=[(str(self.folder), CHECKS_MOUNT, "ro")], envs=envs,
+                gpus="all" if any(c.gpu for c in runnable) else None) if runnable else ""
         except DockerException as exc:
-            code = exc.return_code
-            output = (exc.stdout or "") + (exc.stderr or "")
+            code, output = exc.return_code, (exc.stdout or "") + (exc.stderr or "")
+            ended = f"the check container ended before this check did (exit {code}): {(exc.stderr or '').strip()[-300:]}"
         except KeyboardInterrupt:
             # Stopped by a signal: the container goes too (a `docker run` client that is killed
             # leaves its container running).
             with contextlib.suppress(DockerException):
                 self.client.container.remove(name, force=True)
             raise
-        seconds = time.monotonic() - started
-        status, why = judge(dataclasses.asdict(check), code, output or "")
-        text = (output or "").strip()
-        return Verdict(variant.id, check.name, status, seconds, f"{why}\n{text}".strip() if why else text,
-                       check.gpu, check.origin)
+        results = batch_results(output or "", marker)
+        verdicts = []
+        for i, check in enumerate(checks):
+            if check.gpu and self.no_gpu:
+                verdicts.append(Verdict(variant.id, check.name, "skipped", 0.0, self.no_gpu, True, check.origin))
+                continue
+            n = runnable.index(check) + 1
+            if n not in results:
+                verdicts.append(Verdict(variant.id, check.name, "failed", 0.0, ended or "no result", check.gpu,
+                                        check.origin))
+                continue
+            exit_code, seconds, text = results[n]
+            status, why = judge(dataclasses.asdict(check), exit_code, text)
+            verdicts.append(Verdict(variant.id, check.name, status, seconds,
+                                    f"{why}\n{text}".strip() if why else text, check.gpu, check.origin))
+        return verdicts
 
     def variant(self, variant: Variant) -> list[Verdict]:
         digest = pushed_digest(self.plan, variant)
@@ -169,7 +186,7 @@ class DockerRunner:
             return [Verdict(**{**v, "proven": earlier["tested_at"]}) for v in earlier["verdicts"]]
         if not available(self.client, ref):
             return [Verdict(variant.id, "image is available", "failed", 0.0, missing(ref), False, "dlenv")]
-        verdicts = [self._run(ref, variant, check) for check in variant.checks]
+        verdicts = self._batch(ref, variant, list(variant.checks))
         problems = label_problems(self.client, ref, variant)
         verdicts.append(Verdict(variant.id, "labels are present and match the variant",
                                 "failed" if problems else "passed", 0.0, problems, False, "dlenv"))
@@ -179,6 +196,20 @@ class DockerRunner:
             except DlenvError:
                 pass   # a registry that keeps no record costs a re-test next time, nothing else
         return verdicts
+
+
+def batch_results(output: str, marker: str) -> dict[int, tuple[int, float, str]]:
+    """checks/batch.sh's output: check number -> (exit code, seconds, its output)."""
+    results, text = {}, []
+    for line in output.splitlines():
+        fields = line.split()
+        if len(fields) == 5 and fields[0] == marker:
+            _, i, code, start, end = fields
+            results[int(i)] = (int(code), float(end) - float(start), "\n".join(text).strip())
+            text = []
+        else:
+            text.append(line)
+    return results
 
 
 def pushed_digest(plan: Plan, variant: Variant) -> str:
