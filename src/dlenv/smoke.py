@@ -19,7 +19,6 @@ import shutil
 import subprocess
 import tarfile
 import tempfile
-import time
 import weakref
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
