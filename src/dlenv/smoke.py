@@ -156,7 +156,7 @@ class DockerRunner:
             raise
         results = batch_results(output or "", marker)
         verdicts = []
-        for i, check in enumerate(checks):
+        for check in checks:
             if check.gpu and self.no_gpu:
                 verdicts.append(Verdict(variant.id, check.name, "skipped", 0.0, self.no_gpu, True, check.origin))
                 continue
