@@ -155,12 +155,13 @@ class DockerRunner:
                 self.client.container.remove(name, force=True)
             raise
         results = batch_results(output or "", marker)
+        number = {id(check): i for i, check in enumerate(runnable, 1)}
         verdicts = []
         for check in checks:
             if check.gpu and self.no_gpu:
                 verdicts.append(Verdict(variant.id, check.name, "skipped", 0.0, self.no_gpu, True, check.origin))
                 continue
-            n = runnable.index(check) + 1
+            n = number[id(check)]
             if n not in results:
                 verdicts.append(Verdict(variant.id, check.name, "failed", 0.0, ended or "no result", check.gpu,
                                         check.origin))
