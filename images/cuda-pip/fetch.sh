@@ -17,9 +17,10 @@ done
 COMPONENTS=${wanted# }
 export PIP_ROOT_USER_ACTION=ignore   # pip runs as root on purpose: a throw-away stage
 work=$(mktemp -d)
+# No cache: pip's would keep a third copy of the wheels (they are installed, then laid out).
 pip() {
     cmd=$1; shift
-    python3 -m pip "$cmd" --disable-pip-version-check --no-input \
+    python3 -m pip "$cmd" --disable-pip-version-check --no-input --no-cache-dir \
         ${PIP_INDEX_URL:+--index-url "$PIP_INDEX_URL"} "$@"
 }
 pip download --no-deps --dest "$work" "cuda-toolkit==$CUDA_VERSION"

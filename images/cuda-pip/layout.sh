@@ -40,7 +40,8 @@ for root in "$src"/nvidia/*/; do
             *) [ -d "$d" ] || continue; dst=$T/$name ;;   # bin, nvvm, share, ...
         esac
         mkdir -p "$dst"
-        cp -a "$d"/. "$dst"/
+        # Hard links: the wheels' folder is deleted after this script, so no second copy is written.
+        cp -alf "$d"/. "$dst"/
     done
 done
 [ "$found" = 1 ] || { echo "layout.sh: no nvidia/*/ folder in $src" >&2; exit 1; }
