@@ -19,7 +19,7 @@ from dlenv.config import BuildSettings
 from dlenv.errors import DlenvError
 from dlenv.isolate import isolate
 from dlenv.options import BuildRequest
-from dlenv.plan import Plan
+from dlenv.plan import LeftOut, Plan
 from dlenv.publish import Publisher
 from dlenv.results import Board, Result
 from dlenv.sbom import DEFAULT_SBOM_SCANNER
@@ -111,8 +111,9 @@ class Builder:
             self.board.finish(result.variant, result.status)
 
         broken: dict[str, list[str]] = {}
+        pulled = graph.pulled_below(self.plan)
         for name, node in self.plan.nodes.items():
-            if node.kind == "rootfs" and node.rootfs:
+            if node.kind == "rootfs" and node.rootfs and name not in pulled:
                 try:
                     bootstrap.ensure_rootfs(node.rootfs, self.say, self.plan.network.env())
                 except DlenvError as exc:
@@ -161,6 +162,7 @@ def run(plan: Plan, request: BuildRequest, board: Board, say: Callable[[str], No
     engine.ensure(say=say, env=plan.network.env())
     if not request.load:
         engine.ensure_registry(plan.matrix.model.registry, say=say)
+    plan = _reachable_platforms(plan, request, board, say, warn)
     if not request.no_check:
         gone, _ = reach.check(plan)
         if gone:
@@ -206,6 +208,28 @@ def run(plan: Plan, request: BuildRequest, board: Board, say: Callable[[str], No
                           request.builder, board, say, options).run()
     except disk.Full as full:   # --force, or an estimate that was low: the same figures, now
         raise full.explained(engine.state_dir(), room) from None
+    # A variant left out whole; one that lost only some platforms was built for the others.
     results += [Result(left.id, "skipped", error=f"unreachable: {left.detail}")
-                for left in plan.left_out if left.reason == "unreachable"]
+                for left in plan.left_out if left.reason == "unreachable" and not left.platform]
     return BuildReport(plan, tuple(results), len(fresh))
+
+
+def _reachable_platforms(plan: Plan, request: BuildRequest, board: Board, say: Callable[[str], None],
+                         warn: Callable[[str], None]) -> Plan:
+    """The plan without the platforms the builder cannot run, even under QEMU (engine.emulation
+    sets that up where it can): each said in one line with its fix; a variant left with no
+    platform is skipped."""
+    if all(p == engine.host_platform() for p in plan.platforms):
+        return plan
+    gone = {u.platform: LeftOut("", "unreachable", u.detail, u.fix)
+            for u in engine.emulation(plan.platforms, say=say, builder=request.builder)}
+    if not gone:
+        return plan
+    narrower = plan.without_platforms(gone)
+    for platform, why in gone.items():
+        count = sum(platform in v.platforms for v in plan.variants)
+        warn(f"leaving {platform} out of {count} variants: {why.detail} (fix: {why.fix})")
+    board.drop({v.id for v in plan.variants} - {v.id for v in narrower.variants})
+    if not narrower.variants:
+        raise DlenvError("no selected variant has a platform this builder can run", "see the fixes above")
+    return narrower

@@ -92,9 +92,17 @@ def ancestors(plan: Plan, name: str) -> list[str]:
 def target(plan: Plan, node: Node, variant: Variant | None, output: Output,
            secrets: tuple[Secret, ...], options: Options = Options()) -> dict:
     t: dict = {"context": _context(node)}
+    if node.platforms and node.platforms != ("linux/amd64",):
+        # Each platform's image under the same tags (an index); a family of linux/amd64 alone
+        # leaves it to the builder's default, as its bake files always did.
+        t["platforms"] = list(node.platforms)
     if node.kind == "rootfs":
         t["dockerfile"] = str((plan.matrix.root / node.dockerfile / "Dockerfile").resolve())
-    if node.parent:
+    pulled = dict(plan.pulled)
+    if node.parent in pulled:
+        # Built and pushed by an earlier shard: its image, not a target here.
+        t["contexts"] = {"base": f"docker-image://{pulled[node.parent]}"}
+    elif node.parent:
         t["contexts"] = {"base": f"target:{node.parent}"}
     elif node.base_image:
         t["contexts"] = {"base": f"docker-image://{node.base_image}"}
@@ -151,11 +159,17 @@ def target(plan: Plan, node: Node, variant: Variant | None, output: Output,
     return t
 
 
+def pulled_below(plan: Plan) -> set[str]:
+    """The nodes the plan takes from the registry (Plan.pulled) and every node below them: none is built."""
+    return {n for name, _ in plan.pulled if name in plan.nodes for n in ancestors(plan, name)}
+
+
 def definition(plan: Plan, output: Output = "push", secrets: tuple[Secret, ...] = (),
                options: Options = Options()) -> dict:
     by_node = {v.node: v for v in plan.variants}
+    below = pulled_below(plan)
     targets = {name: target(plan, node, by_node.get(name), output, secrets, options)
-               for name, node in plan.nodes.items()}
+               for name, node in plan.nodes.items() if name not in below}
     return {
         "group": {"default": {"targets": [v.node for v in plan.variants]}},
         "target": targets,

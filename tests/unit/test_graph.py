@@ -108,3 +108,18 @@ def test_a_changed_input_changes_only_what_depends_on_it(project):
     assert before["13_0_2-base-debian12"]["args"] == after["13_0_2-base-debian12"]["args"]
     assert before["os-debian12"]["args"]["TZ"] == "Etc/UTC"
     assert after["os-debian12"]["args"]["TZ"] == "Asia/Shanghai"
+
+
+def test_each_target_is_built_for_the_platforms_of_the_variants_above_it(project):
+    one = graph.definition(expand(project))["target"]
+    assert not any("platforms" in t for t in one.values())   # linux/amd64 alone: the bake file as before
+    p = expand(project, SMALL + "platforms: [linux/amd64, linux/arm64]\n"
+               "include:\n  - {cuda: 13.0.2, flavor: base, os: debian12, stack: [python, devtools, ssh], "
+               "platforms: [linux/amd64]}\n")
+    t = graph.definition(p)["target"]
+    on = {name: tuple(t[name].get("platforms", ["linux/amd64"])) for name in t}
+    assert on == {name: node.platforms for name, node in p.nodes.items()}
+    amd64_only = p.variant("13.0.2-base-debian12-py-dev-ssh")
+    assert "platforms" not in t[amd64_only.node]
+    # Its python node is also the arm64 image of 13.0.2-base-debian12-py.
+    assert t[amd64_only.chain[-3]]["platforms"] == ["linux/amd64", "linux/arm64"]

@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 import tomli
 
-from dlenv import config, plan, report
+from dlenv import build, config, engine, plan, report
 from dlenv.cli import main
+from dlenv.options import BuildRequest
 from dlenv.selection import Selection
 from helpers import BUILD, MIRRORS, REPO, SMALL, expand, write
 
@@ -173,6 +174,27 @@ def test_the_build_can_drop_a_platform_it_cannot_run(project):
     only = expand(project, SMALL + "platforms: [linux/arm64]\n").without_platforms({"linux/arm64": why})
     assert not only.variants and not only.nodes
     assert {(x.reason, x.platform) for x in only.left_out if x.reason == "unreachable"} == {("unreachable", "")}
+
+
+def test_a_platform_the_build_cannot_reach_is_said_in_one_line_and_its_only_variants_skipped(project, monkeypatch):
+    """build's use of engine.emulation (which tests/engine/test_emulation.py runs for real): a
+    platform it cannot set up is left out; a variant with no other platform is skipped."""
+    p = expand(project, TORCH.replace("platforms: [linux/amd64, linux/arm64]", "platforms: [linux/amd64, linux/arm64]\n"
+                                      "include:\n  - {cuda: 13.0.2, flavor: base, os: debian12, stack: [python], "
+                                      "platforms: [linux/arm64]}"))
+    arm64_only = [v.id for v in p.variants if v.platforms == ("linux/arm64",)]
+    assert arm64_only
+    unreachable = engine.Unreachable("linux/arm64", "linux/arm64 needs QEMU on this linux/amd64 host, and registering "
+                                     "it needs root", "run dlenv as root")
+    monkeypatch.setattr(engine, "host_platform", lambda: "linux/amd64")
+    monkeypatch.setattr(engine, "emulation", lambda platforms, say, builder: [unreachable])
+    warned, dropped = [], set()
+    board = type("Board", (), {"drop": lambda self, ids: dropped.update(ids)})()
+    q = build._reachable_platforms(p, BuildRequest(), board, print, warned.append)
+    assert warned == [f"leaving linux/arm64 out of {sum('linux/arm64' in v.platforms for v in p.variants)} variants: "
+                      f"{unreachable.detail} (fix: {unreachable.fix})"]
+    assert {v.platforms for v in q.variants} == {("linux/amd64",)}
+    assert dropped == set(arm64_only) == {x.id for x in q.left_out if x.reason == "unreachable" and not x.platform}
 
 
 def test_list_json_names_each_variants_platforms_and_each_platform_left_out(project):
