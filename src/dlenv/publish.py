@@ -31,8 +31,9 @@ class Publisher:
         self.board = board
         self.client = DockerClient()
 
-    def pushed(self, variant: Variant) -> tuple[str, tuple] | None:
-        """(digest, identity) of what the immutable tag names in the registry; None if it names nothing.
+    def pushed(self, variant: Variant) -> tuple[str, dict[str, tuple]] | None:
+        """(digest, platform -> identity) of what the immutable tag names in the registry: each
+        image of its index; None if it names nothing.
 
         identity: the layers (diff ids) and the run-time config (env, labels, entrypoint...).
         A registry that cannot be read is an error: an immutable tag is never overwritten blind.
@@ -42,14 +43,18 @@ class Publisher:
         if digest is None:
             return None
         model = self.plan.matrix.model
+        identities = {}
         try:
-            config = registry.image_manifest(model.registry, model.repository, digest)["config"]["digest"]
-            image = json.loads(registry.blob(model.registry, model.repository, config))
+            for platform, (image_digest, _) in registry.images(model.registry, model.repository, digest).items():
+                manifest, _ = registry.manifest(model.registry, model.repository, image_digest)
+                image = json.loads(registry.blob(model.registry, model.repository, manifest["config"]["digest"]))
+                c = image.get("config") or {}
+                identities[platform] = (tuple(image.get("rootfs", {}).get("diff_ids", [])), c.get("Env") or [],
+                                        c.get("Labels") or {}, c.get("Entrypoint") or [], c.get("Cmd") or [],
+                                        c.get("WorkingDir") or "", c.get("User") or "")
         except (OSError, ValueError, KeyError) as exc:
             raise DlenvError(f"cannot read {ref}: {exc}", "check the registry") from None
-        c = image.get("config") or {}
-        return digest, (tuple(image.get("rootfs", {}).get("diff_ids", [])), c.get("Env") or [], c.get("Labels") or {},
-                        c.get("Entrypoint") or [], c.get("Cmd") or [], c.get("WorkingDir") or "", c.get("User") or "")
+        return digest, identities
 
     def already_pushed(self, variant: Variant) -> Result | None:
         """For a builder that pushes as it builds: the variant's Result when its immutable tag
@@ -64,7 +69,8 @@ class Publisher:
         return None
 
     def _identity(self, variant: Variant) -> tuple:
-        """The same identity for the image this build left in the engine's store."""
+        """The same identity for the image this build left in the engine's store (the engine's
+        own platform's: Docker 26 inspects no other)."""
         found = self.client.image.inspect(self.plan.ref(variant.immutable))
         c = found.config
         return (tuple(found.root_fs.layers or ()), c.env or [], c.labels or {}, c.entrypoint or [], c.cmd or [],
@@ -83,14 +89,16 @@ class Publisher:
             return digest, str(exc)
         if pushed is None:
             return digest, None
-        current, identity = pushed
+        current, identities = pushed
         if current == digest:
             return digest, None
         try:
             mine = self._identity(variant)
         except DockerException:
             mine = ()
-        if mine == identity:
+        # The same platforms, and the same image for the one the engine shows (all of them come
+        # from one set of build args and one cache, so one differing means a rebuild from scratch).
+        if set(identities) == set(variant.platforms) and mine in identities.values():
             return current, None
         return current, (f"immutable tag {variant.immutable} already names {current[:19]}, another image than this "
                          f"build's {digest[:19]}: refusing to move it (a new commit gives a new build id)")
@@ -129,17 +137,25 @@ class Publisher:
             if error:
                 self._stopped(variant, error)
                 return Result(variant.id, "failed", error=error, node=variant.node, seconds=seconds)
-        size = None
+        size, images = None, ()
         model = self.plan.matrix.model
         try:
             if self.output == "push" and digest:
-                size = registry.compressed_size(model.registry, model.repository, digest)
+                found = registry.images(model.registry, model.repository, digest)
+                images = tuple((p, *found[p]) for p in variant.platforms if p in found)
+                missing = [p for p in variant.platforms if p not in found]
+                if missing:
+                    return Result(variant.id, "failed", (self.plan.ref(variant.immutable),), digest, seconds=seconds,
+                                  node=variant.node, images=images,
+                                  error=f"{variant.immutable} holds no {', '.join(missing)} image (its index holds "
+                                        f"{', '.join(found) or 'none'})")
+                size = images[0][2] if images else None
             elif self.output == "load":
                 size = self.client.image.inspect(self.plan.ref(variant.immutable)).size
         except Exception:  # noqa: BLE001 - a size we cannot read is reported as unknown
             size = None
         tags = (self.plan.ref(variant.immutable),) if self.output == "push" else tuple(self.plan.ref(t) for t in variant.tags)
-        return Result(variant.id, "built", tags, digest, size, seconds, node=variant.node)
+        return Result(variant.id, "built", tags, digest, size, seconds, node=variant.node, images=images)
 
 
 def forget(plan: Plan, client: DockerClient | None = None) -> int:

@@ -258,8 +258,30 @@ def retag(registry: str, repository: str, digest: str, tag: str, user: tuple[str
 
 def compressed_size(registry: str, repository: str, reference: str, platform: str = "linux/amd64") -> int:
     """What a pull of platform's image downloads: its layers and config, compressed."""
-    data = image_manifest(registry, repository, reference, platform=platform)
-    return sum(layer.get("size", 0) for layer in data.get("layers", [])) + data.get("config", {}).get("size", 0)
+    return _pulled(image_manifest(registry, repository, reference, platform=platform))
+
+
+def images(registry: str, repository: str, reference: str,
+           user: tuple[str, str] | None = None) -> dict[str, tuple[str, int]]:
+    """platform -> (its image manifest's digest, what a pull of it downloads: layers and config,
+    compressed), for each image behind reference: every entry of an index (attestations aside),
+    or the one image a plain manifest is (its platform read from its config)."""
+    data, found = manifest(registry, repository, reference, user)
+    if "manifests" not in data:
+        config = json.loads(blob(registry, repository, data["config"]["digest"], user))
+        return {f"{config.get('os')}/{config.get('architecture')}": (found, _pulled(data))}
+    out = {}
+    for entry in data["manifests"]:
+        p = entry.get("platform") or {}
+        if _attestation(entry) or p.get("os") == "unknown":
+            continue
+        image, _ = manifest(registry, repository, entry["digest"], user)
+        out[f"{p.get('os')}/{p.get('architecture')}"] = (entry["digest"], _pulled(image))
+    return out
+
+
+def _pulled(image: dict) -> int:
+    return sum(layer.get("size", 0) for layer in image.get("layers", [])) + image.get("config", {}).get("size", 0)
 
 
 def blob(registry: str, repository: str, digest: str, user: tuple[str, str] | None = None) -> bytes:

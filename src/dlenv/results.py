@@ -23,11 +23,14 @@ class Result:
     seconds: float = 0.0
     error: str = ""
     node: str = ""
+    # The index's images: (platform, image manifest digest, compressed size); size is the first's.
+    images: tuple[tuple[str, str, int], ...] = ()
 
     def to_json(self) -> dict:
         return {"variant": self.variant, "status": self.status, "tags": list(self.tags),
                 "digest": self.digest, "size": self.size, "seconds": round(self.seconds, 1),
-                "error": self.error, "node": self.node}
+                "error": self.error, "node": self.node,
+                **({"platforms": {p: {"digest": d, "size": n} for p, d, n in self.images}} if self.images else {})}
 
 
 class Board(Protocol):
