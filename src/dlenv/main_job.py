@@ -68,9 +68,9 @@ def _run(plan: Plan, request: BuildRequest) -> JobReport:
         tested = smoke.run(plan.unselect({v.id for v in plan.variants if v.id not in done}, "not built"),
                            SmokeRequest(require_gpu=request.require_gpu, retest=request.retest), report.say)
         report.smoke_table(list(tested.verdicts))
-        statuses: dict[str, list[str]] = {}
+        statuses: dict[str, dict[str, list[str]]] = {}   # variant -> platform -> statuses: all must pass
         for v in tested.verdicts:
-            statuses.setdefault(v.variant, []).append(v.status)
+            statuses.setdefault(v.variant, {}).setdefault(v.platform, []).append(v.status)
         promotions = release.promote(plan, [v for v in plan.variants if v.id in done], statuses, tested.digests)
         report.promotions(promotions)
         result = JobReport(built, tested.verdicts, tuple(promotions))

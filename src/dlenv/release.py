@@ -1,7 +1,8 @@
 """Promotion: floating tags move only to digests that passed their smoke checks.
 
-Builds push immutable tags only. For each variant whose checks all passed (skipped GPU checks
-allowed unless the smoke run required a GPU), each floating tag is pointed at the immutable
+Builds push immutable tags only. For each variant whose checks all passed on every platform of
+its index (skipped GPU checks allowed unless the smoke run required a GPU; one tag serves every
+platform, so one platform untested or failed holds it back), each floating tag is pointed at the immutable
 tag's digest by a registry-side retag: the same manifest bytes under another name, no rebuild.
 A variant that failed, or was not tested, keeps its floating tags where they were.
 
@@ -55,16 +56,27 @@ def verdict_of(statuses: list[str]) -> str:
     return ""
 
 
-def promote(plan: Plan, variants: list[Variant], statuses: dict[str, list[str]],
-            tested: dict[str, str] | None = None) -> list[Promotion]:
-    """Retag the floating tags of every variant whose checks passed; say why for the others.
+def blocked(variant: Variant, statuses: dict[str, list[str]]) -> str:
+    """Why a variant's floating tags may not move (statuses: platform -> its checks' statuses),
+    or "": every platform of its index passed, since one tag serves them all."""
+    for platform in variant.platforms:
+        why = verdict_of(statuses.get(platform, []))
+        if why:
+            return why if variant.platforms == (platform,) else f"{why} on {platform}"
+    return ""
 
-    tested: the digest each variant's checks ran on; when given, a variant is promoted only if
-    its immutable tag still points there.
+
+def promote(plan: Plan, variants: list[Variant], statuses: dict[str, dict[str, list[str]]],
+            tested: dict[str, str] | None = None) -> list[Promotion]:
+    """Retag the floating tags of every variant whose checks passed on every platform; say why
+    for the others.
+
+    statuses: variant -> platform -> its checks' statuses. tested: the digest each variant's
+    checks ran on; when given, a variant is promoted only if its immutable tag still points there.
     """
     model = plan.matrix.model
     with lock(model.registry, model.repository):
-        return [_one(plan, model.registry, model.repository, v, statuses.get(v.id, []),
+        return [_one(plan, model.registry, model.repository, v, statuses.get(v.id, {}),
                      None if tested is None else tested.get(v.id, "")) for v in variants]
 
 
@@ -93,16 +105,17 @@ def lock(reg: str, repo: str) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _one(plan: Plan, reg: str, repo: str, variant: Variant, statuses: list[str], tested: str | None) -> Promotion:
+def _one(plan: Plan, reg: str, repo: str, variant: Variant, statuses: dict[str, list[str]],
+         tested: str | None) -> Promotion:
     try:
         return _promote(plan, reg, repo, variant, statuses, tested)
     except DlenvError as exc:  # reported per variant, the others still promote
         return Promotion(variant.id, False, "", (), str(exc))
 
 
-def _promote(plan: Plan, reg: str, repo: str, variant: Variant, statuses: list[str],
+def _promote(plan: Plan, reg: str, repo: str, variant: Variant, statuses: dict[str, list[str]],
              tested: str | None) -> Promotion:
-    why = verdict_of(statuses)
+    why = blocked(variant, statuses)
     digest = None if why else registry.digest(plan.ref(variant.immutable))
     if not why and digest is None:
         why = f"{plan.ref(variant.immutable)} does not exist: nothing to promote"
@@ -169,23 +182,29 @@ def repair(plan: Plan, reg: str, repo: str, variant: Variant) -> str:
             "half way through moving them")
 
 
-def read_verdicts(paths: list[Path]) -> tuple[dict[str, list[str]], dict[str, str], dict[str, dict[str, list[str]]]]:
-    """Statuses, tested digests, and each GPU check's statuses per variant, from smoke JSON files.
+Statuses = dict[str, dict[str, list[str]]]   # variant -> platform -> its checks' statuses
 
-    Takes what `dlenv smoke --json` and the rootfs runner's `--json` write; several files (one
-    per shard or GPU runner) add up: a GPU check skipped on a CPU runner and passed on a GPU
-    runner counts as run. Two files that tested one variant at different digests leave it
-    untested.
+
+def read_verdicts(paths: list[Path]) -> tuple[Statuses, dict[str, str], dict[str, dict[tuple[str, str], list[str]]]]:
+    """Statuses per variant and platform, tested digests, and each GPU check's statuses per
+    variant and (platform, check), from smoke JSON files.
+
+    Takes what `dlenv smoke --json` and the rootfs runner's `--json` write (a verdict without a
+    platform is its file's, and a file without one is linux/amd64's, as before platforms);
+    several files (one per shard, platform or GPU runner) add up: a GPU check skipped on a CPU
+    runner and passed on a GPU runner counts as run. Two files that tested one variant at
+    different digests leave it untested.
     """
-    statuses: dict[str, list[str]] = {}
-    gpu: dict[str, dict[str, list[str]]] = {}
+    statuses: Statuses = {}
+    gpu: dict[str, dict[tuple[str, str], list[str]]] = {}
     digests: dict[str, str] = {}
     conflicts = set()
     for path in paths:
         try:
             data = json.loads(path.read_text())
             tested = data["digests"] if "digests" in data else {data["variant"]: data.get("digest", "")}
-            verdicts = [(v["variant"], v["check"], v["status"], bool(v.get("gpu"))) for v in data["verdicts"]]
+            verdicts = [(v["variant"], v.get("platform") or data.get("platform") or "linux/amd64", v["check"],
+                         v["status"], bool(v.get("gpu"))) for v in data["verdicts"]]
         except (OSError, ValueError, KeyError, TypeError) as exc:
             # Bad input (a truncated or edited file): nothing is promoted from it.
             line = exc.lineno if isinstance(exc, json.JSONDecodeError) else None
@@ -195,10 +214,10 @@ def read_verdicts(paths: list[Path]) -> tuple[dict[str, list[str]], dict[str, st
         for variant, digest in tested.items():
             if digests.setdefault(variant, digest) != digest:
                 conflicts.add(variant)
-        for variant, check, status, needs_gpu in verdicts:
-            statuses.setdefault(variant, []).append(status)
+        for variant, platform, check, status, needs_gpu in verdicts:
+            statuses.setdefault(variant, {}).setdefault(platform, []).append(status)
             if needs_gpu:
-                gpu.setdefault(variant, {}).setdefault(check, []).append(status)
+                gpu.setdefault(variant, {}).setdefault((platform, check), []).append(status)
     for variant in conflicts:
         digests[variant] = ""
     return statuses, digests, gpu
@@ -212,9 +231,11 @@ def run(plan: Plan, request: PromoteRequest) -> list[Promotion]:
     model = plan.matrix.model
     with registry.reading(model.registry):
         registry.ping(model.registry)
-    held = {vid: "a GPU check was skipped in every result (--require-gpu): floating tags left where they were"
+    held = {vid: f"a GPU check on {skipped[0][0]} was skipped in every result (--require-gpu): floating tags left "
+                 "where they were"
             for vid, checks in gpu.items()
-            if request.require_gpu and any(all(s == "skipped" for s in states) for states in checks.values())}
+            if request.require_gpu and (skipped := [key for key, states in checks.items()
+                                                    if all(s == "skipped" for s in states)])}
     promotions = promote(plan, [v for v in plan.variants if v.id not in held], statuses, digests)
     promotions += [Promotion(vid, False, "", (), why) for vid, why in held.items()
                    if any(v.id == vid for v in plan.variants)]

@@ -256,7 +256,8 @@ def smoke_table(verdicts) -> None:
         note = v.output.splitlines()[0][:80] if v.status != "passed" and v.output else ""
         if getattr(v, "proven", ""):
             note = f"proven on this image at {v.proven}, not run again (--retest runs it)"
-        table.add_row(v.variant, v.check + (" (GPU)" if v.gpu else ""), Text(v.status, style=STYLE.get(v.status, "")),
+        table.add_row(f"{v.variant} ({v.platform})" if getattr(v, "platform", "") else v.variant,
+                      v.check + (" (GPU)" if v.gpu else ""), Text(v.status, style=STYLE.get(v.status, "")),
                       f"{v.seconds:.1f}", Text(note))
     console.print(table)
     for v in verdicts:

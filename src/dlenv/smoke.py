@@ -3,7 +3,9 @@
 A variant's checks are inherited along its chain (global, CUDA flavors, recipes). The `docker`
 runner starts one container per variant with python-on-whales, GPUs given where the host has
 them, and checks/batch.sh runs each check in it with its own time limit; on a host without a
-GPU, GPU checks are skipped with that reason, never passed.
+GPU, GPU checks are skipped with that reason, never passed. A variant's checks run once per
+platform of its index (`docker run --platform`); on a platform this host runs under QEMU, GPU
+checks are skipped with that reason (the GPU needs a host of that platform).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from typing import IO, Literal
 from python_on_whales import DockerClient
 from python_on_whales.exceptions import DockerException
 
-from dlenv import gpuarch, proven, registry, report, rootfs_run
+from dlenv import engine, gpuarch, proven, registry, report, rootfs_run
 from dlenv.config import CHECKS_DIR, Check
 from dlenv.errors import DlenvError
 from dlenv.graph import LABEL
@@ -51,9 +53,10 @@ class Verdict:
     gpu: bool
     origin: str
     proven: str = ""   # when this image passed this check before (not run again), else ""
+    platform: str = ""  # the image of the variant's index it ran in
 
     def to_json(self) -> dict:
-        return {"variant": self.variant, "check": self.check, "status": self.status,
+        return {"variant": self.variant, "platform": self.platform, "check": self.check, "status": self.status,
                 "seconds": round(self.seconds, 2), "output": self.output, "gpu": self.gpu, "origin": self.origin,
                 **({"proven": self.proven} if self.proven else {})}
 
@@ -90,8 +93,19 @@ def host_gpus(client: DockerClient) -> str | None:
     return None
 
 
-def label_problems(client: DockerClient, ref: str, variant: Variant) -> str:
-    labels = client.image.inspect(ref).config.labels or {}
+def image_labels(plan: Plan, client: DockerClient, ref: str, digest: str, platform: str) -> dict:
+    """The labels of platform's image: read from the registry where it was pushed (the engine
+    inspects only its own platform's), else from the engine's store."""
+    if not digest:
+        return client.image.inspect(ref).config.labels or {}
+    model = plan.matrix.model
+    with registry.reading(model.registry):
+        config = registry.image_manifest(model.registry, model.repository, digest, platform=platform)["config"]
+        return (json.loads(registry.blob(model.registry, model.repository, config["digest"])).get("config")
+                or {}).get("Labels") or {}
+
+
+def label_problems(labels: dict, variant: Variant) -> str:
     expected = {f"{LABEL}.variant": variant.id, f"{LABEL}.cuda": variant.cuda, f"{LABEL}.flavor": variant.flavor}
     problems = [f"{k}={labels.get(k)!r}, expected {v!r}" for k, v in expected.items() if labels.get(k) != v]
     problems += [f"{k} missing" for k in ("org.opencontainers.image.revision", "org.opencontainers.image.created",
@@ -99,13 +113,13 @@ def label_problems(client: DockerClient, ref: str, variant: Variant) -> str:
     return "; ".join(problems)
 
 
-def available(client: DockerClient, ref: str) -> bool:
-    """Whether the image is in the engine, pulling it from the registry if need be."""
+def available(client: DockerClient, ref: str, platform: str | None = None) -> bool:
+    """Whether the image is in the engine, pulling it (platform's) from the registry if need be."""
     try:
         client.image.inspect(ref)
     except DockerException:
         try:
-            client.image.pull(ref, quiet=True)
+            client.image.pull(ref, quiet=True, platform=platform)
         except DockerException:
             return False
     return True
@@ -121,18 +135,29 @@ class DockerRunner:
         self.retest = retest
         self.client = DockerClient()
         self.no_gpu = host_gpus(self.client)
-        if require_gpu and self.no_gpu:
-            raise DlenvError(f"--require-gpu: {self.no_gpu}",
-                             "run on a GPU host with the NVIDIA container toolkit, or drop --require-gpu")
+        cannot = next(((p, why) for p in plan.platforms if (why := self.gpu_problem(p))), None)
+        if require_gpu and cannot:
+            raise DlenvError(f"--require-gpu: {cannot[1]}",
+                             f"run the {cannot[0]} checks on a {cannot[0]} GPU host with the NVIDIA container toolkit "
+                             "(--platform selects), or drop --require-gpu")
         self.folder = checks_folder()
         weakref.finalize(self, shutil.rmtree, self.folder, True)  # the probe and kernel source, once done
         self.digests: dict[str, str] = {}   # variant -> the digest its checks ran on, for promote
         self._runs = itertools.count(1)     # names this run's check containers
 
-    def _batch(self, ref: str, variant: Variant, checks: list[Check]) -> list[Verdict]:
-        """All checks that can run here, in one container (checks/batch.sh); GPU checks are
-        skipped on a host without a GPU, with that reason."""
-        runnable = [c for c in checks if not (c.gpu and self.no_gpu)]
+    def gpu_problem(self, platform: str) -> str | None:
+        """Why GPU checks cannot run on platform here, or None: a GPU and the NVIDIA runtime,
+        and the platform this host's CPU runs natively (QEMU reaches no GPU)."""
+        host = engine.host_platform()
+        if platform != host:
+            return f"{platform} runs under QEMU on this {host} host: its GPU checks need a {platform} host with a GPU"
+        return self.no_gpu
+
+    def _batch(self, ref: str, variant: Variant, checks: list[Check], platform: str) -> list[Verdict]:
+        """All checks that can run here, in one container of platform's image (checks/batch.sh);
+        GPU checks are skipped where they cannot run (gpu_problem), with that reason."""
+        no_gpu = self.gpu_problem(platform)
+        runnable = [c for c in checks if not (c.gpu and no_gpu)]
         marker = f"@@dlenv-check-{secrets.token_hex(8)}"
         envs = {"DLENV_CHECKS": str(len(runnable)), "DLENV_MARKER": marker,
                 "DLENV_CUDA": variant.cuda, "DLENV_FLAVOR": variant.flavor}
@@ -143,7 +168,7 @@ class DockerRunner:
         try:
             output = self.client.run(
                 ref, [f"{CHECKS_MOUNT}/batch.sh"], entrypoint="/bin/sh", remove=True, name=name,
-                volumes=[(str(self.folder), CHECKS_MOUNT, "ro")], envs=envs,
+                volumes=[(str(self.folder), CHECKS_MOUNT, "ro")], envs=envs, platform=platform,
                 gpus="all" if any(c.gpu for c in runnable) else None) if runnable else ""
         except DockerException as exc:
             code, output = exc.return_code, (exc.stdout or "") + (exc.stderr or "")
@@ -158,41 +183,52 @@ class DockerRunner:
         number = {id(check): i for i, check in enumerate(runnable, 1)}
         verdicts = []
         for check in checks:
-            if check.gpu and self.no_gpu:
-                verdicts.append(Verdict(variant.id, check.name, "skipped", 0.0, self.no_gpu, True, check.origin))
+            if check.gpu and no_gpu:
+                verdicts.append(Verdict(variant.id, check.name, "skipped", 0.0, no_gpu, True, check.origin,
+                                        platform=platform))
                 continue
             n = number[id(check)]
             if n not in results:
                 verdicts.append(Verdict(variant.id, check.name, "failed", 0.0, ended or "no result", check.gpu,
-                                        check.origin))
+                                        check.origin, platform=platform))
                 continue
             exit_code, seconds, text = results[n]
             status, why = judge(dataclasses.asdict(check), exit_code, text)
             verdicts.append(Verdict(variant.id, check.name, status, seconds,
-                                    f"{why}\n{text}".strip() if why else text, check.gpu, check.origin))
+                                    f"{why}\n{text}".strip() if why else text, check.gpu, check.origin,
+                                    platform=platform))
         return verdicts
 
     def variant(self, variant: Variant) -> list[Verdict]:
+        """The variant's checks on each platform of its index, one after another."""
         digest = pushed_digest(self.plan, variant)
         self.digests[variant.id] = digest
         # By digest where it was pushed: what runs is what a promotion would point at.
         ref = f"{self.plan.image}@{digest}" if digest else self.plan.ref(variant.immutable)
+        return [v for platform in variant.platforms for v in self._platform(ref, digest, variant, platform)]
+
+    def _platform(self, ref: str, digest: str, variant: Variant, platform: str) -> list[Verdict]:
         model = self.plan.matrix.model
-        kind, checks = ("cpu" if self.no_gpu else "gpu"), proven.fingerprint(variant.checks)
+        kind, checks = ("cpu" if self.gpu_problem(platform) else "gpu"), proven.fingerprint(variant.checks)
         # Before the image is looked for: a proven image need not be in the engine (nor pulled).
-        earlier = proven.recall(model.registry, model.repository, digest, kind, checks) \
+        earlier = proven.recall(model.registry, model.repository, digest, kind, checks, platform) \
             if digest and not self.retest else None
         if earlier:
             return [Verdict(**{**v, "proven": earlier["tested_at"]}) for v in earlier["verdicts"]]
-        if not available(self.client, ref):
-            return [Verdict(variant.id, "image is available", "failed", 0.0, missing(ref), False, "dlenv")]
-        verdicts = self._batch(ref, variant, list(variant.checks))
-        problems = label_problems(self.client, ref, variant)
+        if not available(self.client, ref, platform):
+            return [Verdict(variant.id, "image is available", "failed", 0.0, missing(ref), False, "dlenv",
+                            platform=platform)]
+        verdicts = self._batch(ref, variant, list(variant.checks), platform)
+        try:
+            problems = label_problems(image_labels(self.plan, self.client, ref, digest, platform), variant)
+        except DlenvError as exc:
+            problems = str(exc)
         verdicts.append(Verdict(variant.id, "labels are present and match the variant",
-                                "failed" if problems else "passed", 0.0, problems, False, "dlenv"))
+                                "failed" if problems else "passed", 0.0, problems, False, "dlenv", platform=platform))
         if digest and not any(v.status == "failed" for v in verdicts):
             try:
-                proven.record(model.registry, model.repository, digest, kind, checks, [v.to_json() for v in verdicts])
+                proven.record(model.registry, model.repository, digest, kind, checks, [v.to_json() for v in verdicts],
+                              platform)
             except DlenvError:
                 pass   # a registry that keeps no record costs a re-test next time, nothing else
         return verdicts
@@ -306,14 +342,15 @@ def build_kernel(plan: Plan, devel: Variant, folder: Path) -> Path:
 
 def junit(verdicts: list[Verdict]) -> str:
     suites = ET.Element("testsuites", name="dlenv smoke")
-    for variant in dict.fromkeys(v.variant for v in verdicts):
-        mine = [v for v in verdicts if v.variant == variant]
-        suite = ET.SubElement(suites, "testsuite", name=variant, tests=str(len(mine)),
+    for variant, platform in dict.fromkeys((v.variant, v.platform) for v in verdicts):
+        mine = [v for v in verdicts if (v.variant, v.platform) == (variant, platform)]
+        suite = ET.SubElement(suites, "testsuite", name=f"{variant} ({platform})" if platform else variant,
+                              tests=str(len(mine)),
                               failures=str(sum(v.status == "failed" for v in mine)),
                               skipped=str(sum(v.status == "skipped" for v in mine)),
                               time=f"{sum(v.seconds for v in mine):.2f}")
         for v in mine:
-            case = ET.SubElement(suite, "testcase", classname=variant, name=v.check, time=f"{v.seconds:.2f}")
+            case = ET.SubElement(suite, "testcase", classname=suite.get("name"), name=v.check, time=f"{v.seconds:.2f}")
             if v.status == "failed":
                 ET.SubElement(case, "failure", message=(v.output.splitlines() or ["failed"])[0]).text = v.output
             elif v.status == "skipped":
@@ -349,8 +386,10 @@ def run(plan: Plan, request: SmokeRequest, say: Callable[[str], None]) -> SmokeR
     for variant in plan.variants:
         mine = runner.variant(variant)
         verdicts += mine
-        say(f"{variant.id}: " + ", ".join(f"{n} {s}" for s in ("passed", "failed", "skipped")
-                                          if (n := sum(v.status == s for v in mine))))
+        for platform in variant.platforms:
+            on = [v for v in mine if v.platform == platform]
+            say(f"{variant.id} ({platform}): " + ", ".join(f"{n} {s}" for s in ("passed", "failed", "skipped")
+                                                           if (n := sum(v.status == s for v in on))))
     result = SmokeReport(plan.image, tuple(verdicts), dict(runner.digests))
     if request.junit:
         request.junit.parent.mkdir(parents=True, exist_ok=True)

@@ -185,7 +185,7 @@ def test_every_floating_tag_moves(server, project):
     plan, variant = family(server, project)
     new = server.image("new")
     server.tags[variant.immutable] = new
-    (done,) = release.promote(plan, [variant], {variant.id: ["passed"]})
+    (done,) = release.promote(plan, [variant], {variant.id: {"linux/amd64": ["passed"]}})
     assert done.promoted and tags_of(server, variant) == [new] * len(variant.floating)
 
 
@@ -195,7 +195,7 @@ def test_a_retag_that_fails_half_way_moves_the_moved_ones_back(server, project):
     server.tags.update({tag: old for tag in variant.floating}, **{variant.immutable: new})
     last = variant.floating[-1]
     server.rule = lambda method, path: 500 if method == "PUT" and path.endswith("/manifests/" + last) else None
-    (held,) = release.promote(plan, [variant], {variant.id: ["passed"]})
+    (held,) = release.promote(plan, [variant], {variant.id: {"linux/amd64": ["passed"]}})
     assert not held.promoted and "floating tags left where they were" in held.reason
     assert f"after {retry.ATTEMPTS} attempts" in held.reason
     assert tags_of(server, variant) == [old] * len(variant.floating)
@@ -216,13 +216,13 @@ def test_a_move_cut_where_nothing_can_be_moved_back_is_finished_by_the_next_run(
         return None
 
     server.rule = gone_after_the_first_tag
-    (held,) = release.promote(plan, [variant], {variant.id: ["passed"]})
+    (held,) = release.promote(plan, [variant], {variant.id: {"linux/amd64": ["passed"]}})
     assert not held.promoted and "the next run moves the rest" in held.reason
     assert tags_of(server, variant) == [new] + [old] * (len(variant.floating) - 1)
     # The next run does not promote this variant (its checks failed this time), yet it finds the
     # tags split and moves the rest to the digest the first one names.
     server.rule = lambda method, path: None
-    (again,) = release.promote(plan, [variant], {variant.id: ["failed"]})
+    (again,) = release.promote(plan, [variant], {variant.id: {"linux/amd64": ["failed"]}})
     assert not again.promoted and "a run before this one stopped half way" in again.reason
     assert tags_of(server, variant) == [new] * len(variant.floating)
 

@@ -8,6 +8,7 @@ import pytest
 
 from dlenv import release
 from dlenv.errors import ConfigError
+from helpers import SMALL, expand
 
 
 def write(path, data):
@@ -22,11 +23,17 @@ def test_results_of_several_shards_and_the_rootfs_runner_add_up(tmp_path):
                                                    {"variant": "v2", "check": "g", "status": "skipped", "gpu": True}]})
     gpu = write(tmp_path / "b.json", {"variant": "v2", "digest": "sha256:2",
                                       "verdicts": [{"variant": "v2", "check": "g", "status": "passed", "gpu": True}]})
-    statuses, digests, gpu_statuses = release.read_verdicts([cpu, gpu])
-    assert statuses == {"v1": ["passed", "skipped"], "v2": ["skipped", "passed"]}
+    # An arm64 GPU runner's rootfs result: the platform is its file's.
+    arm = write(tmp_path / "c.json", {"variant": "v2", "digest": "sha256:2", "platform": "linux/arm64",
+                                      "verdicts": [{"variant": "v2", "check": "g", "status": "passed", "gpu": True}]})
+    statuses, digests, gpu_statuses = release.read_verdicts([cpu, gpu, arm])
+    # Files from before platforms are linux/amd64's.
+    assert statuses == {"v1": {"linux/amd64": ["passed", "skipped"]},
+                        "v2": {"linux/amd64": ["skipped", "passed"], "linux/arm64": ["passed"]}}
     assert digests == {"v1": "sha256:1", "v2": "sha256:2"}
-    # v2's GPU check ran on the GPU runner; v1's ran nowhere.
-    assert gpu_statuses == {"v1": {"g": ["skipped"]}, "v2": {"g": ["skipped", "passed"]}}
+    # v2's GPU check ran on the GPU runners; v1's ran nowhere.
+    assert gpu_statuses == {"v1": {("linux/amd64", "g"): ["skipped"]},
+                            "v2": {("linux/amd64", "g"): ["skipped", "passed"], ("linux/arm64", "g"): ["passed"]}}
 
 
 def test_a_shard_that_tested_nothing_is_still_a_result(tmp_path):
@@ -60,3 +67,15 @@ def test_a_file_that_is_not_a_smoke_result_is_bad_input_naming_it(tmp_path):
 def test_what_blocks_a_promotion(statuses, why):
     got = release.verdict_of(statuses)
     assert (why in got) if why else got == ""
+
+
+def test_a_variant_is_promoted_only_when_every_platform_of_it_passed(project):
+    p = expand(project, SMALL + "platforms: [linux/amd64, linux/arm64]\n")
+    v = p.variants[0]
+    assert v.platforms == ("linux/amd64", "linux/arm64")
+    assert release.blocked(v, {"linux/amd64": ["passed"], "linux/arm64": ["passed", "skipped"]}) == ""
+    assert release.blocked(v, {"linux/amd64": ["passed"]}) == "not smoke-tested on linux/arm64"
+    assert release.blocked(v, {"linux/amd64": ["passed"], "linux/arm64": ["failed"]}) == \
+        "failed its smoke checks on linux/arm64"
+    one = expand(project).variants[0]
+    assert release.blocked(one, {}) == "not smoke-tested"

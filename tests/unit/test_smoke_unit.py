@@ -48,13 +48,21 @@ def test_checks_are_inherited_along_the_chain(project):
 
 
 def test_junit_reports_skips_as_skips_not_passes():
-    verdicts = [Verdict("v1", "a", "passed", 0.5, "ok", False, "x"),
-                Verdict("v1", "b", "skipped", 0.0, "no GPU on this host", True, "x"),
-                Verdict("v2", "c", "failed", 1.0, "exit 1, expected 0\nboom", False, "x")]
+    qemu = "linux/arm64 runs under QEMU on this linux/amd64 host: its GPU checks need a linux/arm64 host with a GPU"
+    verdicts = [Verdict("v1", "a", "passed", 0.5, "ok", False, "x", platform="linux/amd64"),
+                Verdict("v1", "b", "skipped", 0.0, "no GPU on this host", True, "x", platform="linux/amd64"),
+                Verdict("v1", "a", "passed", 2.5, "ok", False, "x", platform="linux/arm64"),
+                Verdict("v1", "b", "skipped", 0.0, qemu, True, "x", platform="linux/arm64"),
+                Verdict("v2", "c", "failed", 1.0, "exit 1, expected 0\nboom", False, "x", platform="linux/amd64")]
     root = ET.fromstring(junit(verdicts).split("?>", 1)[1])
+    # A suite per variant and platform.
     suites = {s.get("name"): s for s in root.iter("testsuite")}
-    assert suites["v1"].get("skipped") == "1" and suites["v1"].get("failures") == "0"
-    assert suites["v2"].get("failures") == "1"
-    skipped = suites["v1"].find("testcase[@name='b']/skipped")
+    assert set(suites) == {f"{v.variant} ({v.platform})" for v in verdicts}
+    v1 = suites["v1 (linux/amd64)"]
+    assert v1.get("skipped") == "1" and v1.get("failures") == "0"
+    assert suites["v2 (linux/amd64)"].get("failures") == "1"
+    skipped = v1.find("testcase[@name='b']/skipped")
     assert skipped is not None and skipped.get("message") == "no GPU on this host"
-    assert suites["v2"].find("testcase/failure").get("message") == "exit 1, expected 0"
+    assert suites["v1 (linux/arm64)"].find("testcase[@name='b']/skipped").get("message") == qemu
+    assert suites["v2 (linux/amd64)"].find("testcase/failure").get("message") == "exit 1, expected 0"
+    assert {v.to_json()["platform"] for v in verdicts} == {"linux/amd64", "linux/arm64"}
