@@ -75,6 +75,8 @@ def cmd_shards(plan: planmod.Plan, request: ShardsRequest) -> int:
     from dlenv import shards
 
     text = json.dumps(shards.matrix(plan, request.count), separators=(",", ":"))
+    for line in shards.fits(plan, request.count):
+        report.say(line)
     print(text)
     if request.github_output:
         target = os.environ.get("GITHUB_OUTPUT")
@@ -82,6 +84,8 @@ def cmd_shards(plan: planmod.Plan, request: ShardsRequest) -> int:
             raise DlenvError("--github-output: $GITHUB_OUTPUT is not set", "run it in a GitHub Actions step")
         with open(target, "a") as handle:
             handle.write(f"matrix={text}\n")
+            # build1, build2, ...: the build jobs of each stage (a stage pulls what the one before pushed).
+            handle.writelines(f"{key}={value}\n" for key, value in shards.stages(plan, request.count).items())
     return 0
 
 

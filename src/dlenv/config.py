@@ -355,6 +355,12 @@ class BuildSettings(_Strict):
     (docs/benchmarks.md); pulling it needs Docker 23, containerd 1.5 or podman. gzip: every engine."""
     compression_level: int | None = Field(default=None, ge=0, le=22)
     """The compression level (gzip 0-9, zstd 0-22); empty: BuildKit's default for the method."""
+    runner_disk: float = Field(default=14.0, gt=0)
+    """GB of free disk on each release build runner (GitHub's hosted ones: about 14): the shard split keeps
+    each shard's estimated peak under it, splitting an OS x CUDA group by flavor where it must (docs/release.md)."""
+    sizes: str = ""
+    """A previous build's --metadata JSON (relative to matrix.yaml): the variants' compressed sizes the shard
+    split estimates disk from. Empty, or a variant it lacks: the project's measured figure per variant."""
 
     @model_validator(mode="after")
     def _level(self):

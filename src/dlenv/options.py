@@ -64,6 +64,9 @@ class PlanRequest:
                                          "(repeatable, or comma separated)")
     shard: str | None = opt(None, "--shard", metavar="I/N",
                             help="only the I-th of N parts of the family (variants sharing a CUDA base stay together)")
+    runner_disk: float | None = opt(None, "--runner-disk", field="build.runner_disk", metavar="GB",
+                                    help="free disk of each build runner: shards are split to fit it (overrides "
+                                         "build.runner_disk)")
     allow_eol: bool = opt(False, "--allow-eol",
                           help="also build CUDA releases past their end of life (src/dlenv/data/cuda_releases.toml)")
     build_id: str | None = opt(None, "--build-id", help="override the build id (default: commit date-sha)")

@@ -105,6 +105,9 @@ class Plan:
     variants: tuple[Variant, ...]
     nodes: dict[str, Node] = field(hash=False)
     left_out: tuple[LeftOut, ...]
+    # Nodes an earlier shard built and pushed: (node, the image reference of its variant). The
+    # bake takes each from the registry instead of building it and what is below it.
+    pulled: tuple[tuple[str, str], ...] = ()
 
     @property
     def image(self) -> str:
@@ -128,7 +131,12 @@ class Plan:
         """The same plan with some variants moved to left_out (e.g. unreachable sources)."""
         kept = tuple(v for v in self.variants if v.id not in gone)
         return Plan(self.matrix, self.build, self.mirrors, kept, _built_nodes(kept, self.nodes, self.matrix),
-                    self.left_out + tuple(gone[v.id] for v in self.variants if v.id in gone))
+                    self.left_out + tuple(gone[v.id] for v in self.variants if v.id in gone), self.pulled)
+
+    def pull(self, nodes: Mapping[str, str]) -> Plan:
+        """The same plan taking nodes (node -> the immutable tag of the variant built there) from
+        the registry: another shard built and pushed them."""
+        return replace(self, pulled=tuple((n, self.ref(tag)) for n, tag in sorted(nodes.items())))
 
     def without_platforms(self, gone: Mapping[str, LeftOut]) -> Plan:
         """The same plan without some platforms (platform -> why, e.g. one the engine cannot
@@ -142,7 +150,7 @@ class Plan:
             if platforms:
                 kept.append(replace(v, platforms=platforms))
         return Plan(self.matrix, self.build, self.mirrors, tuple(kept), _built_nodes(kept, self.nodes, self.matrix),
-                    self.left_out + tuple(left))
+                    self.left_out + tuple(left), self.pulled)
 
     @property
     def platforms(self) -> tuple[str, ...]:

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import pytest
 from faults import Dropper, FaultProxy, OwnRegistry, Request
+from scratch import ScratchEngine, processes_with, wait_for
 from tlsproxy import make_ca, mint
 
 from dlenv import bootstrap, disk, engine, hostconf, lock, registry, retry
@@ -81,27 +82,6 @@ def put_back(plan: planmod.Plan, digests: dict[str, str]) -> None:
 
 def tags_of_build(build: str) -> list[str]:
     return [t for t in registry.tags(REGISTRY, REPOSITORY) if t.endswith(f"-{build}")]
-
-
-def processes_with(text: str) -> list[int]:
-    """Pids whose command line holds text (other than this test's own process)."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit() and int(entry) != os.getpid():
-            try:
-                if text.encode() in Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" "):
-                    found.append(int(entry))
-            except OSError:
-                pass
-    return found
-
-
-def wait_for(what: str, test, timeout: float = 120, every: float = 0.2):
-    deadline = time.monotonic() + timeout
-    while not (found := test()):
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(every)
-    return found
 
 
 def error_lines(text: str) -> list[str]:
@@ -583,35 +563,6 @@ def test_an_apt_mirror_dropping_connections_is_asked_again_and_one_dropping_all_
 
 # --- an engine of the tests' own: killed during the bake, its data root filling up ---------------
 
-@dataclass
-class Scratch:
-    host: str
-    root: Path                      # the data root's filesystem (DLENV_STATE): a small loop-mounted one
-    argv: list[str]
-    log: Path
-    proc: subprocess.Popen | None = None
-    project: Path | None = None     # the scratch family ([] and [mark])
-
-    @property
-    def env(self) -> dict[str, str]:
-        return {"DOCKER_HOST": self.host, "DLENV_STATE": str(self.root)}
-
-    def start(self) -> None:
-        with open(self.log, "a") as out:
-            self.proc = subprocess.Popen(self.argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-        wait_for("the tests' engine to answer", lambda: engine.answers(self.host), timeout=60, every=0.5)
-
-    def kill(self, signum: int = signal.SIGKILL) -> None:
-        """dockerd killed by its pid (SIGKILL: as a crash would end it)."""
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signum)
-            self.proc.wait(60)
-
-    def docker(self, *args: str) -> subprocess.CompletedProcess:
-        return subprocess.run(["docker", *args], capture_output=True, text=True, timeout=120,
-                              env=dict(os.environ, DOCKER_HOST=self.host))
-
-
 # The family the tests' engine builds: its CUDA layer is an image (the first family's pushed base
 # variant), so every node it builds is either in the registry cache or needs no network.
 SCRATCH = MATRIX.replace('"13.0.2": {{source: pip}}',
@@ -629,20 +580,7 @@ def scratch(family, tmp_path_factory):
     own with no way out and iptables left alone (the shared engine's rules stay as they are): it
     builds the family from its registry cache, runs its checks and pushes to the shared registry."""
     tmp = tmp_path_factory.mktemp("scratch")
-    image, mount, run = tmp / "fs.img", tmp / "root", Path(f"/run/dlenv-test-{RUN}")
-    bridge = f"dlt{RUN}"
-    mount.mkdir()
-    run.mkdir(parents=True, exist_ok=True)
-    steps = [["truncate", "-s", SIZE, str(image)], ["mkfs.ext4", "-q", "-F", "-m", "0", str(image)],
-             ["mount", "-o", "loop", str(image), str(mount)],
-             ["ip", "link", "add", "name", bridge, "type", "bridge"],
-             ["ip", "addr", "add", "10.213.0.1/24", "dev", bridge], ["ip", "link", "set", bridge, "up"]]
-    config = write(tmp / "daemon.json", json.dumps({"features": {"containerd-snapshotter": True}, "bridge": bridge,
-                                                     "iptables": False, "ip6tables": False}))
-    engine_ = Scratch(f"unix://{run / 'docker.sock'}", mount,
-                      ["dockerd", "--config-file", str(config), "--data-root", str(mount / "docker"),
-                       "--exec-root", str(run / "exec"), "--host", f"unix://{run / 'docker.sock'}",
-                       "--pidfile", str(run / "dockerd.pid")], tmp / "dockerd.log")
+    engine_ = ScratchEngine(tmp, SIZE, f"dlenv-test-{RUN}", "10.213.0")
     # The registry cache the tests' engine builds from: the scratch family, built once here.
     project = scratch_project(tmp / "project", STACKS, **MARK)
     out = dlenv(project, "build", "--cache", SCRATCH_CACHE, "--build-id", "s0", "--no-promote",
@@ -650,22 +588,9 @@ def scratch(family, tmp_path_factory):
     assert out.returncode == 0, out.stderr[-3000:]
     engine_.project = project
     try:
-        for step in steps:
-            subprocess.run(step, check=True, capture_output=True)
-        engine_.start()
-        yield engine_
+        yield engine_.up()
     finally:
-        engine_.kill(signal.SIGTERM)
-        for pid in processes_with(str(run)):   # a containerd the killed dockerd left behind
-            os.kill(pid, signal.SIGKILL)
-        # Network namespaces of the killed dockerd's sandboxes are still mounted under its exec root.
-        left = [line.split()[1] for line in Path("/proc/mounts").read_text().splitlines()
-                if line.split()[1].startswith(f"{run}/")]
-        for point in [*left, str(mount)]:
-            subprocess.run(["umount", "-l", point], capture_output=True)
-        shutil.rmtree(run, ignore_errors=True)
-        subprocess.run(["ip", "link", "del", bridge], capture_output=True)
-        image.unlink(missing_ok=True)
+        engine_.down()
 
 
 # The tests' data root: sparse, so it costs what is written. Larger than dlenv's estimate for the

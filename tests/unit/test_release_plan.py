@@ -364,5 +364,9 @@ def test_the_shards_command_writes_the_matrix_for_github_actions(tmp_path, monke
     monkeypatch.chdir(root)
     assert main(["shards", "--count", "2", "--github-output", "--matrix", "tests/release-family.yaml"]) == 0
     printed = json.loads(capsys.readouterr().out)
-    assert output.read_text() == f"matrix={json.dumps(printed, separators=(',', ':'))}\n"
+    from dlenv import plan
+
+    family = plan.load(PlanRequest(matrix=Path("tests/release-family.yaml")))
+    assert output.read_text() == (f"matrix={json.dumps(printed, separators=(',', ':'))}\n"
+                                  + "".join(f"{k}={v}\n" for k, v in shards.stages(family, 2).items()))
     assert [e["variants"] for e in printed["include"]] == ["13.0.2-base-debian12", "13.0.2-base-debian13"]

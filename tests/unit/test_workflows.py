@@ -91,9 +91,9 @@ def test_release_runs_plan_shards_smoke_promote_catalog_in_that_order():
     assert {"plan"} <= needs("build") and {"plan", "build"} <= needs("smoke")
     assert {"smoke", "build"} <= needs("promote") and "promote" in needs("catalog") and "catalog" in needs("publish")
     assert "--github-output" in run_lines(jobs["plan"]) and "nox -s shards" in run_lines(jobs["plan"])
-    # Every build and smoke job takes its shard from the plan job's matrix.
-    for name in ("build", "smoke"):
-        assert "needs.plan.outputs.matrix" in jobs[name]["strategy"]["matrix"]
+    # Every build and smoke job takes its shard from the plan job's matrices.
+    for name, output in (("build", "build1"), ("smoke", "matrix")):
+        assert f"needs.plan.outputs.{output}" in jobs[name]["strategy"]["matrix"]
         assert '--shard "${{ matrix.shard }}"' in run_lines(jobs[name])
 
 
@@ -132,3 +132,32 @@ def test_release_inputs_reach_the_shell_through_the_environment_only():
     for name, job in release()["jobs"].items():
         for step in job["steps"]:
             assert "inputs." not in step.get("run", ""), (name, step["run"])
+
+
+def test_build_jobs_run_by_stage_each_after_the_one_before_with_the_same_steps_on_a_freed_disk():
+    from dlenv import shards
+
+    jobs = release()["jobs"]
+    names = ["build"] + [f"build-{k}" for k in range(2, shards.STAGES + 1)]
+    for stage, name in enumerate(names, 1):
+        job = jobs[name]
+        assert f"needs.plan.outputs.build{stage}" in job["strategy"]["matrix"]
+        assert job["steps"] == jobs["build"]["steps"]
+        if stage > 1:
+            # Skipped where no shard has that stage (an empty matrix would fail the job).
+            assert names[stage - 2] in job["needs"] and f"outputs.stages) >= {stage}" in job["if"]
+    # Nothing is tested before every stage is built.
+    needed, todo = set(), ["smoke"]
+    while todo:
+        direct = jobs[todo.pop()].get("needs", [])
+        todo += [n for n in ([direct] if isinstance(direct, str) else direct) if n not in needed]
+        needed.update(todo)
+    assert set(names) <= needed
+    # The disk is freed before anything is built: a nox session, as root.
+    steps = [" ".join(s.get("run", "").split()) for s in jobs["build"]["steps"]]
+    freed = next(i for i, s in enumerate(steps) if "nox -s free-disk" in s)
+    assert steps[freed].startswith("sudo ") and freed < next(i for i, s in enumerate(steps) if "nox -s build-matrix" in s)
+    # Each job's artifact has a name of its own: jobs of two stages share job indices.
+    uploads = [s["with"]["name"] for s in jobs["build"]["steps"] if s.get("uses", "").startswith("actions/upload-artifact")]
+    assert uploads == ["${{ github.job }}-${{ strategy.job-index }}"]
+
