@@ -93,6 +93,13 @@ def smoke(session):
 
 
 @nox.session
+def merge(session):
+    """Join each variant's per-platform tags (`build-matrix -- --per-platform`) into one index under its immutable tag."""
+    _install(session)
+    session.run("python", "-m", "dlenv", "merge", *session.posargs)
+
+
+@nox.session
 def promote(session):
     """Move floating tags to the tested digests of variants whose smoke results (JSON) passed."""
     _install(session)

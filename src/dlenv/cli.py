@@ -29,6 +29,7 @@ from dlenv.options import (
     EngineRequest,
     ListRequest,
     LockRequest,
+    MergeRequest,
     PlanRequest,
     PromoteRequest,
     RehearseRequest,
@@ -82,8 +83,9 @@ def cmd_shards(plan: planmod.Plan, request: ShardsRequest) -> int:
         target = os.environ.get("GITHUB_OUTPUT")
         if not target:
             raise DlenvError("--github-output: $GITHUB_OUTPUT is not set", "run it in a GitHub Actions step")
+        # matrix: a build (and smoke) job per shard and platform; shards: a merge job per shard.
         with open(target, "a") as handle:
-            handle.write(f"matrix={text}\n")
+            handle.write(f"matrix={text}\nshards={json.dumps(shards.merges(plan, request.count), separators=(',', ':'))}\n")
             # build1, build2, ...: the build jobs of each stage (a stage pulls what the one before pushed).
             handle.writelines(f"{key}={value}\n" for key, value in shards.stages(plan, request.count).items())
     return 0
@@ -131,6 +133,16 @@ def cmd_promote(plan: planmod.Plan, request: PromoteRequest) -> int:
     return 1 if held else 0
 
 
+def cmd_merge(plan: planmod.Plan, request: MergeRequest) -> int:
+    from dlenv import merge
+
+    merged = merge.run(plan, request, report.say)
+    missing = [m for m in merged if not m.merged]
+    if missing:
+        report.console.print(f"[bold red]{len(missing)} of {len(merged)} tags were not merged[/]")
+    return 1 if missing else 0
+
+
 def cmd_catalog(plan: planmod.Plan, request: CatalogRequest) -> int:
     from dlenv import catalog
 
@@ -170,6 +182,8 @@ MATRIX_COMMANDS = {
                           LockRequest, cmd_lock, {"allow_eol": True}),
     "smoke": MatrixCommand("run each variant's checks in its image (GPU checks where there is a GPU)",
                            SmokeRequest, cmd_smoke),
+    "merge": MatrixCommand("join each variant's per-platform tags (--per-platform builds) into one index per tag",
+                           MergeRequest, cmd_merge),
     "promote": MatrixCommand("move floating tags to the tested digests of variants whose checks passed",
                              PromoteRequest, cmd_promote),
     "catalog": MatrixCommand("write the family's catalog (a web page, Markdown and JSON) from the registry",

@@ -62,6 +62,10 @@ class PlanRequest:
     platform: tuple[str, ...] = opt((), "--platform", metavar="OS/ARCH",
                                     help="build only these platforms of each variant, e.g. linux/arm64 "
                                          "(repeatable, or comma separated)")
+    per_platform: bool = opt(False, "--per-platform",
+                             help="one platform's images under their own tags (the immutable tag + -ARCH, no floating "
+                                  "tags), for `dlenv merge` to join into one index per tag (release.yml's build jobs, "
+                                  "one machine per platform); needs --platform unless the family has one")
     shard: str | None = opt(None, "--shard", metavar="I/N",
                             help="only the I-th of N parts of the family (variants sharing a CUDA base stay together)")
     runner_disk: float | None = opt(None, "--runner-disk", field="build.runner_disk", metavar="GB",
@@ -163,6 +167,11 @@ class PromoteRequest:
                                      help="smoke results: files written by `dlenv smoke --json` or rootfs_run.py --json")
     require_gpu: bool = opt(False, "--require-gpu", help="a variant whose GPU checks were skipped is not promoted")
     json: Path | None = opt(None, "--json", help="write the promotions as JSON")
+
+
+@dataclass(frozen=True)
+class MergeRequest:
+    json: Path | None = opt(None, "--json", help="write one object per tag merged (or not, and why) as JSON")
 
 
 @dataclass(frozen=True)

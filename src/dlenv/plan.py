@@ -21,7 +21,7 @@ from dlenv.errors import ConfigError
 from dlenv.hostconf import Network
 from dlenv.options import PlanRequest
 from dlenv.selection import Selection
-from dlenv.tags import BuildInfo, build_info, render, valid_tag
+from dlenv.tags import BuildInfo, build_info, platform_tag, render, valid_tag
 
 Kind = Literal["rootfs", "os", "cuda", "recipe"]
 Reason = Literal["excluded", "constraint", "unsupported", "eol", "unselected", "unreachable"]
@@ -508,4 +508,30 @@ def load(request: PlanRequest, *more: object, environ: Mapping[str, str] | None 
     # End of life is judged on the commit's date (expand's default), not the clock: every job of
     # a release, hours apart, splits the same plan.
     plan = expand(matrix, info, mirrors(matrix.model, net), selection, allow_eol=request.allow_eol)
-    return shards.only(plan, shard) if shard else plan
+    if shard:
+        # Split the whole family, whatever --platform keeps: each platform's build job of a
+        # shard and that shard's merge job hold the same variants.
+        whole = expand(matrix, info, mirrors(matrix.model, net), replace(selection, platforms=()),
+                       allow_eol=request.allow_eol) if selection.platforms else plan
+        plan = shards.only(plan, shard, whole)
+    return per_platform(plan) if request.per_platform else plan
+
+
+def per_platform(plan: Plan) -> Plan:
+    """Each variant under its one platform's tag (tags.platform_tag of its immutable tag) and no
+    floating tag: what a release's build job of one platform pushes, builds on and tests, for
+    `dlenv merge` to join into the immutable tag's index."""
+    several = next((v for v in plan.variants if len(v.platforms) != 1), None)
+    if several:
+        raise ConfigError("--per-platform", None, "platform",
+                          f"{several.id} is built for {', '.join(several.platforms)}: a per-platform build is of one "
+                          "platform (add --platform, e.g. --platform linux/arm64)")
+    variants = []
+    for v in plan.variants:
+        tag = platform_tag(v.immutable, v.platforms[0])
+        if not valid_tag(tag):
+            raise ConfigError("--per-platform", None, "tags.immutable", f"{tag!r} is not valid in a tag (too long?)")
+        variants.append(replace(v, immutable=tag, floating=(), newer=()))
+    # A node another shard built is taken from that shard's job of the same platform, before any merge.
+    pulled = tuple((n, platform_tag(ref, variants[0].platforms[0])) for n, ref in plan.pulled) if variants else ()
+    return replace(plan, variants=tuple(variants), pulled=pulled)

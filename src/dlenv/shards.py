@@ -34,6 +34,8 @@ class Variant(Protocol):
     @property
     def chain(self) -> tuple[str, ...]: ...
     @property
+    def platforms(self) -> tuple[str, ...]: ...
+    @property
     def flavor(self) -> str: ...
     @property
     def immutable(self) -> str: ...
@@ -213,20 +215,20 @@ def split(plan: Plan, count: int) -> list[list[Variant]]:
     return [planned.variants for planned in layout(plan, count)]
 
 
-def only(plan: P, shard: Shard) -> P:
-    """The plan with every variant outside shard moved to left_out (as unselected), taking the
-    images of the variants it builds on from the registry where an earlier stage's shard built them."""
-    planned = layout(plan, shard.count)[shard.index - 1]
+def only(plan: P, shard: Shard, whole: Plan | None = None) -> P:
+    """The plan with every variant outside shard moved to left_out (as unselected); whole: the
+    plan to split, where plan is a narrower view of it (one platform)."""
+    planned = layout(whole or plan, shard.count)[shard.index - 1]
     mine = {v.id for v in planned.variants}
     out = plan.unselect({v.id for v in plan.variants if v.id not in mine}, f"in another shard than {shard}")
     if not planned.pulled:
         return out
-    by_id = {v.id: v for v in plan.variants}
+    by_id = {v.id: v for v in (whole or plan).variants}
     return out.pull({by_id[i].chain[-1]: by_id[i].immutable for i in planned.pulled})
 
 
-def matrix(plan: Plan, count: int) -> dict:
-    """GitHub Actions' strategy.matrix: one entry per non-empty shard."""
+def merges(plan: Plan, count: int) -> dict:
+    """GitHub Actions' strategy.matrix of the merge jobs: one entry per non-empty shard."""
     if count < 1:
         raise ConfigError("--count", None, "count", f"at least one job (got {count})")
     # stage: the build jobs of stage 2 run after those of stage 1 (they pull what those pushed);
@@ -234,6 +236,20 @@ def matrix(plan: Plan, count: int) -> dict:
     return {"include": [{"shard": str(Shard(i + 1, count)), "variants": " ".join(v.id for v in part.variants),
                          "count": len(part.variants), "stage": part.stage, "disk": round(part.need / fit.GB, 1)}
                         for i, part in enumerate(layout(plan, count)) if part.variants]}
+
+
+def matrix(plan: Plan, count: int) -> dict:
+    """GitHub Actions' strategy.matrix of the build and smoke jobs: one entry per non-empty shard
+    and platform of its variants (each platform is built on a machine of its own), with the
+    variants that have that platform. The platforms come in the order the variants list them."""
+    order = list(dict.fromkeys(p for v in plan.variants for p in v.platforms))
+    out = []
+    for entry, part in zip(merges(plan, count)["include"], [p for p in split(plan, count) if p], strict=True):
+        for platform in order:
+            mine = [v.id for v in part if platform in v.platforms]
+            if mine:
+                out.append({**entry, "platform": platform, "variants": " ".join(mine), "count": len(mine)})
+    return {"include": out}
 
 
 def stages(plan: Plan, count: int) -> dict[str, str]:

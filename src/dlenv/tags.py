@@ -75,3 +75,10 @@ def render(template: str, values: dict[str, str]) -> str:
 
 def valid_tag(tag: str) -> bool:
     return bool(TAG.match(tag))
+
+
+def platform_tag(tag: str, platform: str) -> str:
+    """The tag one platform's image is pushed under before the merge: linux/arm64 ->
+    TAG-arm64. A release builds each platform on its own machine, then `dlenv merge` joins the
+    platform tags of a variant into one index under TAG."""
+    return f"{tag}-{platform.rsplit('/', 1)[-1]}"

@@ -64,6 +64,60 @@ def test_only_keeps_its_shard_and_says_where_the_rest_went(project):
     assert set(mine.nodes) == {n for v in mine.variants for n in v.chain}
 
 
+TWO_PLATFORMS = SMALL + """platforms: [linux/amd64, linux/arm64]
+include:
+  - {cuda: 13.0.2, flavor: base, os: debian12, stack: [python, devtools, ssh], platforms: [linux/amd64]}
+"""
+
+
+def test_the_build_matrix_has_a_job_per_shard_and_platform_and_the_merge_matrix_one_per_shard(project):
+    p = expand(project, TWO_PLATFORMS)
+    amd64_only = [v.id for v in p.variants if v.platforms == ("linux/amd64",)]
+    assert amd64_only and len(p.platforms) == 2
+    for count in (1, 2, 3):
+        parts = [part for part in shards.split(p, count) if part]
+        merges = shards.merges(p, count)["include"]
+        assert [e["variants"].split() for e in merges] == [[v.id for v in part] for part in parts]
+        jobs = shards.matrix(p, count)["include"]
+        assert [(e["shard"], e["platform"], e["variants"].split()) for e in jobs] == [
+            (m["shard"], platform, [v.id for v in part if platform in v.platforms])
+            for m, part in zip(merges, parts, strict=True) for platform in p.platforms
+            if any(platform in v.platforms for v in part)]
+        assert all(e["count"] == len(e["variants"].split()) for e in jobs)
+
+
+def test_a_platforms_job_of_a_shard_holds_that_shards_variants_which_have_the_platform(project):
+    """The split is the whole family's: --platform narrows a shard's variants, never moves them
+    to another shard (each platform's build job and the shard's merge job must agree)."""
+    from dlenv import plan
+
+    (project / "matrix.yaml").write_text(TWO_PLATFORMS)
+    for count in (2, 3):
+        for index in range(1, count + 1):
+            shard = f"{index}/{count}"
+            whole = plan.load(PlanRequest(matrix=project / "matrix.yaml", root=project, shard=shard))
+            arm = plan.load(PlanRequest(matrix=project / "matrix.yaml", root=project, shard=shard,
+                                        platform=("linux/arm64",)))
+            assert [v.id for v in arm.variants] == [v.id for v in whole.variants if "linux/arm64" in v.platforms]
+
+
+def test_a_per_platform_build_tags_each_image_with_its_platform_and_moves_no_floating_tag(project):
+    from dlenv import plan
+    from dlenv.tags import platform_tag
+
+    (project / "matrix.yaml").write_text(TWO_PLATFORMS)
+    request = PlanRequest(matrix=project / "matrix.yaml", root=project, build_id="20260101-abc")
+    whole = plan.load(request)
+    for platform in whole.platforms:
+        one = plan.load(dataclasses.replace(request, platform=(platform,), per_platform=True))
+        assert [v.id for v in one.variants] == [v.id for v in whole.variants if platform in v.platforms]
+        for v in one.variants:
+            assert v.immutable == platform_tag(whole.variant(v.id).immutable, platform)
+            assert v.immutable.endswith("-" + platform.split("/")[1]) and v.floating == () and v.tags == (v.immutable,)
+    with pytest.raises(ConfigError, match=r"--per-platform: platform: .* \(add --platform"):
+        plan.load(dataclasses.replace(request, per_platform=True))
+
+
 @pytest.mark.parametrize("text", ["0/3", "4/3", "2", "a/b", "1/0", ""])
 def test_bad_shard_specs_are_config_errors(text):
     with pytest.raises(ConfigError, match="I/N"):
@@ -364,9 +418,14 @@ def test_the_shards_command_writes_the_matrix_for_github_actions(tmp_path, monke
     monkeypatch.chdir(root)
     assert main(["shards", "--count", "2", "--github-output", "--matrix", "tests/release-family.yaml"]) == 0
     printed = json.loads(capsys.readouterr().out)
+    # matrix: the build jobs (a shard and platform each); shards: the merge jobs (a shard each).
     from dlenv import plan
 
     family = plan.load(PlanRequest(matrix=Path("tests/release-family.yaml")))
+    merges = shards.merges(family, 2)
     assert output.read_text() == (f"matrix={json.dumps(printed, separators=(',', ':'))}\n"
+                                  f"shards={json.dumps(merges, separators=(',', ':'))}\n"
                                   + "".join(f"{k}={v}\n" for k, v in shards.stages(family, 2).items()))
     assert [e["variants"] for e in printed["include"]] == ["13.0.2-base-debian12", "13.0.2-base-debian13"]
+    assert [(e["shard"], e["platform"]) for e in printed["include"]] == [
+        (e["shard"], p) for e in merges["include"] for p in family.platforms]

@@ -67,3 +67,12 @@ def test_valid_tag():
     assert not tags.valid_tag("-leading-dash")
     assert not tags.valid_tag("a+b")
     assert not tags.valid_tag("x" * 129)
+
+
+def test_each_platform_has_a_tag_of_its_own_that_no_two_platforms_share():
+    from dlenv.config import PLATFORMS
+
+    made = {p: tags.platform_tag("13.0.2-base-debian12-20260101-abc", p) for p in PLATFORMS}
+    assert len(set(made.values())) == len(PLATFORMS)
+    for platform, tag in made.items():
+        assert tag == f"13.0.2-base-debian12-20260101-abc-{platform.split('/')[1]}" and tags.valid_tag(tag)

@@ -134,6 +134,40 @@ def test_release_inputs_reach_the_shell_through_the_environment_only():
             assert "inputs." not in step.get("run", ""), (name, step["run"])
 
 
+def test_each_platform_builds_natively_under_its_own_tags_then_one_merge_per_shard_before_the_gpu_checks():
+    jobs = release()["jobs"]
+    build, merge, smoke = jobs["build"], jobs["merge"], jobs["smoke"]
+    # The runner by platform: amd64 on the hosted x64 runner, arm64 on the hosted arm64 one.
+    assert build["runs-on"] == "${{ matrix.platform == 'linux/arm64' && 'ubuntu-24.04-arm' || 'ubuntu-24.04' }}"
+    assert "matrix.platform == 'linux/arm64' && 'ARM64' || 'X64'" in json.dumps(smoke["runs-on"])
+    # Build and the build job's own checks: that platform alone, under its per-platform tags.
+    steps = [" ".join(s["run"].split()) for s in build["steps"] if "nox -s" in s.get("run", "")
+             and "nox -s free-disk" not in s["run"]]
+    assert [re.search(r"nox -s ([\w-]+)", s).group(1) for s in steps] == ["build-matrix", "smoke"]
+    assert all('--platform "${{ matrix.platform }}" --per-platform' in s for s in steps)
+    # One merge job per shard, after every build job; the GPU checks run on the merged tags.
+    assert "needs.plan.outputs.shards" in merge["strategy"]["matrix"]
+    assert '--shard "${{ matrix.shard }}"' in run_lines(merge) and "nox -s merge" in run_lines(merge)
+    assert "--per-platform" not in run_lines(merge) + run_lines(smoke)
+    assert set(merge["needs"]) >= {"plan", "build"} and "merge" in smoke["needs"]
+    assert '--platform "${{ matrix.platform }}"' in run_lines(smoke)
+
+
+def test_the_plan_jobs_outputs_are_what_the_shards_command_writes(tmp_path, monkeypatch):
+    from dlenv.cli import main
+
+    output = tmp_path / "github-output"
+    monkeypatch.setenv("GITHUB_OUTPUT", str(output))
+    monkeypatch.chdir(REPO)
+    assert main(["shards", "--count", "2", "--github-output", "--matrix", "tests/release-family.yaml"]) == 0
+    written = {line.split("=", 1)[0] for line in output.read_text().splitlines()}
+    plan = release()["jobs"]["plan"]
+    assert {k: v.replace(" ", "") for k, v in plan["outputs"].items()} == {
+        key: f"${{{{steps.shards.outputs.{key}}}}}" for key in written}
+    used = set(re.findall(r"needs\.plan\.outputs\.(\w+)", json.dumps(release()["jobs"])))
+    assert used == written
+
+
 def test_build_jobs_run_by_stage_each_after_the_one_before_with_the_same_steps_on_a_freed_disk():
     from dlenv import shards
 
