@@ -58,8 +58,9 @@ def main() -> int:
         shutil.rmtree(args.folder)
     args.folder.mkdir(parents=True)
     own = OwnRegistry(args.folder / "registry")
+    # One build id for every shard, as in a release (a tree edited meanwhile would change it).
     request = PlanRequest(matrix=args.matrix, select=tuple(args.select), platform=(PLATFORM,), registry=own.address,
-                          runner_disk=float(args.size.rstrip("G")))
+                          runner_disk=float(args.size.rstrip("G")), build_id=f"bench-{int(time.time())}")
     family = planmod.load(request)
     layout = shards.layout(family, args.count)
     order = sorted((i for i, s in enumerate(layout) if s.variants), key=lambda i: (layout[i].stage, i))
@@ -81,12 +82,15 @@ def main() -> int:
                 with disk.Sampler(runner.root) as sampler:
                     out = subprocess.run([sys.executable, "-m", "dlenv", "build", "--matrix", str(args.matrix),
                                           *[a for s in args.select for a in ("--select", s)], "--platform", PLATFORM,
-                                          "--shard", shard, "--registry", own.address, "--runner-disk",
+                                          "--shard", shard, "--build-id", request.build_id, "--registry",
+                                          own.address, "--runner-disk",
                                           str(request.runner_disk), "--cache", f"{own.address}/dlenv-cache",
                                           "--no-promote", "--workdir", str(work), "--metadata", str(metadata)],
                                          cwd=ROOT, env=env, capture_output=True, text=True)
                 capacity = shutil.disk_usage(runner.root).total
                 (args.folder.parent / f"dlenv-bench-shard-{index + 1}.log").write_text(out.stdout + out.stderr)
+                if (work / "build.log").exists():
+                    shutil.copy(work / "build.log", args.folder.parent / f"dlenv-bench-shard-{index + 1}.build.log")
             finally:
                 runner.down()
             built = {r["variant"]: r["size"] for r in json.loads(metadata.read_text())["variants"]} \

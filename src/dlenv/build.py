@@ -19,10 +19,13 @@ from dlenv.config import BuildSettings
 from dlenv.errors import DlenvError
 from dlenv.isolate import isolate
 from dlenv.options import BuildRequest
-from dlenv.plan import LeftOut, Plan
+from dlenv.plan import LeftOut, Plan, Variant
 from dlenv.publish import Publisher
 from dlenv.results import Board, Result
 from dlenv.sbom import DEFAULT_SBOM_SCANNER
+
+# Hears a wave's results, with the plan as built (see run).
+WaveDone = Callable[[Plan, list[Result]], None]
 
 
 class _Quiet:
@@ -79,7 +82,7 @@ class Builder:
     def __init__(self, plan: Plan, workdir: Path, output: graph.Output = "push",
                  secrets: tuple[graph.Secret, ...] = (), builder: str | None = None,
                  board: Board | None = None, log: Callable[[str], None] = print,
-                 options: graph.Options | None = None):
+                 options: graph.Options | None = None, wave_done: WaveDone | None = None):
         self.plan = plan
         self.workdir = workdir = workdir.resolve()  # bake runs in the project folder
         self.output = output
@@ -89,6 +92,7 @@ class Builder:
         self.board = board or _Quiet()
         self.say = log
         self.publisher = Publisher(plan, output, self.options, self.board)
+        self.wave_done = wave_done
         workdir.mkdir(parents=True, exist_ok=True)
         self.logfile = workdir / "build.log"
         self.bakefile = workdir / "bake.json"
@@ -132,18 +136,37 @@ class Builder:
                     remaining.remove(variant)
                     settle(kept)
         rounds = itertools.count(1)
-        built, outcome = isolate(
-            self.plan, remaining,
-            bake=lambda targets: self._bake(self.bakefile, targets, self.workdir / f"metadata-{next(rounds)}.json"),
-            probe=lambda targets: self._bake(self.probefile, targets),
-            broken=broken, settle=settle,
-            found=lambda node: self.say(f"dlenv: {node} failed; building what does not depend on it "
-                                        f"(log: {self.logfile})"))
-        if outcome is not None:
-            for variant in built:
-                settle(self.publisher.finish(variant, outcome.metadata.get(variant.node, {}),
-                                             outcome.ready.get(variant.node, 0.0)))
+        for wave in waves(self.plan.variants) if self.wave_done else [list(self.plan.variants)]:
+            built, outcome = isolate(
+                self.plan, [v for v in wave if v in remaining],
+                bake=lambda targets: self._bake(self.bakefile, targets,
+                                                self.workdir / f"metadata-{next(rounds)}.json"),
+                probe=lambda targets: self._bake(self.probefile, targets),
+                broken=broken, settle=settle,
+                found=lambda node: self.say(f"dlenv: {node} failed; building what does not depend on it "
+                                            f"(log: {self.logfile})"))
+            if outcome is not None:
+                for variant in built:
+                    settle(self.publisher.finish(variant, outcome.metadata.get(variant.node, {}),
+                                                 outcome.ready.get(variant.node, 0.0)))
+            # A node that failed in this wave is not baked again by the next one.
+            broken.update({results[v.id].node: results[v.id].error.splitlines() for v in wave
+                           if results[v.id].status == "failed" and results[v.id].node in self.plan.nodes})
+            if self.wave_done:
+                self.wave_done(self.plan, [results[v.id] for v in wave])
         return [results[v.id] for v in self.plan.variants]
+
+
+def waves(variants: tuple[Variant, ...] | list[Variant]) -> list[list[Variant]]:
+    """The variants in waves, one per OS and CUDA release (the chain of layers they share), the
+    largest first. The main job pushes, tests and removes each wave's images before baking the
+    next, so the engine's store holds one wave unpacked at a time; the build cache, which keeps
+    growing, stays, and a later wave reuses the layers below it. The last wave is the one in the
+    store at the peak: the smallest."""
+    groups: dict[tuple[str, str], list[Variant]] = {}
+    for variant in variants:
+        groups.setdefault((variant.os, variant.cuda), []).append(variant)
+    return sorted(groups.values(), key=len, reverse=True)
 
 
 @dataclass(frozen=True)
@@ -154,9 +177,12 @@ class BuildReport:
 
 
 def run(plan: Plan, request: BuildRequest, board: Board, say: Callable[[str], None],
-        warn: Callable[[str], None]) -> BuildReport:
+        warn: Callable[[str], None], wave_done: WaveDone | None = None) -> BuildReport:
     """The build stage's front door: engine and registry up, sources probed, bases pinned by the
-    lock, attestations set up, one bake graph built and pushed (or loaded), a result per variant."""
+    lock, attestations set up, one bake graph built and pushed (or loaded), a result per variant.
+
+    wave_done(plan, results): bake in waves (`waves`), and hear each one's results (pushed
+    images, or kept ones already pushed) before the next is baked; plan is the plan as built."""
     if not plan.variants:
         raise DlenvError("nothing to build: every combination is left out", "see `nox -s list`")
     engine.ensure(say=say, env=plan.network.env())
@@ -189,6 +215,10 @@ def run(plan: Plan, request: BuildRequest, board: Board, say: Callable[[str], No
             raise DlenvError(f"--locked: {stale[0]}", lock.FIX)
         for problem in stale:
             warn(f"lock: {problem}")
+    missing = [ref for _, ref in plan.pulled if registry.digest(ref) is None]
+    if missing:
+        raise DlenvError(f"this shard builds on {', '.join(missing)}, which an earlier stage's shard pushes: not in the "
+                         "registry", "build the earlier stage first (in release.yml: did its build job fail?)")
     fresh = [v for v in plan.variants if request.load or registry.digest(plan.ref(v.immutable)) is None]
     room = disk.estimate(engine.state_dir(), len(fresh))
     if fresh and not room.fits:
@@ -205,7 +235,7 @@ def run(plan: Plan, request: BuildRequest, board: Board, say: Callable[[str], No
             warn(note)
     try:
         results = Builder(plan, request.workdir, "load" if request.load else "push", graph.secrets(plan),
-                          request.builder, board, say, options).run()
+                          request.builder, board, say, options, wave_done).run()
     except disk.Full as full:   # --force, or an estimate that was low: the same figures, now
         raise full.explained(engine.state_dir(), room) from None
     # A variant left out whole; one that lost only some platforms was built for the others.

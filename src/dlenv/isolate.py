@@ -80,7 +80,9 @@ def isolate(plan: Plan, variants: list[Variant], bake: Bake, probe: Bake, broken
             for variant in remaining:
                 settle(Result(variant.id, "failed", error="\n".join(run.error_lines), node="?"))
             return [], None
-        culprit = first_failing(graph.ancestors(plan, run.error_target), probe)
+        # Nodes taken from the registry (an earlier shard's) are no targets to probe.
+        pulled = graph.pulled_below(plan)
+        culprit = first_failing([n for n in graph.ancestors(plan, run.error_target) if n not in pulled], probe)
         if culprit is None:
             # The chain builds now: exporting that target failed, or the failure did not repeat.
             # A variant's own export fails only that variant; anything else is not retried forever.

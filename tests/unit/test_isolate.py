@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from dlenv import bake, config, plan
+from dlenv import graph as plan_graph
 from dlenv.isolate import isolate
 from dlenv.results import Result
 from dlenv.selection import Selection
@@ -160,3 +161,23 @@ def test_progress_says_when_each_image_was_exported_from_a_recorded_bake(recordi
         exported = {m.group(1) for m in re.finditer(r"^#\d+ \[([^\] ]+)\] exporting to image$", section, re.M)}
         assert set(done) == set(progress.outcome.ready) <= exported
         assert not progress.outcome.error_target or progress.outcome.error_target not in done
+
+
+def test_nodes_an_earlier_shard_pushed_are_not_probed(tmp_path):
+    """A shard of a later stage takes its parent from the registry: probing the failing chain
+    node by node asks only for the nodes its bake file has."""
+    whole = family(tmp_path, "leaf")
+    base = whole.variants[0]
+    p = whole.unselect({base.id}, "in another shard").pull({base.node: base.immutable})
+    top = p.variants[-1].node
+    probed: list[list[str]] = []
+
+    def probe(targets):
+        probed.append(targets)
+        return bake.Progress().failed(f"ERROR: target {targets[0]}: failed to solve")
+
+    isolate(p, list(p.variants), lambda targets: bake.Progress().failed(f"ERROR: target {top}: failed to solve"),
+            probe, {}, lambda r: None)
+    below = set(plan_graph.ancestors(whole, base.node))
+    assert probed and not below & {t for targets in probed for t in targets}
+    assert set(plan_graph.definition(p)["target"]) == set(p.nodes) - below
