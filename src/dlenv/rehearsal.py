@@ -1,11 +1,14 @@
 """A dress rehearsal of .github/workflows/release.yml on one machine, against the local registry.
 
 The same steps as the workflow's jobs, in the same order and with the same options, through the
-stages' own front doors: the shard matrix through $GITHUB_OUTPUT's format, each shard built with
---locked and the registry cache and pushed without moving floating tags, each shard smoke-tested
-to JSON, one promotion from all the results, then the catalog. A step that fails does not stop
-the later ones (the workflow's jobs do not either); the exit code says whether every step passed.
-Each step is shown as the command line the workflow runs, derived from its requests.
+stages' own front doors: the shard matrix through $GITHUB_OUTPUT's format; each shard built per
+platform (--platform P --per-platform: under its own platform tags, another platform than the
+host's under QEMU) with --locked and the registry cache, and that platform's checks run on
+those tags; a merge per shard (one index per tag, every platform's attestations kept); each
+shard's platforms smoke-tested on the merged tags to JSON; one promotion from all the results,
+then the catalog. A step that fails does not stop the later ones (the workflow's jobs do not
+either); the exit code says whether every step passed. Each step is shown as the command line
+the workflow runs, derived from its requests.
 """
 
 from __future__ import annotations
@@ -16,12 +19,13 @@ from dataclasses import dataclass, replace
 
 from rich.table import Table
 
-from dlenv import catalog, main_job, release, report, shards, smoke
+from dlenv import catalog, main_job, merge, release, report, shards, smoke
 from dlenv import plan as planmod
 from dlenv.errors import ConfigError, DlenvError
 from dlenv.options import (
     BuildRequest,
     CatalogRequest,
+    MergeRequest,
     PlanRequest,
     PromoteRequest,
     RehearseRequest,
@@ -64,31 +68,47 @@ def run(plan_request: PlanRequest, request: RehearseRequest) -> int:
     # The plan job: the shard matrix release.yml's build jobs get (the shards stage's front door,
     # as `shards --github-output` calls it).
     wanted = ShardsRequest(count=request.shards, github_output=True)
-    parts: list[dict] = []
+    parts: list[dict] = []     # the build (and smoke) jobs: a shard and platform each
+    merges: list[dict] = []    # the merge jobs: a shard each
 
     def plan_job() -> int:
         parts.extend(shards.matrix(family, wanted.count)["include"])
+        merges.extend(shards.merges(family, wanted.count)["include"])
         return 0
 
+    def smoke_job(part: PlanRequest, test: SmokeRequest) -> int:
+        result = smoke.run(planmod.load(part), test, report.say)
+        report.smoke_table(list(result.verdicts))
+        return 1 if result.failed else 0
+
     steps.append(_call("plan", "shards", plan_request, wanted, plan_job))
-    for index, entry in enumerate(parts):
-        part = replace(plan_request, shard=entry["shard"])
+    # The build jobs stage by stage, as the workflow's build, build-2, ... jobs: a later stage
+    # builds on the images an earlier one pushed.
+    for index, entry in sorted(enumerate(parts), key=lambda item: (item[1].get("stage", 1), item[0])):
+        name = f"{entry['shard']} {entry['platform'].split('/')[1]}"
+        part = replace(plan_request, shard=entry["shard"], platform=(entry["platform"],), per_platform=True)
         build = BuildRequest(cache=cache, locked=True, no_promote=True, workdir=work / f"build-{index}",
                              metadata=work / f"build-{index}.json")
-        steps.append(_call(f"build {entry['shard']}", "build", part, build,
+        steps.append(_call(f"build {name}", "build", part, build,
                            lambda part=part, build=build: main_job.run(planmod.load(part, build), build).exit_code))
+        # The build job's own checks of its platform, on its platform tags.
+        check = SmokeRequest(json=work / f"check-{index}.json", junit=work / f"check-{index}.xml")
+        steps.append(_call(f"check {name}", "smoke", part, check, lambda part=part, check=check: smoke_job(part, check)))
+    for index, entry in enumerate(merges):
+        part = replace(plan_request, shard=entry["shard"])
+        joined = MergeRequest(json=work / f"merge-{index}.json")
+
+        def merge_job(part=part, joined=joined) -> int:
+            return 0 if all(m.merged for m in merge.run(planmod.load(part), joined, report.say)) else 1
+
+        steps.append(_call(f"merge {entry['shard']}", "merge", part, joined, merge_job))
     results = []
     for index, entry in enumerate(parts):
-        part = replace(plan_request, shard=entry["shard"])
+        part = replace(plan_request, shard=entry["shard"], platform=(entry["platform"],))
         results.append(work / f"smoke-{index}.json")
         test = SmokeRequest(require_gpu=request.require_gpu, json=results[-1], junit=work / f"smoke-{index}.xml")
-
-        def smoke_job(part=part, test=test) -> int:
-            result = smoke.run(planmod.load(part), test, report.say)
-            report.smoke_table(list(result.verdicts))
-            return 1 if result.failed else 0
-
-        steps.append(_call(f"smoke {entry['shard']}", "smoke", part, test, smoke_job))
+        steps.append(_call(f"smoke {entry['shard']} {entry['platform'].split('/')[1]}", "smoke", part, test,
+                           lambda part=part, test=test: smoke_job(part, test)))
     found = tuple(p for p in results if p.exists())
     promote = PromoteRequest(verdicts=found, require_gpu=request.require_gpu)
 
@@ -113,6 +133,6 @@ def run(plan_request: PlanRequest, request: RehearseRequest) -> int:
         table.add_row(step.name, "[green]passed[/]" if step.rc == 0 else f"[red]failed ({step.rc})[/]",
                       f"{step.seconds:.0f}", "dlenv " + " ".join(step.argv))
     report.console.print(table)
-    report.write_json(work / "rehearsal.json", {"shards": parts, "steps": [
+    report.write_json(work / "rehearsal.json", {"shards": parts, "merges": merges, "steps": [
         {"name": s.name, "argv": s.argv, "rc": s.rc, "seconds": round(s.seconds, 1)} for s in steps]})
     return 0 if all(s.rc == 0 for s in steps) else 1

@@ -6,6 +6,7 @@ read back through the registry's HTTP API. Small on purpose: FROM scratch images
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,7 @@ import pytest
 from dlenv import merge, registry
 from dlenv.options import MergeRequest
 from dlenv.tags import platform_tag
-from helpers import REGISTRY, RUN, TINY, expand, new_project, write
+from helpers import REGISTRY, REPO, RUN, TINY, dlenv, expand, new_project, write
 
 REPOSITORY = f"test/merge-{RUN}"
 STACKS = "  - []\n  - [python]\n"
@@ -94,3 +95,43 @@ def test_an_immutable_tag_holding_other_images_is_never_moved(docker, family, tm
     refused = merge.one(plan, variant)
     assert not refused.merged and "an immutable tag is never moved" in refused.detail
     assert registry.digest(plan.ref(variant.immutable)) == other
+
+
+def test_the_rehearsal_builds_each_platform_apart_merges_and_promotes_one_index_per_tag(docker, tmp_path):
+    """release.yml on this machine for the smallest family on two platforms: a build and checks
+    per platform (linux/arm64 under QEMU) under platform tags, a merge, the checks per platform
+    on the merged tag, then promotion and the catalog of both platforms."""
+    repository = f"{REPOSITORY}-rehearsed"
+    platforms = ["linux/amd64", "linux/arm64"]
+    text = TINY.format(registry=REGISTRY, repository=repository, stacks="  - []\n") + \
+        f"platforms: {json.dumps(platforms)}\n"
+    project = new_project(tmp_path / "project", text)
+    # The repository's own lock pins the same Debian 12 bootstrap for both platforms: no second
+    # bootstrap under QEMU here (`dlenv lock` took 411 s for linux/arm64).
+    pinned = json.loads((REPO / "matrix.lock.json").read_text())
+    pinned["rootfs"] = {"debian12": {p: pinned["rootfs"]["debian12"][p] for p in platforms}}
+    (project / "matrix.lock.json").write_text(json.dumps(pinned))
+    out = dlenv(project, "rehearse", "--shards", "1", "--workdir", str(tmp_path / "reh"), "--build-id", "reh")
+    steps = json.loads((tmp_path / "reh/rehearsal.json").read_text())
+    arches = [p.split("/")[1] for p in platforms]
+    assert [s["name"] for s in steps["steps"]] == [
+        "plan", *[f"{k} 1/1 {a}" for a in arches for k in ("build", "check")], "merge 1/1",
+        *[f"smoke 1/1 {a}" for a in arches], "promote", "catalog"], out.stderr[-3000:]
+    assert out.returncode == 0 and all(s["rc"] == 0 for s in steps["steps"]), out.stdout[-4000:] + out.stderr[-3000:]
+
+    variant = "13.0.2-base-debian12"
+    index, digest = registry.manifest(REGISTRY, repository, f"{variant}-reh")
+    assert index["mediaType"] == "application/vnd.oci.image.index.v1+json"
+    found = {f"{e['platform']['os']}/{e['platform']['architecture']}": e["digest"] for e in index["manifests"]
+             if e.get("annotations", {}).get("vnd.docker.reference.type") != "attestation-manifest"}
+    about = [e["annotations"]["vnd.docker.reference.digest"] for e in index["manifests"]
+             if e.get("annotations", {}).get("vnd.docker.reference.type") == "attestation-manifest"]
+    assert sorted(found) == platforms and sorted(about) == sorted(found.values())
+    for platform in platforms:   # the image each platform's job pushed and checked
+        own, _ = registry.manifest(REGISTRY, repository, platform_tag(f"{variant}-reh", platform))
+        assert found[platform] in [e["digest"] for e in own["manifests"]]
+    # Promoted to the merged index; the catalog gives each platform's image.
+    assert registry.digest(f"{REGISTRY}/{repository}:{variant}") == digest
+    (entry,) = json.loads((tmp_path / "reh/catalog/catalog.json").read_text())["images"]
+    assert entry["digest"] == digest and [(i["platform"], i["digest"]) for i in entry["images"]] == [
+        (p, found[p]) for p in platforms]

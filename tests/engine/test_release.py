@@ -40,8 +40,11 @@ def rehearsed(docker, tmp_path_factory):
 def test_the_rehearsal_runs_every_step_of_the_release_and_each_passes(rehearsed):
     out, steps = rehearsed["out"], rehearsed["steps"]
     assert out.returncode == 0, out.stderr[-4000:]
-    assert [s["name"] for s in steps["steps"]] == ["plan", "build 1/2", "build 2/2", "smoke 1/2", "smoke 2/2",
-                                                   "promote", "catalog"]
+    jobs = [f"{e['shard']} {e['platform'].split('/')[1]}" for e in steps["shards"]]
+    assert [s["name"] for s in steps["steps"]] == ["plan", *[f"{k} {j}" for j in jobs for k in ("build", "check")],
+                                                   *[f"merge {e['shard']}" for e in steps["merges"]],
+                                                   *[f"smoke {j}" for j in jobs], "promote", "catalog"]
+    assert [e["shard"] for e in steps["merges"]] == ["1/2", "2/2"] and len(jobs) == len(VARIANTS)
     assert all(s["rc"] == 0 for s in steps["steps"]), steps
     # The shards came through $GITHUB_OUTPUT, as in the workflow, one OS (and CUDA base) each.
     assert [s["variants"] for s in steps["shards"]] == VARIANTS
@@ -50,7 +53,8 @@ def test_the_rehearsal_runs_every_step_of_the_release_and_each_passes(rehearsed)
         assert [(r["variant"], r["status"]) for r in built] == [(variant, "built")]
         bake = json.loads((rehearsed["work"] / f"build-{index}/bake.json").read_text())
         assert not [t for t in bake["target"] if "debian1" in t and variant[-8:] not in t], "another shard's nodes"
-        assert "--locked" in steps["steps"][1 + index]["argv"]
+        build = next(s for s in steps["steps"] if s["name"] == f"build {jobs[index]}")
+        assert all(f in build["argv"] for f in ("--locked", "--per-platform", "--platform"))
 
 
 def test_promoted_tags_name_the_tested_digests_and_the_catalog_lists_them(rehearsed):
