@@ -24,7 +24,7 @@ from python_on_whales import DockerClient
 from python_on_whales.exceptions import DockerException
 
 from dlenv import engine, gpuarch, lifecycle, registry
-from dlenv.config import FLAVORS
+from dlenv.config import FLAVORS, PLATFORMS, arch
 from dlenv.errors import DlenvError
 from dlenv.options import CatalogRequest
 from dlenv.plan import Plan, Variant
@@ -167,7 +167,11 @@ def _immutable(plan: Plan, variant: Variant, digest: str, repo_tags: list[str]) 
     # Tags start with the variant id; a longer id that starts with this one is another variant.
     ids = sorted({v.id for v in plan.variants} | {x.id for x in plan.left_out}, key=len, reverse=True)
     floating = {t for v in plan.variants for t in v.floating}
-    mine = [t for t in repo_tags if t not in floating
+    # A per-platform build's tags (the immutable tag + -ARCH) name one platform's image before
+    # the merge: never a pin.
+    merged = set(repo_tags)
+    platform_tags = {t for t in repo_tags for p in PLATFORMS if t.removesuffix(f"-{arch(p)}") in merged - {t}}
+    mine = [t for t in repo_tags if t not in floating and t not in platform_tags
             and next((i for i in ids if t.startswith(f"{i}-")), None) == variant.id]
     for tag in sorted(mine, reverse=True):   # build ids start with the date: newest first
         if registry.digest(plan.ref(tag)) == digest:

@@ -174,6 +174,8 @@ def test_gather_reads_what_the_floating_tags_name_and_leaves_out_what_was_never_
         "13.0.2-runtime-debian12": "sha256:aa", "13.0-runtime-debian12": "sha256:aa",
         "13.0.2-runtime-debian12-20261015-aaaaaaa": "sha256:aa",
         "13.0.2-runtime-debian12-20261101-bbbbbbb": "sha256:aa",
+        # that build's platform tag, merged under the tag above: one platform's image, never a pin
+        "13.0.2-runtime-debian12-20261101-bbbbbbb-amd64": "sha256:aa",
         "13.0.2-runtime-debian12-20261201-1234567": "sha256:a2",
         # another variant's tag, that one never promoted: not this variant's to look at
         "13.0.2-runtime-debian12-py-ssh-20261101-bbbbbbb": "sha256:ff",
@@ -200,6 +202,7 @@ def test_gather_reads_what_the_floating_tags_name_and_leaves_out_what_was_never_
         "13.0.2-runtime-debian12-20261101-bbbbbbb", ("13.0.2-runtime-debian12", "13.0-runtime-debian12"),
         1_600_000_000, None)
     assert "13.0.2-runtime-debian12-py-ssh-20261101-bbbbbbb" not in asked
+    assert "13.0.2-runtime-debian12-20261101-bbbbbbb-amd64" not in asked
     torch = by_id["13.0.2-runtime-debian12-py-torch"]
     assert torch.tag == "13.0.2-runtime-debian12-py-torch-20261201-1234567" and torch.digest == "sha256:bb"
     assert torch.key_packages["torch"] == "2.11.0" and torch.eol_reached
