@@ -145,6 +145,8 @@ def test_each_platform_builds_natively_under_its_own_tags_then_one_merge_per_sha
              and "nox -s free-disk" not in s["run"]]
     assert [re.search(r"nox -s ([\w-]+)", s).group(1) for s in steps] == ["build-matrix", "smoke"]
     assert all('--platform "${{ matrix.platform }}" --per-platform' in s for s in steps)
+    # Both as root: the checks share the build's nox environment and out/ folder, which root made.
+    assert all(s.startswith('sudo env "PATH=$PATH" "DOCKER_CONFIG=$HOME/.docker" nox -s') for s in steps)
     # One merge job per shard, after every build job; the GPU checks run on the merged tags.
     assert "needs.plan.outputs.shards" in merge["strategy"]["matrix"]
     assert '--shard "${{ matrix.shard }}"' in run_lines(merge) and "nox -s merge" in run_lines(merge)
