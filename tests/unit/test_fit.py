@@ -140,3 +140,7 @@ def test_a_later_stage_bakes_on_the_pulled_image_and_builds_nothing_below_it(pro
     assert not set(graph.ancestors(whole, runtime.node)) & set(targets)
     devel = whole.variant("13.0.2-devel-debian12")
     assert targets[devel.node]["contexts"]["base"] == f"docker-image://{whole.ref(runtime.immutable)}"
+    # Per platform, the image of the same platform's job, before any merge.
+    one = planmod.load(PlanRequest(**{**request.__dict__, "shard": f"{index + 1}/3", "platform": ("linux/amd64",),
+                                      "per_platform": True}))
+    assert one.pulled == ((runtime.node, whole.ref(runtime.immutable) + "-amd64"),)
