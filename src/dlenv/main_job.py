@@ -58,25 +58,33 @@ def run(plan: Plan, request: BuildRequest) -> JobReport:
 
 
 def _run(plan: Plan, request: BuildRequest) -> JobReport:
+    verdicts: list[smoke.Verdict] = []
+    promotions: list[release.Promotion] = []
+
+    def wave_done(plan: Plan, results: list[build.Result]) -> None:
+        """A wave is pushed: smoke-test it, promote what passed, and remove its images from the
+        engine's store before the next wave is baked (build.waves)."""
+        done = {r.variant for r in results if r.status == "built"}
+        if done and not request.no_promote:
+            tested = smoke.run(plan.unselect({v.id for v in plan.variants if v.id not in done}, "not built"),
+                               SmokeRequest(require_gpu=request.require_gpu, retest=request.retest), report.say)
+            report.smoke_table(list(tested.verdicts))
+            statuses: dict[str, dict[str, list[str]]] = {}   # variant -> platform -> statuses: all must pass
+            for v in tested.verdicts:
+                statuses.setdefault(v.variant, {}).setdefault(v.platform, []).append(v.status)
+            promoted = release.promote(plan, [v for v in plan.variants if v.id in done], statuses, tested.digests)
+            report.promotions(promoted)
+            verdicts.extend(tested.verdicts)
+            promotions.extend(promoted)
+        if not request.keep_images:
+            wave = {r.variant for r in results}
+            gone = publish.forget(plan.unselect({v.id for v in plan.variants if v.id not in wave}, "another wave"))
+            if gone:
+                report.say(f"removed {gone} images of {plan.image} from the engine's store (pushed and tested: the "
+                           "registry has them; --keep-images keeps them)")
+
     with report.LiveBoard(plan) as board:
-        built = build.run(plan, request, board, report.say, report.warn)
-    plan = built.plan
-    report.summary_table(plan, list(built.results))
-    done = {r.variant for r in built.results if r.status == "built"}
-    result = JobReport(built)
-    if done and not request.load and not request.no_promote:
-        tested = smoke.run(plan.unselect({v.id for v in plan.variants if v.id not in done}, "not built"),
-                           SmokeRequest(require_gpu=request.require_gpu, retest=request.retest), report.say)
-        report.smoke_table(list(tested.verdicts))
-        statuses: dict[str, dict[str, list[str]]] = {}   # variant -> platform -> statuses: all must pass
-        for v in tested.verdicts:
-            statuses.setdefault(v.variant, {}).setdefault(v.platform, []).append(v.status)
-        promotions = release.promote(plan, [v for v in plan.variants if v.id in done], statuses, tested.digests)
-        report.promotions(promotions)
-        result = JobReport(built, tested.verdicts, tuple(promotions))
-    if not request.load and not request.keep_images:
-        gone = publish.forget(plan)
-        if gone:
-            report.say(f"removed {gone} images of {plan.image} from the engine's store (pushed and tested: the "
-                       "registry has them; --keep-images keeps them)")
-    return result
+        # --load leaves the images in the engine's store: one bake, nothing removed.
+        built = build.run(plan, request, board, report.say, report.warn, None if request.load else wave_done)
+    report.summary_table(built.plan, list(built.results))
+    return JobReport(built, tuple(verdicts), tuple(promotions))
