@@ -332,6 +332,7 @@ def main() -> int:
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--workdir", type=Path, default=ROOT / "out/bench-disk")
     options = parser.parse_args()
+    options.workdir = options.workdir.resolve()   # bake runs in each side's tree
     os.environ.setdefault("DOCKER_HOST", "unix:///run/dlenv/docker.sock")
     shutil.rmtree(WORKTREE, ignore_errors=True)
     subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", "-f", str(WORKTREE), options.ref],

@@ -105,8 +105,8 @@ class Full(DlenvError):
         return DlenvError(f"the build ran out of space in {folder} ({NO_SPACE}: {where}): {free / GB:.1f} GB free "
                           f"there; building {room.fresh} variants afresh needs about {room.need / GB:.1f} GB "
                           f"({room.per_variant / GB:.1f} GB each, {room.basis})",
-                          "free space there and rerun (nothing was pushed or promoted; finished steps are kept "
-                          "in the build cache)")
+                          "free space there and rerun (nothing of this wave was pushed or promoted; finished steps "
+                          "are kept in the build cache)")
 
 
 def record(root: Path, growth: int, fresh: int, when: str) -> None:
