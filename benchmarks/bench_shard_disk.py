@@ -25,6 +25,7 @@ import dataclasses
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -49,10 +50,15 @@ def main() -> int:
     parser.add_argument("--select", action="append", default=[], help="as dlenv's --select")
     parser.add_argument("--count", type=int, required=True, help="the shard count to split the selection into")
     parser.add_argument("--size", default="14G", help="the runner's free disk: the loop file's size")
+    parser.add_argument("--runner-disk", type=float, default=None,
+                        help="GB the split fits shards into (default: --size's figure); a larger --size then "
+                             "measures what a shard needs where it does not fit")
     parser.add_argument("--folder", type=Path, default=Path("/var/tmp/dlenv-bench-shard-disk"),
                         help="where the loop file and the registry's storage go (removed at the end)")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
+    # Stopped (SIGTERM), it still removes its engine, registry, loop file and firewall rules.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
     if args.folder.exists():
         shutil.rmtree(args.folder)
@@ -60,7 +66,7 @@ def main() -> int:
     own = OwnRegistry(args.folder / "registry")
     # One build id for every shard, as in a release (a tree edited meanwhile would change it).
     request = PlanRequest(matrix=args.matrix, select=tuple(args.select), platform=(PLATFORM,), registry=own.address,
-                          runner_disk=float(args.size.rstrip("G")), build_id=f"bench-{int(time.time())}")
+                          runner_disk=args.runner_disk or float(args.size.rstrip("G")), build_id=f"bench-{int(time.time())}")
     family = planmod.load(request)
     layout = shards.layout(family, args.count)
     order = sorted((i for i, s in enumerate(layout) if s.variants), key=lambda i: (layout[i].stage, i))
@@ -111,8 +117,8 @@ def main() -> int:
         shutil.rmtree(args.folder, ignore_errors=True)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"size": args.size, "select": args.select, "count": args.count,
-                                         "shards": rows}, indent=2) + "\n")
+        args.json.write_text(json.dumps({"size": args.size, "runner_disk": request.runner_disk, "select": args.select,
+                                         "count": args.count, "shards": rows}, indent=2) + "\n")
     for row in rows:
         print(f"shard {row['shard']} (stage {row['stage']}, {len(row['variants'])} variants): peak {row['peak_gb']} GB "
               f"of {row['capacity_gb']} GB, estimate {row['estimate_gb']} GB, {row['compressed_gb']} GB compressed "

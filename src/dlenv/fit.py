@@ -5,8 +5,9 @@ A variant's own share of the disk is its compressed size less that of the neares
 it in its chain (the sizes a previous build recorded: build.sizes), times the peak disk one
 compressed byte cost when a shard was measured (PEAK_PER_BYTE); a variant without a recorded
 size counts disk.DEFAULT_PER_VARIANT, the project's measured peak per variant. A part's estimate
-is the shares of its variants plus, for each parent another part built and pushed, the shares
-of that parent's whole chain (its layers are pulled and unpacked).
+is what any shard's build costs (SHARD_OVERHEAD), the shares of its variants and, for each
+parent another part built and pushed, the shares of that parent's whole chain (its layers are
+pulled and unpacked).
 
 A group that does not fit is cut between flavor levels (base, runtime, devel: each CUDA flavor is
 built on the one before it), lowest first, keeping adjacent levels together while they fit. A
@@ -26,10 +27,14 @@ from typing import Protocol
 from dlenv import disk
 from dlenv.errors import ConfigError
 
-# Peak disk per compressed byte a shard holds (built or pulled), measured on the repository's
-# largest shard with the docker driver (docs/benchmarks.md, "A release shard's disk"): the
-# compressed blobs, the layers unpacked in the image store and the build cache's snapshots.
-PEAK_PER_BYTE = 3.0
+# Measured with dlenv's docker driver on a runner's disk (benchmarks/bench_shard_disk.py,
+# docs/benchmarks.md "A release shard's disk"): the base level of CUDA 12.8.1 on Debian 12 peaked
+# at 2.8 GB for 0.25 GB compressed (the bootstrap, the SBOM scanner and the build cache's own
+# files: SHARD_OVERHEAD), its runtime level (two torch images) passed 20 GB for about 5 GB
+# compressed: the compressed blobs, the layers unpacked in the image store and the build cache's
+# snapshots. Both are lower bounds: that run was stopped before its peak.
+SHARD_OVERHEAD = 2_000_000_000
+PEAK_PER_BYTE = 4.0
 GB = 1e9
 
 
@@ -93,7 +98,7 @@ class Estimator:
 
     def part(self, key: str, variants: Sequence[Variant]) -> Part:
         pulled = self.pulled(variants)
-        need = sum(self.share[v.id] for v in variants) + sum(self.whole(p) for p in pulled)
+        need = SHARD_OVERHEAD + sum(self.share[v.id] for v in variants) + sum(self.whole(p) for p in pulled)
         return Part(key, tuple(variants), need, tuple(p.id for p in pulled))
 
 

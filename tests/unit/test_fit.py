@@ -46,7 +46,7 @@ def test_a_group_that_fits_stays_whole_and_one_that_does_not_is_cut_between_flav
     p = family(project)
     est = fit.Estimator(p.variants, {})
     whole = est.part("g", p.variants)
-    assert whole.need == len(p.variants) * disk.DEFAULT_PER_VARIANT and not whole.pulled
+    assert whole.need == fit.SHARD_OVERHEAD + len(p.variants) * disk.DEFAULT_PER_VARIANT and not whole.pulled
     assert fit.cut(est, "g", p.variants, whole.need) == [whole]
     parts = fit.cut(est, "g", p.variants, whole.need - 1)
     flavors = [{x.flavor for x in part.variants} for part in parts]
@@ -58,7 +58,7 @@ def test_a_group_that_fits_stays_whole_and_one_that_does_not_is_cut_between_flav
     runtime = by_id(p)["13.0.2-runtime-debian12"]
     devel = [x for x in p.variants if x.flavor == "devel"]
     assert parts[1].pulled == (runtime.id,)
-    assert parts[1].need == len(devel) * disk.DEFAULT_PER_VARIANT + est.whole(runtime)
+    assert parts[1].need == fit.SHARD_OVERHEAD + len(devel) * disk.DEFAULT_PER_VARIANT + est.whole(runtime)
     # Tighter: each level alone.
     levels = fit.cut(est, "g", p.variants, est.part("g", devel).need)
     assert [{x.flavor for x in part.variants} for part in levels] == [{"base"}, {"runtime"}, {"devel"}]

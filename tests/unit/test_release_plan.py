@@ -22,8 +22,12 @@ from helpers import REPO, SMALL, expand, reasons
 # --- shards -----------------------------------------------------------------------------------
 
 
+# A runner with room for any group of SMALL: groups stay whole (test_fit.py cuts them).
+ROOMY = SMALL + "build: {runner_disk: 1000}\n"
+
+
 def test_shards_cover_every_variant_once_and_keep_a_cuda_base_in_one_shard(project):
-    p = expand(project)
+    p = expand(project, ROOMY)
     for count in (1, 2, 3, 5, 8):
         parts = shards.split(p, count)
         assert len(parts) == count
@@ -48,7 +52,7 @@ def test_shards_are_balanced_by_distinct_nodes_and_deterministic(project):
 
 
 def test_more_shards_than_groups_leaves_some_empty_and_the_ci_matrix_skips_them(project):
-    p = expand(project, select=["cuda=13.0.2 os=debian12"])
+    p = expand(project, ROOMY, select=["cuda=13.0.2 os=debian12"])
     data = shards.matrix(p, 4)
     assert [e["shard"] for e in data["include"]] == ["1/4"]
     assert data["include"][0]["count"] == len(p.variants)
