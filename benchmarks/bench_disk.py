@@ -296,11 +296,12 @@ def side(label: str, tree: Path, work: Path, build_id: str) -> dict:
             # (Cache mounts stay: they are the engine's, whoever made a new one.)
             created = [rid for rid, r in records().items()
                        if rid not in cache_before and r["type"] != "exec.cachemount"]
-            for _ in range(3):
-                regular = [rid for rid in created if rid in records()]
-                if not regular:
+            for _ in range(3):   # a record goes once the records made on top of it are gone
+                left = [rid for rid in created if rid in records()]
+                if not left:
                     break
-                docker("buildx", "prune", "--force", *[f"--filter=id={rid}" for rid in regular], check=False)
+                for rid in left:   # one id per call: buildx joins several filters with AND
+                    docker("buildx", "prune", "--force", f"--filter=id={rid}", check=False)
     print(json.dumps(result, indent=2), file=sys.stderr)
     return result
 
