@@ -248,17 +248,24 @@ def _reachable_platforms(plan: Plan, request: BuildRequest, board: Board, say: C
                          warn: Callable[[str], None]) -> Plan:
     """The plan without the platforms the builder cannot run, even under QEMU (engine.emulation
     sets that up where it can): each said in one line with its fix; a variant left with no
-    platform is skipped."""
-    if all(p == engine.host_platform() for p in plan.platforms):
+    platform is skipped. Under QEMU, only the variants build.emulate selects."""
+    native = engine.host_platform()
+    if all(p == native for p in plan.platforms):
         return plan
     gone = {u.platform: LeftOut("", "unreachable", u.detail, u.fix)
             for u in engine.emulation(plan.platforms, say=say, builder=request.builder)}
-    if not gone:
-        return plan
     narrower = plan.without_platforms(gone)
     for platform, why in gone.items():
         count = sum(platform in v.platforms for v in plan.variants)
         warn(f"leaving {platform} out of {count} variants: {why.detail} (fix: {why.fix})")
+    emulated = narrower.emulating(native)
+    for platform in (p for p in narrower.platforms if p != native):
+        count = sum(platform in v.platforms for v in narrower.variants) - \
+            sum(platform in v.platforms for v in emulated.variants)
+        if count:
+            say(f"{platform} runs under QEMU here: {count} variants are left to a native {platform} machine (as "
+                f"release.yml builds them; build.emulate: {', '.join(plan.matrix.model.build.emulate)})")
+    narrower = emulated
     board.drop({v.id for v in plan.variants} - {v.id for v in narrower.variants})
     if not narrower.variants:
         raise DlenvError("no selected variant has a platform this builder can run", "see the fixes above")

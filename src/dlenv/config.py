@@ -358,6 +358,10 @@ class BuildSettings(_Strict):
     runner_disk: float = Field(default=14.0, gt=0)
     """GB of free disk on each release build runner (GitHub's hosted ones: about 14): the shard split keeps
     each shard's estimated peak under it, splitting an OS x CUDA group by flavor where it must (docs/release.md)."""
+    emulate: list[str] = ["*"]
+    """Selectors (as --select; a variant matching any) of the variants built for a platform this host runs
+    only under QEMU, e.g. linux/arm64 on amd64: the rest are built for the host's own platform here and left
+    to a native machine for the others (release.yml builds each platform natively). ["*"]: all."""
     sizes: str = ""
     """A previous build's --metadata JSON (relative to matrix.yaml): the variants' compressed sizes the shard
     split estimates disk from. Empty, or a variant it lacks: the project's measured figure per variant."""

@@ -130,6 +130,9 @@ class BuildRequest:
     keep_images: bool = opt(False, "--keep-images",
                             help="keep the pushed images in the engine's store (by default they go once pushed and "
                                  "tested: the registry has them)")
+    emulate: tuple[str, ...] = opt((), "--emulate", field="build.emulate", metavar="EXPR",
+                                   help="build under QEMU (a platform this host does not run natively) only the "
+                                        "variants matching EXPR (repeatable; overrides build.emulate), e.g. '*' for all")
     force: bool = opt(False, "--force",
                       help="build even where the engine's data root looks too small for the plan (see docs/benchmarks.md)")
 
@@ -290,7 +293,7 @@ def overrides(request: Any) -> dict[str, tuple[Any, str]]:
     for f in dataclasses.fields(request):
         o: Option = f.metadata["option"]
         value = getattr(request, f.name)
-        if o.field and value is not None:
+        if o.field and value is not None and value != ():
             if value == "" and o.nonempty:
                 raise ConfigError(o.flags[0], None, o.field, "is empty (in a workflow: is the variable it reads set?)")
             out[o.field] = (str(value.resolve()) if isinstance(value, Path) else value, o.flags[0])

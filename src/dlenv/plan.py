@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import datetime
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from fnmatch import fnmatchcase
 from pathlib import Path
@@ -21,6 +21,7 @@ from dlenv.errors import ConfigError
 from dlenv.hostconf import Network
 from dlenv.options import PlanRequest
 from dlenv.selection import Selection
+from dlenv.selection import parse as parse_selector
 from dlenv.tags import BuildInfo, build_info, platform_tag, render, valid_tag
 
 Kind = Literal["rootfs", "os", "cuda", "recipe"]
@@ -84,6 +85,11 @@ class Variant:
         return self.chain[-1]
 
     @property
+    def axes(self) -> dict[str, object]:
+        """What a selector matches (selection.py)."""
+        return axes_of(self.id, self.cuda, self.flavor, self.os, self.stack)
+
+    @property
     def tags(self) -> tuple[str, ...]:
         return (self.immutable, *self.floating)
 
@@ -138,19 +144,33 @@ class Plan:
         the registry: another shard built and pushed them."""
         return replace(self, pulled=tuple((n, self.ref(tag)) for n, tag in sorted(nodes.items())))
 
-    def without_platforms(self, gone: Mapping[str, LeftOut]) -> Plan:
+    def without_platforms(self, gone: Mapping[str, LeftOut], only: Callable[[Variant], bool] | None = None) -> Plan:
         """The same plan without some platforms (platform -> why, e.g. one the engine cannot
-        run): each variant keeps its other platforms; one left with none is left out."""
+        run) of every variant, or of those `only` takes: each variant keeps its other
+        platforms; one left with none is left out."""
         kept: list[Variant] = []
         left: list[LeftOut] = []
         for v in self.variants:
-            lost = {p: replace(gone[p], id=v.id) for p in v.platforms if p in gone}
+            lost = {p: replace(gone[p], id=v.id) for p in v.platforms if p in gone and (only is None or only(v))}
             platforms = tuple(p for p in v.platforms if p not in lost)
             left += _left_out(lost, whole=not platforms)
             if platforms:
                 kept.append(replace(v, platforms=platforms))
         return Plan(self.matrix, self.build, self.mirrors, tuple(kept), _built_nodes(kept, self.nodes, self.matrix),
                     self.left_out + tuple(left), self.pulled)
+
+    def emulating(self, native: str) -> Plan:
+        """The plan as a host of platform `native` builds it: each other platform (run under
+        QEMU, several times slower) only for the variants build.emulate selects."""
+        emulate = self.matrix.model.build.emulate
+        if "*" in emulate:
+            return self
+        chosen = [parse_selector(text, "build.emulate") for text in emulate]
+        return self.without_platforms(
+            {p: LeftOut("", "unselected", f"not built under QEMU here (build.emulate: {', '.join(emulate)})",
+                        f"a native {p} machine builds it (release.yml), or --emulate '*'")
+             for p in self.platforms if p != native},
+            only=lambda v: not any(e.matches(v.axes) for e in chosen))
 
     @property
     def platforms(self) -> tuple[str, ...]:
@@ -172,6 +192,11 @@ def _built_nodes(variants: Iterable[Variant], nodes: dict[str, Node], matrix: Ma
             rootfs = node.rootfs and replace(node.rootfs, architectures=tuple(config.arch(p) for p in platforms))
             out[name] = replace(node, platforms=platforms, rootfs=rootfs)
     return out
+
+
+def axes_of(vid: str, cuda: str, flavor: str, os_key: str, stack: Sequence[str]) -> dict[str, object]:
+    return {"id": vid, "cuda": cuda, "flavor": flavor, "os": os_key, "stack": "+".join(stack) or "none",
+            "recipe": tuple(stack)}
 
 
 def _left_out(lost: dict[str, LeftOut], whole: bool) -> list[LeftOut]:
@@ -345,8 +370,7 @@ def expand(matrix: Matrix, build: BuildInfo, mirrors: Mirrors, selection: Select
     buildable: set[str] = set()   # the platforms some variant can be built for
     for vid, (cuda, flavor, os_key, stack, included, wanted) in combos.items():
         recipes = [matrix.recipes[name] for name in stack]
-        axes = {"id": vid, "cuda": cuda, "flavor": flavor, "os": os_key,
-                "stack": "+".join(stack) or "none", "recipe": stack}
+        axes = axes_of(vid, cuda, flavor, os_key, stack)
         cuda_spec = model.cuda[cuda]
         lost = {p: replace(why, id=vid) for p in wanted
                 if (why := _why_not(matrix, mirrors, axes, bool(included), p, today, allow_eol))}
@@ -504,6 +528,14 @@ def load(request: PlanRequest, *more: object, environ: Mapping[str, str] | None 
         raise ConfigError(*where, "proxy.ca_bundle", f"no such file: {extra_ca}")
     net = hostconf.network(*(options.fallback(PlanRequest, name, getattr(proxy, name), environ)
                              for name in ("http_proxy", "https_proxy", "no_proxy")), extra_ca, environ)
+    for index, text in enumerate(matrix.model.build.emulate):
+        try:
+            parse_selector(text, "build.emulate")
+        except ConfigError as exc:
+            flag = options.option(options.BuildRequest, "emulate").flags[0]
+            where = (flag, None) if any(options.overrides(r).get("build.emulate") for r in more) else \
+                (matrix.file, matrix.where("build", "emulate", index).line)
+            raise ConfigError(*where, f"build.emulate.{index}", exc.problem) from None
     shard = shards.parse(request.shard) if request.shard else None
     # End of life is judged on the commit's date (expand's default), not the clock: every job of
     # a release, hours apart, splits the same plan.

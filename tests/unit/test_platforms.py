@@ -286,3 +286,34 @@ def test_a_rootfs_folder_holds_one_tarball_per_architecture(tmp_path, monkeypatc
                 in dockerfile), architecture
         assert bootstrap.rootfs_tar(spec, architecture).exists()
     assert "FROM rootfs-${TARGETARCH}" in dockerfile
+
+
+def test_under_qemu_only_the_variants_build_emulate_selects_get_the_other_platform(project):
+    p = expand(project, BOTH + "build:\n  emulate: ['stack=none', 'stack=python']\n")
+    chosen = {v.id for v in p.variants if v.stack in ((), ("python",))}
+    assert chosen and chosen != {v.id for v in p.variants}
+    q = p.emulating("linux/amd64")
+    assert [v.id for v in q.variants] == [v.id for v in p.variants]   # every variant still built natively
+    assert {v.id: v.platforms for v in q.variants} == {
+        v.id: v.platforms if v.id in chosen else ("linux/amd64",) for v in p.variants}
+    assert {(x.id, x.platform) for x in q.left_out if "build.emulate" in x.detail} == \
+        {(v.id, "linux/arm64") for v in p.variants if v.id not in chosen}
+    # Nothing is emulated on an arm64 host's own platform: amd64 is the one run under QEMU there.
+    on_arm = p.emulating("linux/arm64")
+    assert {v.id: v.platforms for v in on_arm.variants} == {
+        v.id: v.platforms if v.id in chosen else ("linux/arm64",) for v in p.variants}
+    # '*' (the default) keeps everything; --emulate puts a selector over matrix.yaml's.
+    assert expand(project, BOTH).emulating("linux/amd64") == expand(project, BOTH)
+
+
+def test_a_bad_build_emulate_selector_is_one_line_with_file_line_and_field(project, capsys):
+    matrix = project / "matrix.yaml"
+    write(matrix, BOTH + "build:\n  emulate: ['colour=red']\n")
+    assert main(["list", "--matrix", str(matrix)]) == 2
+    err = capsys.readouterr().err.strip()
+    line = next(i for i, text in enumerate(matrix.read_text().splitlines(), 1) if "colour" in text)
+    assert err.splitlines()[-1].startswith(f"dlenv: error: {matrix}:{line}: build.emulate.0: unknown selector key"), err
+    write(matrix, BOTH)
+    assert main(["build", "--matrix", str(matrix), "--emulate", "stack=none", "--emulate", "colour=red"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.splitlines()[-1].startswith("dlenv: error: --emulate: build.emulate.1: unknown selector key"), err
