@@ -9,6 +9,11 @@ driver's libraries (libcuda, libnvidia-*) bind-mounted into /usr/local/nvidia/li
 
     python3 rootfs_run.py BUNDLE [--json OUT] [--donor DIR ...] [--extra 'NAME=COMMAND' ...]
 
+A bundle is one platform's (manifest.json says which): linux/amd64's on an x86_64 host,
+linux/arm64's (`<variant>-arm64/`) on an aarch64 one (GH200, GB200, DGX Spark), the driver's
+libraries taken from that platform's folders (/usr/lib/aarch64-linux-gnu). `--emulate` runs
+another platform's bundle under QEMU, its GPU checks skipped: to try a bundle before the GPU host.
+
 Only 64 MiB may reach some GPU hosts per transfer, and a CUDA runtime image is gigabytes, most
 of it libraries such hosts often already have (pip's nvidia-* wheels, a CUDA install). So a
 bundle may leave out large files the GPU host has, byte for byte: first list them there,
@@ -40,12 +45,15 @@ DRIVER_LIBS = ("libcuda.so*", "libnvidia-ptxjitcompiler.so*", "libnvidia-nvvm.so
 # A bundle's platform (its manifest's; bundles from before platforms are linux/amd64's), the CPU
 # that runs it, and where Debian and Ubuntu keep that platform's libraries (multiarch).
 PLATFORMS = {"linux/amd64": ("x86_64", "x86_64-linux-gnu"), "linux/arm64": ("aarch64", "aarch64-linux-gnu")}
+# How `ldconfig -p` marks a library of each platform (an amd64 host may also have i386 driver libraries).
+LDCONFIG_ABI = {"linux/amd64": "x86-64", "linux/arm64": "AArch64"}
 
 
 def driver_libraries(platform: str = "linux/amd64") -> list[str]:
     """The host's driver libraries for platform, wherever its linker finds them."""
     out = subprocess.run(["ldconfig", "-p"], capture_output=True, text=True).stdout
-    dirs = {os.path.dirname(p) for p in re.findall(r"=> (\S*libcuda\.so\S*)", out)}
+    dirs = {os.path.dirname(path) for abi, path in re.findall(r"\(([^)]*)\) => (\S*libcuda\.so\S*)", out)
+            if LDCONFIG_ABI[platform] in abi.split(",")}
     multiarch = f"/usr/lib/{PLATFORMS[platform][1]}"
     dirs |= {d for d in ("/usr/local/nvidia/lib64", multiarch, "/usr/lib64") if os.path.isdir(d)}
     found = {}
@@ -132,6 +140,21 @@ def platform_problem(platform: str, machine: str) -> str | None:
     return None
 
 
+def emulator(platform: str) -> str | None:
+    """Why this host cannot run platform's programs under QEMU, or None: binfmt_misc must have
+    its handler, with F (the interpreter opened at registration, so it works inside a chroot)."""
+    cpu = PLATFORMS[platform][0]
+    try:
+        with open(f"/proc/sys/fs/binfmt_misc/qemu-{cpu}") as f:
+            text = f.read()
+    except OSError:
+        return f"no qemu-{cpu} handler is registered in binfmt_misc (as root: apt-get install qemu-user-static)"
+    flags = next((line.split()[1] for line in text.splitlines() if line.startswith("flags:")), "")
+    if not text.startswith("enabled") or "F" not in flags:
+        return f"qemu-{cpu} is registered without the F flag (flags: {flags or 'none'}), which a chroot needs"
+    return None
+
+
 def prepare(bundle: str, root: str, donors: list[str], platform: str = "linux/amd64") -> int:
     archive = next(p for p in (os.path.join(bundle, n) for n in ("rootfs.tar.xz", "rootfs.tar.gz", "rootfs.tar"))
                    if os.path.exists(p))
@@ -181,6 +204,9 @@ def main() -> int:
     parser.add_argument("--extra", action="append", default=[], help="another check, NAME=COMMAND (needs a GPU)")
     parser.add_argument("--donor", action="append", default=[], metavar="DIR",
                         help="where to find the files the bundle left out (donated.json), by hash")
+    parser.add_argument("--emulate", action="store_true",
+                        help="run a bundle of another platform under QEMU (binfmt_misc, F flag): its non-GPU checks "
+                             "only, the GPU ones skipped (QEMU reaches no GPU); to try a bundle before the GPU host")
     parser.add_argument("--inventory", action="append", default=[], metavar="DIR",
                         help="instead of running: list this host's large files (for `dlenv smoke --have`)")
     args = parser.parse_args()
@@ -203,6 +229,10 @@ def main() -> int:
         manifest = json.load(f)
     platform = manifest.get("platform", "linux/amd64")
     problem = platform_problem(platform, os.uname().machine)
+    emulated = bool(problem) and args.emulate and platform in PLATFORMS
+    if emulated:
+        problem = emulator(platform)
+        no_gpu = f"{platform} runs under QEMU on this {os.uname().machine} host: its GPU checks need a {platform} host"
     if problem:
         raise SystemExit(f"rootfs_run: {problem}")
     checks = list(manifest["checks"])
@@ -219,6 +249,11 @@ def main() -> int:
     env.update(DLENV_CUDA=manifest["cuda"], DLENV_FLAVOR=manifest["flavor"])
     verdicts = []
     for check in checks:
+        if emulated and check.get("gpu", False):
+            verdicts.append({"variant": manifest["variant"], "check": check["name"], "status": "skipped", "seconds": 0.0,
+                             "output": no_gpu, "gpu": True, "origin": check.get("origin", "")})
+            print(f"skipped {check['name']}  [{no_gpu}]")
+            continue
         t = time.monotonic()
         proc = subprocess.run(["chroot", root, "/bin/sh", "-c", f"timeout {check['timeout']} sh -c \"$DLENV_CHECK\" 2>&1"],
                               env=dict(env, DLENV_CHECK=check["run"]), capture_output=True, text=True)
@@ -230,6 +265,7 @@ def main() -> int:
         last = proc.stdout.strip().splitlines()[-1][:100] if proc.stdout.strip() else ""
         print(f"{status:7} {check['name']}" + (f"  [{last}]" if last else ""))
     result = {"variant": manifest["variant"], "digest": manifest.get("digest", ""), "platform": platform,
+              "emulated": emulated,
               "prepare_seconds": round(prepared, 1), "donated_files": filled, "verdicts": verdicts,
               "driver_libraries": [name for name, _ in driver_libraries(platform)]}
     if args.json:

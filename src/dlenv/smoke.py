@@ -32,7 +32,7 @@ from python_on_whales import DockerClient
 from python_on_whales.exceptions import DockerException
 
 from dlenv import engine, gpuarch, proven, registry, report, rootfs_run
-from dlenv.config import CHECKS_DIR, Check
+from dlenv.config import CHECKS_DIR, Check, arch
 from dlenv.errors import DlenvError
 from dlenv.graph import LABEL
 from dlenv.options import SmokeRequest
@@ -61,23 +61,44 @@ class Verdict:
                 **({"proven": self.proven} if self.proven else {})}
 
 
-def checks_folder() -> Path:
-    """What /dlenv-checks holds: the batch runner, the CUDA probe (built here), the test
-    kernel's source, the pytorch recipe's torch_checks.py, the jupyter recipe's
-    jupyter_checks.py, and gpuarch.py, so checks judge a GPU against an architecture list by
-    doctor's own rule."""
+def checks_folder(platform: str | None = None, say: Callable[[str], None] = print) -> Path:
+    """What /dlenv-checks holds: the batch runner, the CUDA probe (built here, for platform's
+    CPU: default this host's), the test kernel's source, the pytorch recipe's torch_checks.py,
+    the jupyter recipe's jupyter_checks.py, and gpuarch.py, so checks judge a GPU against an
+    architecture list by doctor's own rule."""
+    compiler = c_compiler(platform or engine.host_platform(), say)
     folder = Path(tempfile.mkdtemp(prefix="dlenv-checks-"))
     for name in ("kernel.cu", "torch_checks.py", "jupyter_checks.py", "batch.sh"):
         shutil.copy(CHECKS_DIR / name, folder / name)
     shutil.copy(gpuarch.__file__, folder / "gpuarch.py")
-    compiler = shutil.which("cc") or shutil.which("gcc")
-    if not compiler:
-        raise DlenvError("no C compiler on this host to build the CUDA probe", "apt-get install gcc")
-    out = subprocess.run([compiler, "-O2", "-o", str(folder / "cuda_probe"), str(CHECKS_DIR / "cuda_probe.c"),
-                          "-ldl", "-lm"], capture_output=True, text=True)
+    # No vectorizing: Debian 12's aarch64 gcc 12.2 crashes vectorizing the probe's error sum
+    # (an internal compiler error in vect_transform_reduction), and the probe gains nothing by it.
+    out = subprocess.run([compiler, "-O2", "-fno-tree-vectorize", "-o", str(folder / "cuda_probe"),
+                          str(CHECKS_DIR / "cuda_probe.c"), "-ldl", "-lm"], capture_output=True, text=True)
     if out.returncode != 0:
-        raise DlenvError(f"building the CUDA probe failed: {out.stderr.strip()[-200:]}")
+        shutil.rmtree(folder, ignore_errors=True)
+        raise DlenvError(f"building the CUDA probe for {platform or engine.host_platform()} failed: "
+                         f"{out.stderr.strip()[-200:]}")
     return folder
+
+
+def c_compiler(platform: str, say: Callable[[str], None]) -> str:
+    """A C compiler of platform's programs: the host's cc for its own platform, else Debian's
+    cross compiler (gcc-aarch64-linux-gnu and that platform's C library), installed where missing
+    (as root on Debian or Ubuntu, said in one line)."""
+    if platform == engine.host_platform():
+        compiler = shutil.which("cc") or shutil.which("gcc")
+        if not compiler:
+            raise DlenvError("no C compiler on this host to build the CUDA probe", "apt-get install gcc")
+        return compiler
+    cpu = engine.QEMU_CPU.get(platform)
+    if cpu is None:
+        raise DlenvError(f"dlenv knows no cross compiler for {platform}", f"export {platform} on a {platform} host")
+    compiler = f"{cpu}-linux-gnu-gcc"
+    if not shutil.which(compiler):
+        packages = [f"gcc-{cpu.replace('_', '-')}-linux-gnu", f"libc6-dev-{arch(platform)}-cross"]
+        engine.install_tools(packages, f"to build the CUDA probe for {platform} bundles", say=say)
+    return compiler
 
 
 def host_gpus(client: DockerClient) -> str | None:
@@ -93,16 +114,20 @@ def host_gpus(client: DockerClient) -> str | None:
     return None
 
 
-def image_labels(plan: Plan, client: DockerClient, ref: str, digest: str, platform: str) -> dict:
-    """The labels of platform's image: read from the registry where it was pushed (the engine
-    inspects only its own platform's), else from the engine's store."""
+def image_config(plan: Plan, client: DockerClient, ref: str, digest: str, platform: str) -> dict:
+    """platform's image config (Env, Labels, ...): read from the registry where it was pushed
+    (the engine inspects only its own platform's), else from the engine's store."""
     if not digest:
-        return client.image.inspect(ref).config.labels or {}
+        config = client.image.inspect(ref).config
+        return {"Env": list(config.env or []), "Labels": config.labels or {}}
     model = plan.matrix.model
     with registry.reading(model.registry):
         config = registry.image_manifest(model.registry, model.repository, digest, platform=platform)["config"]
-        return (json.loads(registry.blob(model.registry, model.repository, config["digest"])).get("config")
-                or {}).get("Labels") or {}
+        return json.loads(registry.blob(model.registry, model.repository, config["digest"])).get("config") or {}
+
+
+def image_labels(plan: Plan, client: DockerClient, ref: str, digest: str, platform: str) -> dict:
+    return image_config(plan, client, ref, digest, platform).get("Labels") or {}
 
 
 def label_problems(labels: dict, variant: Variant) -> str:
@@ -297,7 +322,7 @@ def export_bundle(plan: Plan, variant: Variant, dest: Path, folder: Path, have: 
     client = DockerClient()
     digest = pushed_digest(plan, variant)
     ref = f"{plan.image}@{digest}" if digest else plan.ref(variant.immutable)
-    if not available(client, ref):
+    if not available(client, ref, platform):
         raise DlenvError(missing(ref))
     # A platform's own folder; linux/amd64's keeps the name bundles had before platforms.
     bundle = dest / (variant.id if platform == "linux/amd64" else f"{variant.id}-{platform.split('/')[1]}")
@@ -319,23 +344,26 @@ def export_bundle(plan: Plan, variant: Variant, dest: Path, folder: Path, have: 
         client.container.remove(container)
     if donated:
         (bundle / "donated.json").write_text(json.dumps(donated, indent=1) + "\n")
-    config = client.image.inspect(ref).config
     manifest = {"variant": variant.id, "image": ref, "digest": digest, "platform": platform,
                 "cuda": variant.cuda, "flavor": variant.flavor,
-                "env": list(config.env or []),
+                "env": list(image_config(plan, client, ref, digest, platform).get("Env") or []),
                 "checks": [{"name": c.name, "run": c.run, "expect_exit": c.expect_exit, "expect_output": c.expect_output,
                             "gpu": c.gpu, "timeout": c.timeout, "origin": c.origin} for c in variant.checks]}
     (bundle / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     return bundle
 
 
-def build_kernel(plan: Plan, devel: Variant, folder: Path) -> Path:
-    """Compile kernel.cu with a devel variant's own nvcc, for a GPU host that cannot take the devel rootfs."""
+def build_kernel(plan: Plan, devel: Variant, folder: Path, platform: str = "linux/amd64",
+                 say: Callable[[str], None] = print) -> Path:
+    """Compile kernel.cu with a devel variant's own nvcc, platform's (under QEMU where this host
+    does not run it), for a GPU host that cannot take the devel rootfs."""
     client = DockerClient()
-    if not available(client, plan.ref(devel.immutable)):
-        raise DlenvError(missing(plan.ref(devel.immutable)))
+    ref = plan.ref(devel.immutable)
+    if not available(client, ref, platform):
+        raise DlenvError(missing(ref))
+    engine.register_emulator(platform, say)
     out = f"kernel-{devel.cuda}"
-    client.run(plan.ref(devel.immutable), ["-c", f"nvcc -o {CHECKS_MOUNT}/{out} {CHECKS_MOUNT}/kernel.cu"],
+    client.run(ref, ["-c", f"nvcc -o {CHECKS_MOUNT}/{out} {CHECKS_MOUNT}/kernel.cu"], platform=platform,
                entrypoint="/bin/sh", remove=True, volumes=[(str(folder), CHECKS_MOUNT, "rw")])
     return folder / out
 
@@ -400,16 +428,27 @@ def run(plan: Plan, request: SmokeRequest, say: Callable[[str], None]) -> SmokeR
 
 
 def export(plan: Plan, dest: Path, have_file: Path | None, say: Callable[[str], None]) -> list[Path]:
-    """A bundle per variant (rootfs, checks, rootfs_run.py) for a GPU host without an engine."""
+    """A bundle per variant and platform (rootfs, checks built for that platform's CPU,
+    rootfs_run.py) for a GPU host without an engine."""
     have = read_inventory(have_file) if have_file else None
-    folder = checks_folder()
-    for devel in (v for v in plan.variants if v.flavor == "devel" and not v.stack):
-        say(f"compiled {build_kernel(plan, devel, folder).name} with {devel.id}'s nvcc")
-    bundles = []
-    for variant in plan.variants:
-        bundle = export_bundle(plan, variant, dest, folder, have)
-        size = sum(f.stat().st_size for f in bundle.rglob("*") if f.is_file())
-        donor = " --donor DIR" if (bundle / "donated.json").exists() else ""
-        say(f"{bundle}: {report.human_size(size)} (run: python3 {bundle.name}/rootfs_run.py {bundle.name}{donor})")
-        bundles.append(bundle)
-    return bundles
+    folders: dict[str, Path] = {}
+    try:
+        for platform in plan.platforms:
+            folders[platform] = checks_folder(platform, say)
+        for devel in (v for v in plan.variants if v.flavor == "devel" and not v.stack):
+            for platform in devel.platforms:
+                kernel = build_kernel(plan, devel, folders[platform], platform, say)
+                say(f"compiled {kernel.name} for {platform} with {devel.id}'s nvcc")
+        bundles = []
+        for variant in plan.variants:
+            for platform in variant.platforms:
+                bundle = export_bundle(plan, variant, dest, folders[platform], have, platform)
+                size = sum(f.stat().st_size for f in bundle.rglob("*") if f.is_file())
+                donor = " --donor DIR" if (bundle / "donated.json").exists() else ""
+                say(f"{bundle} ({platform}): {report.human_size(size)} "
+                    f"(run: python3 {bundle.name}/rootfs_run.py {bundle.name}{donor})")
+                bundles.append(bundle)
+        return bundles
+    finally:
+        for folder in folders.values():
+            shutil.rmtree(folder, ignore_errors=True)

@@ -5,7 +5,8 @@
  *                           least what NVIDIA_REQUIRE_CUDA ("cuda>=13.0") asks for
  *   cuda_probe gemm      -> C = A x B (64x64, cuBLAS SGEMM) on GPU 0, checked on the CPU
  *
- * Built on the host by dlenv (cc -O2 -o cuda_probe cuda_probe.c -ldl) and run in the image.
+ * Built on the host by dlenv (cc -O2 -o cuda_probe cuda_probe.c -ldl; aarch64-linux-gnu-gcc for arm64
+ * bundles) and run in the image.
  */
 #include <dlfcn.h>
 #include <math.h>
