@@ -300,8 +300,10 @@ def side(label: str, tree: Path, work: Path, build_id: str) -> dict:
                 left = [rid for rid in created if rid in records()]
                 if not left:
                     break
-                for rid in left:   # one id per call: buildx joins several filters with AND
-                    docker("buildx", "prune", "--force", f"--filter=id={rid}", check=False)
+                # One id per call (buildx joins several filters with AND); --all: without it, a
+                # record whose snapshot the image store shares is skipped.
+                for rid in left:
+                    docker("buildx", "prune", "--all", "--force", f"--filter=id={rid}", check=False)
     print(json.dumps(result, indent=2), file=sys.stderr)
     return result
 
