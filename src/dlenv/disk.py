@@ -110,8 +110,15 @@ class Full(DlenvError):
 
 
 def record(root: Path, growth: int, fresh: int, when: str) -> None:
-    """After a build: the peak growth per variant built afresh (kept only when some were)."""
-    if fresh > 0 and growth > 0:
+    """After a build: the peak growth per variant built afresh (kept only when some were). A run
+    that built fewer variants than the recorded one leaves the record alone: its growth is mostly
+    what any build costs once (a bootstrap, base layers), so per variant it would say far too much
+    (one variant once recorded 24 GB, and the next build of a family refused to start)."""
+    try:
+        recorded = int(json.loads((root / RECORD).read_text())["fresh"])
+    except (OSError, ValueError, KeyError, TypeError):
+        recorded = 0
+    if fresh > 0 and growth > 0 and fresh >= recorded:
         root.mkdir(parents=True, exist_ok=True)
         (root / RECORD).write_text(json.dumps({"per_variant": growth // fresh, "growth": growth, "fresh": fresh,
                                                "when": when}, indent=2) + "\n")

@@ -19,6 +19,11 @@ def test_the_estimate_uses_this_machines_record_once_there_is_one(tmp_path):
     assert second.free == shutil.disk_usage(tmp_path).free
     disk.record(root, growth=0, fresh=0, when="later")   # a no-op run keeps the record
     assert disk.estimate(root, 1).per_variant == 2_000_000_000
+    # A smaller run (mostly one-off costs) keeps the larger run's figure; a larger one replaces it.
+    disk.record(root, growth=24_000_000_000, fresh=1, when="small")
+    assert disk.per_variant(root)[0] == 8_000_000_000 // 4
+    disk.record(root, growth=50_000_000_000, fresh=25, when="large")
+    assert disk.per_variant(root)[0] == 50_000_000_000 // 25
 
 
 def test_a_plan_that_cannot_fit_says_where_and_how_much(tmp_path):
