@@ -1,12 +1,17 @@
 """One tag, two platforms, on this amd64 host (linux/arm64 under QEMU, as dlenv sets it up):
 the smallest chain (tests/helpers.py's TINY family: CUDA 13.0.2 base from PyPI on bootstrapped
 Debian 12) built for linux/amd64 and linux/arm64, pushed as one image index, smoke-tested per
-platform, and promoted only once both platforms passed. One variant on purpose: the arm64
+platform, and promoted only once both platforms passed; its arm64 bundle for a GPU host without
+Docker (smoke --export) holds aarch64 checks and runs under QEMU (rootfs_run.py --emulate). One variant on purpose: the arm64
 rootfs and the arm64 RUN steps run under emulation (docs/benchmarks.md has the figures)."""
 
 from __future__ import annotations
 
 import json
+import os
+import struct
+import subprocess
+import sys
 
 import pytest
 
@@ -91,3 +96,36 @@ def test_each_platform_is_smoke_tested_and_promotion_waits_for_both(built, docke
     assert moved.returncode == 0, moved.stdout + moved.stderr
     assert registry.digest(f"{REGISTRY}/{REPOSITORY}:{VARIANT}") == index
 
+
+
+EM_AARCH64 = 183   # the ELF header's e_machine for aarch64
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="rootfs_run.py mounts and chroots: root only (CI runs as root)")
+def test_the_arm64_bundle_carries_aarch64_checks_and_runs_under_qemu_with_gpu_checks_skipped(built):
+    project, tmp = built["project"], built["tmp"]
+    out = dlenv(project, "smoke", "--build-id", "multi", "--platform", "linux/arm64", "--export", str(tmp / "bundles"))
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    # --platform linux/arm64: only that platform's bundle, in the folder export_bundle names.
+    bundle = tmp / "bundles" / f"{VARIANT}-arm64"
+    assert sorted(p.name for p in (tmp / "bundles").iterdir()) == [bundle.name]
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    assert manifest["platform"] == "linux/arm64"
+    with open(bundle / "checks/cuda_probe", "rb") as f:
+        header = f.read(20)
+    assert header[:4] == b"\x7fELF" and struct.unpack_from("<H", header, 18)[0] == EM_AARCH64
+
+    # A bundle of another platform is refused without --emulate, before anything is mounted.
+    refused = subprocess.run([sys.executable, bundle / "rootfs_run.py", bundle], capture_output=True, text=True)
+    assert refused.returncode != 0 and "linux/arm64's (aarch64)" in refused.stderr
+    ran = subprocess.run([sys.executable, bundle / "rootfs_run.py", bundle, "--emulate", "--json", tmp / "arm64.json"],
+                         capture_output=True, text=True, timeout=1800)
+    assert ran.returncode == 0, ran.stdout[-3000:] + ran.stderr[-3000:]
+    result = json.loads((tmp / "arm64.json").read_text())
+    assert result["platform"] == "linux/arm64" and result["emulated"] is True
+    verdicts = {v["check"]: v for v in result["verdicts"]}
+    assert list(verdicts) == [c["name"] for c in manifest["checks"]]
+    # The non-GPU checks ran in the aarch64 rootfs and passed; the GPU ones are skipped with why.
+    assert [c["name"] for c in manifest["checks"] if not c["gpu"] and verdicts[c["name"]]["status"] != "passed"] == []
+    gpu = [verdicts[c["name"]] for c in manifest["checks"] if c["gpu"]]
+    assert gpu and all(v["status"] == "skipped" and "runs under QEMU" in v["output"] for v in gpu)
