@@ -2,8 +2,9 @@
 the smallest chain (tests/helpers.py's TINY family: CUDA 13.0.2 base from PyPI on bootstrapped
 Debian 12) built for linux/amd64 and linux/arm64, pushed as one image index, smoke-tested per
 platform, and promoted only once both platforms passed; its arm64 bundle for a GPU host without
-Docker (smoke --export) holds aarch64 checks and runs under QEMU (rootfs_run.py --emulate). One variant on purpose: the arm64
-rootfs and the arm64 RUN steps run under emulation (docs/benchmarks.md has the figures)."""
+Docker (smoke --export) holds aarch64 checks and runs under QEMU (rootfs_run.py --emulate).
+One variant on purpose: the arm64 rootfs and the arm64 RUN steps run under emulation
+(docs/benchmarks.md has the figures)."""
 
 from __future__ import annotations
 
