@@ -1,20 +1,23 @@
-"""A registry that fails for a moment or for good, on loopback: requests are tried again with
-backoff and then fail in one line naming the registry; a variant's floating tags move all or
-none, a move cut half way is repaired by the next promotion, and promotions to one repository
-take turns. The server is a small in-memory registry (manifests by tag and digest) whose
-answers a test can turn into 500, 429, a stall or a dropped connection."""
+"""A registry that fails for a moment or for good: requests are tried again with backoff and
+then fail in one line naming the registry; a variant's floating tags move all or none, a move
+cut half way is repaired by the next promotion, and promotions to one repository take turns.
+The registry is a real docker-registry of the test's own (faults.OwnRegistry), reached through
+a relay on loopback whose rule turns chosen requests into 500, 429, a stall or a dropped
+connection (faults.FaultProxy). Images are put straight into the registry, not through it."""
 
 from __future__ import annotations
 
 import hashlib
 import json
-import socket
 import threading
 import time
 import urllib.error
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
+from faults import FaultProxy, OwnRegistry
 
 from dlenv import registry, release, retry
 from dlenv.errors import DlenvError
@@ -23,109 +26,78 @@ from helpers import expand
 MEDIA = "application/vnd.oci.image.manifest.v1+json"
 
 
-class _Handler(BaseHTTPRequestHandler):
-    server: FakeRegistry
+@dataclass
+class Server:
+    own: OwnRegistry
+    proxy: FaultProxy
 
-    def log_message(self, *args):   # quiet
-        pass
+    @property
+    def address(self) -> str:
+        """Where dlenv is pointed: the relay."""
+        return self.proxy.address
 
-    def _answer(self, code: int, body: bytes = b"", headers: dict | None = None) -> None:
-        self.send_response(code)
-        for key, value in {"Content-Length": str(len(body)), **(headers or {})}.items():
-            self.send_header(key, value)
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(body)
+    @property
+    def seen(self) -> list:
+        return self.proxy.log
 
-    def _fault(self) -> bool:
-        """What the test's rule makes of this request; True when it was answered (or dropped)."""
-        self.server.seen.append((self.command, self.path))
-        fault = self.server.rule(self.command, self.path)
-        if fault is None:
-            return False
-        if fault == "drop":
-            self.close_connection = True
-            self.connection.shutdown(socket.SHUT_RDWR)
-        elif isinstance(fault, float):
-            time.sleep(fault)
-            return False
-        else:
-            self._answer(fault, b'{"errors": []}', {"Retry-After": "0"} if fault == 429 else {})
-        return True
+    def set_rule(self, rule) -> None:
+        """rule(method, path) -> None (relay), a status, ("stall", seconds) or "drop"."""
+        self.proxy.rule = lambda r: rule(r.method, r.path)
 
-    def do_GET(self):
-        if self._fault():
-            return
-        repo, _, reference = self.path.removeprefix("/v2/").partition("/manifests/")
-        digest = self.server.tags.get(reference, reference)
-        body = self.server.manifests.get(digest)
-        if body is None:
-            self._answer(404, b'{"errors": [{"code": "MANIFEST_UNKNOWN"}]}')
-        else:
-            self._answer(200, body, {"Content-Type": MEDIA, "Docker-Content-Digest": digest})
-
-    do_HEAD = do_GET
-
-    def do_PUT(self):
-        body = self.rfile.read(int(self.headers["Content-Length"]))
-        if self._fault():
-            return
-        tag = self.path.rpartition("/manifests/")[2]
-        digest = "sha256:" + hashlib.sha256(body).hexdigest()
-        self.server.manifests[digest] = body
-        self.server.tags[tag] = digest
-        self._answer(201, b"", {"Docker-Content-Digest": digest})
-
-
-class FakeRegistry(ThreadingHTTPServer):
-    daemon_threads = True
-
-    def __init__(self):
-        super().__init__(("127.0.0.1", 0), _Handler)
-        self.address = f"127.0.0.1:{self.server_address[1]}"
-        self.manifests: dict[str, bytes] = {}
-        self.tags: dict[str, str] = {}
-        self.seen: list[tuple[str, str]] = []
-        self.rule = lambda method, path: None   # -> None, an HTTP status, a stall (seconds) or "drop"
-
-    def image(self, name: str) -> str:
-        """A manifest of its own for name; its digest."""
-        body = json.dumps({"schemaVersion": 2, "mediaType": MEDIA, "annotations": {"name": name}}).encode()
-        digest = "sha256:" + hashlib.sha256(body).hexdigest()
-        self.manifests[digest] = body
-        return digest
+    def put(self, repository: str, tag: str, name: str) -> str:
+        """An image of its own for name (a config naming it, no layers) under tag, straight into
+        the registry; its manifest digest."""
+        config = json.dumps({"architecture": "amd64", "os": "linux", "config": {"Labels": {"name": name}},
+                             "rootfs": {"type": "layers", "diff_ids": []}}).encode()
+        digest = "sha256:" + hashlib.sha256(config).hexdigest()
+        base = f"http://{self.own.address}/v2/{repository}"
+        # An upload is started, then finished by one PUT with the digest (the registry's monolithic way).
+        with urllib.request.urlopen(urllib.request.Request(f"{base}/blobs/uploads/", data=b"", method="POST"),
+                                    timeout=10) as started:
+            location = started.headers["Location"]
+        if location.startswith("/"):
+            location = f"http://{self.own.address}{location}"
+        urllib.request.urlopen(urllib.request.Request(f"{location}{'&' if '?' in location else '?'}digest={digest}",
+                                                      data=config, method="PUT",
+                                                      headers={"Content-Type": "application/octet-stream"}),
+                               timeout=10).close()
+        manifest = json.dumps({"schemaVersion": 2, "mediaType": MEDIA, "layers": [], "config": {
+            "mediaType": "application/vnd.oci.image.config.v1+json", "digest": digest, "size": len(config)}}).encode()
+        with urllib.request.urlopen(urllib.request.Request(f"{base}/manifests/{tag}", data=manifest, method="PUT",
+                                                           headers={"Content-Type": MEDIA}), timeout=10) as answer:
+            return answer.headers["Docker-Content-Digest"]
 
 
 @pytest.fixture
-def server(monkeypatch):
+def server(docker, monkeypatch, tmp_path: Path):
+    """docker: the engine's set-up installs the docker-registry the test runs on its own port."""
     monkeypatch.setattr(retry, "FIRST_DELAY", 0.01)   # the backoff's shape, not its seconds, is tested
-    httpd = FakeRegistry()
-    threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-    yield httpd
-    httpd.shutdown()
+    own = OwnRegistry(tmp_path / "registry")
+    proxy = FaultProxy(own.address)
+    yield Server(own, proxy)
+    proxy.close()
+    own.kill()
 
 
 def test_500_then_429_then_an_answer_is_retried_to_the_answer(server):
-    digest = server.image("a")
-    server.tags["t"] = digest
+    digest = server.put("r", "t", "a")
     answers = iter([500, 429])
-    server.rule = lambda method, path: next(answers, None)
+    server.set_rule(lambda method, path: next(answers, None))
     assert registry.digest(f"{server.address}/r:t") == digest
     assert len(server.seen) == 3
 
 
 def test_a_dropped_connection_and_a_stall_past_the_timeout_are_retried(server, monkeypatch):
     monkeypatch.setattr(registry, "TIMEOUT", 0.5)
-    digest = server.image("a")
-    server.tags["t"] = digest
-    answers = iter(["drop", 2.0])
-    server.rule = lambda method, path: next(answers, None)
+    digest = server.put("r", "t", "a")
+    answers = iter(["drop", ("stall", 2.0)])
+    server.set_rule(lambda method, path: next(answers, None))
     assert registry.digest(f"{server.address}/r:t") == digest
     assert len(server.seen) == 3
 
 
 def test_a_registry_that_keeps_failing_is_one_line_naming_it_after_the_bounded_attempts(server):
-    server.rule = lambda method, path: 503
+    server.set_rule(lambda method, path: 503)
     started = time.monotonic()
     with pytest.raises(DlenvError, match=f"the registry {server.address} answered 503 .* after "
                                          f"{retry.ATTEMPTS} attempts") as err:
@@ -137,12 +109,13 @@ def test_a_registry_that_keeps_failing_is_one_line_naming_it_after_the_bounded_a
 
 
 def test_an_answer_that_is_final_is_not_asked_again(server):
-    server.rule = lambda method, path: 403
+    server.set_rule(lambda method, path: 403)
     with pytest.raises(DlenvError, match="answered 403"):
         registry.digest(f"{server.address}/r:t")
     assert len(server.seen) == 1
     server.seen.clear()
-    server.rule = lambda method, path: None
+    server.set_rule(lambda method, path: None)
+    server.put("r", "t", "a")
     assert registry.digest(f"{server.address}/r:absent") is None   # a 404 is an answer too
     assert len(server.seen) == 1
 
@@ -159,7 +132,7 @@ def test_backoff_doubles_and_retry_after_is_honoured_up_to_the_cap():
 # --- promotion: all or none per variant -------------------------------------------------------
 
 def family(server, project):
-    """A plan of one variant with two floating tags on the fake registry; (plan, variant)."""
+    """A plan of one variant with two floating tags on the test's registry (through its relay); (plan, variant)."""
     text = f"""
         registry: {server.address}
         repository: team/x
@@ -178,23 +151,22 @@ def family(server, project):
 
 
 def tags_of(server, variant) -> list[str | None]:
-    return [server.tags.get(tag) for tag in variant.floating]
+    return [server.own.tag("team/x", tag) for tag in variant.floating]
 
 
 def test_every_floating_tag_moves(server, project):
     plan, variant = family(server, project)
-    new = server.image("new")
-    server.tags[variant.immutable] = new
+    new = server.put("team/x", variant.immutable, "new")
     (done,) = release.promote(plan, [variant], {variant.id: {"linux/amd64": ["passed"]}})
     assert done.promoted and tags_of(server, variant) == [new] * len(variant.floating)
 
 
 def test_a_retag_that_fails_half_way_moves_the_moved_ones_back(server, project):
     plan, variant = family(server, project)
-    old, new = server.image("old"), server.image("new")
-    server.tags.update({tag: old for tag in variant.floating}, **{variant.immutable: new})
+    old = [server.put("team/x", tag, "old") for tag in variant.floating][0]
+    server.put("team/x", variant.immutable, "new")
     last = variant.floating[-1]
-    server.rule = lambda method, path: 500 if method == "PUT" and path.endswith("/manifests/" + last) else None
+    server.set_rule(lambda method, path: 500 if method == "PUT" and path.endswith("/manifests/" + last) else None)
     (held,) = release.promote(plan, [variant], {variant.id: {"linux/amd64": ["passed"]}})
     assert not held.promoted and "floating tags left where they were" in held.reason
     assert f"after {retry.ATTEMPTS} attempts" in held.reason
@@ -203,8 +175,8 @@ def test_a_retag_that_fails_half_way_moves_the_moved_ones_back(server, project):
 
 def test_a_move_cut_where_nothing_can_be_moved_back_is_finished_by_the_next_run(server, project):
     plan, variant = family(server, project)
-    old, new = server.image("old"), server.image("new")
-    server.tags.update({tag: old for tag in variant.floating}, **{variant.immutable: new})
+    old = [server.put("team/x", tag, "old") for tag in variant.floating][0]
+    new = server.put("team/x", variant.immutable, "new")
     first = variant.floating[0]
     cut = threading.Event()
 
@@ -215,13 +187,13 @@ def test_a_move_cut_where_nothing_can_be_moved_back_is_finished_by_the_next_run(
             cut.set()   # this PUT lands; the registry is gone from the next request on
         return None
 
-    server.rule = gone_after_the_first_tag
+    server.set_rule(gone_after_the_first_tag)
     (held,) = release.promote(plan, [variant], {variant.id: {"linux/amd64": ["passed"]}})
     assert not held.promoted and "the next run moves the rest" in held.reason
     assert tags_of(server, variant) == [new] + [old] * (len(variant.floating) - 1)
     # The next run does not promote this variant (its checks failed this time), yet it finds the
     # tags split and moves the rest to the digest the first one names.
-    server.rule = lambda method, path: None
+    server.set_rule(lambda method, path: None)
     (again,) = release.promote(plan, [variant], {variant.id: {"linux/amd64": ["failed"]}})
     assert not again.promoted and "a run before this one stopped half way" in again.reason
     assert tags_of(server, variant) == [new] * len(variant.floating)
