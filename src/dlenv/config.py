@@ -497,6 +497,9 @@ class CheckModel(_Strict):
     expect_output: str | None = None   # a regular expression its output must match
     gpu: bool = False                  # needs a GPU: skipped (never passed) without one
     timeout: int = 120
+    # A container of its own: the image's checks share one, so a check that changes what the
+    # next would see (a user it makes, files it leaves, a server's state) is isolated.
+    isolated: bool = False
 
     @field_validator("expect_output")
     @classmethod
@@ -636,10 +639,12 @@ class Check:
     gpu: bool
     timeout: int
     origin: str   # the file that declares it
+    isolated: bool = False
 
     @classmethod
     def of(cls, model: CheckModel, origin: str) -> Check:
-        return cls(model.name, model.run, model.expect_exit, model.expect_output, model.gpu, model.timeout, origin)
+        return cls(model.name, model.run, model.expect_exit, model.expect_output, model.gpu, model.timeout, origin,
+                   model.isolated)
 
 
 class CheckFile(_Strict):

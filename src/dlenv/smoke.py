@@ -179,10 +179,20 @@ class DockerRunner:
         return self.no_gpu
 
     def _batch(self, ref: str, variant: Variant, checks: list[Check], platform: str) -> list[Verdict]:
-        """All checks that can run here, in one container of platform's image (checks/batch.sh);
-        GPU checks are skipped where they cannot run (gpu_problem), with that reason."""
+        """The checks that can run here in one container of platform's image (checks/batch.sh),
+        each isolated one in a container of its own; GPU checks are skipped where they cannot
+        run (gpu_problem), with that reason."""
         no_gpu = self.gpu_problem(platform)
         runnable = [c for c in checks if not (c.gpu and no_gpu)]
+        done: dict[int, Verdict] = {}
+        for group in [[c for c in runnable if not c.isolated], *([c] for c in runnable if c.isolated)]:
+            if group:
+                done |= self._container(ref, variant, group, platform)
+        return [done[id(c)] if id(c) in done else
+                Verdict(variant.id, c.name, "skipped", 0.0, no_gpu, True, c.origin, platform=platform) for c in checks]
+
+    def _container(self, ref: str, variant: Variant, runnable: list[Check], platform: str) -> dict[int, Verdict]:
+        """Checks run one after another in one container: id(check) -> its verdict."""
         marker = f"@@dlenv-check-{secrets.token_hex(8)}"
         envs = {"DLENV_CHECKS": str(len(runnable)), "DLENV_MARKER": marker,
                 "DLENV_CUDA": variant.cuda, "DLENV_FLAVOR": variant.flavor}
@@ -194,7 +204,7 @@ class DockerRunner:
             output = self.client.run(
                 ref, [f"{CHECKS_MOUNT}/batch.sh"], entrypoint="/bin/sh", remove=True, name=name,
                 volumes=[(str(self.folder), CHECKS_MOUNT, "ro")], envs=envs, platform=platform,
-                gpus="all" if any(c.gpu for c in runnable) else None) if runnable else ""
+                gpus="all" if any(c.gpu for c in runnable) else None)
         except DockerException as exc:
             code, output = exc.return_code, (exc.stdout or "") + (exc.stderr or "")
             ended = f"the check container ended before this check did (exit {code}): {(exc.stderr or '').strip()[-300:]}"
@@ -205,23 +215,17 @@ class DockerRunner:
                 self.client.container.remove(name, force=True)
             raise
         results = batch_results(output or "", marker)
-        number = {id(check): i for i, check in enumerate(runnable, 1)}
-        verdicts = []
-        for check in checks:
-            if check.gpu and no_gpu:
-                verdicts.append(Verdict(variant.id, check.name, "skipped", 0.0, no_gpu, True, check.origin,
-                                        platform=platform))
-                continue
-            n = number[id(check)]
+        verdicts = {}
+        for n, check in enumerate(runnable, 1):
             if n not in results:
-                verdicts.append(Verdict(variant.id, check.name, "failed", 0.0, ended or "no result", check.gpu,
-                                        check.origin, platform=platform))
+                verdicts[id(check)] = Verdict(variant.id, check.name, "failed", 0.0, ended or "no result", check.gpu,
+                                              check.origin, platform=platform)
                 continue
             exit_code, seconds, text = results[n]
             status, why = judge(dataclasses.asdict(check), exit_code, text)
-            verdicts.append(Verdict(variant.id, check.name, status, seconds,
-                                    f"{why}\n{text}".strip() if why else text, check.gpu, check.origin,
-                                    platform=platform))
+            verdicts[id(check)] = Verdict(variant.id, check.name, status, seconds,
+                                          f"{why}\n{text}".strip() if why else text, check.gpu, check.origin,
+                                          platform=platform)
         return verdicts
 
     def variant(self, variant: Variant) -> list[Verdict]:

@@ -52,3 +52,18 @@ def test_a_check_that_prints_a_marker_of_its_own_cannot_pass_for_a_result():
 def test_a_container_that_died_half_way_leaves_the_rest_without_a_result():
     output = "first\n@@m 1 0 10.0 10.5\npartial output of the second"
     assert batch_results(output, "@@m") == {1: (0, 0.5, "first")}
+
+
+def test_a_check_that_changes_what_the_next_would_see_is_declared_isolated():
+    """The jupyter recipe's kernel checks save notebooks and make a user: run after one another in
+    a shared container, the user's server could not save its notebook (HTTP 500). They are
+    isolated; every other check of the repository shares its variant's container."""
+    import tomli
+
+    from dlenv.config import Check, CheckModel
+    from helpers import REPO
+
+    recipe = tomli.loads((REPO / "recipes/jupyter.toml").read_text())
+    kernels = [c for c in recipe["checks"] if "jupyter_checks.py kernel" in c["run"]]
+    assert kernels and all(Check.of(CheckModel(**c), "jupyter").isolated for c in kernels)
+    assert not Check.of(CheckModel(name="n", run="true"), "x").isolated
