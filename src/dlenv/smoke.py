@@ -411,6 +411,8 @@ class SmokeReport:
 def run(plan: Plan, request: SmokeRequest, say: Callable[[str], None]) -> SmokeReport:
     """The smoke stage's front door: every variant's checks in its image (or, with --export, a
     bundle per variant for a GPU host without an engine); JUnit and JSON where asked."""
+    # The engine the build used (dlenv's own, where it started one), or one line saying there is none.
+    engine.ensure(start=False, say=say)
     if request.export:
         return SmokeReport(plan.image, bundles=tuple(export(plan, request.export, request.have, say)))
     runner = DockerRunner(plan, request.require_gpu, request.retest)
