@@ -32,25 +32,14 @@ from tlsproxy import make_ca, mint
 from dlenv import bootstrap, disk, engine, hostconf, lock, registry, retry
 from dlenv import plan as planmod
 from dlenv.options import PlanRequest
-from helpers import REGISTRY, RUN, dlenv, dlenv_started, new_project, sh, write
+from helpers import REGISTRY, RUN, TINY, dlenv, dlenv_started, new_project, sh, write
 
 REPOSITORY = f"dlenv-test/reliability-{RUN}"
 CACHE = f"{REGISTRY}/{REPOSITORY}-cache"
 SCRATCH_CACHE = f"{REGISTRY}/{REPOSITORY}-scratch-cache"
 LIMIT = 300   # seconds any one dlenv run of these tests may take
 
-MATRIX = """
-registry: {registry}
-repository: {repository}
-os:
-  debian12: {{source: bootstrap, suite: bookworm}}
-cuda:
-  "13.0.2": {{source: pip}}
-flavors: [base]
-stacks:
-{stacks}
-build: {{sbom: false}}
-"""
+MATRIX = TINY + "build: {{sbom: false}}\n"
 STACKS = "  - []\n  - [mark]"
 
 # A recipe of the tests: one small layer, no network, one check.
