@@ -22,7 +22,7 @@ from helpers import CHROMEDRIVER, CHROMIUM, REPO
 
 pytest.importorskip("selenium.webdriver", reason="selenium is installed by `nox -s tests`")
 from selenium.webdriver.common.by import By  # noqa: E402
-from selenium.webdriver.support.ui import Select  # noqa: E402
+from selenium.webdriver.support.ui import Select, WebDriverWait  # noqa: E402
 
 pytestmark = pytest.mark.skipif(not (CHROMIUM.exists() and CHROMEDRIVER.exists()),
                                 reason="needs Debian's chromium and chromium-driver (the tests install them as root)")
@@ -206,8 +206,13 @@ def test_the_copy_button_puts_the_pull_by_digest_command_on_the_clipboard(page, 
     entries, _ = family
     page.execute_cdp_cmd("Browser.grantPermissions", {"permissions": ["clipboardReadWrite", "clipboardSanitizedWrite"]})
     button = page.find_element(By.CSS_SELECTOR, f'tr[data-id="{entries[1].id}"] td.digest button')
+    # The label changes when the clipboard's promise settles and changes back 1.5 s later; on a busy
+    # machine a read right after the click can fall before or after, so every label is recorded.
+    page.execute_script("""const b = arguments[0]; window.labels = [];
+        new MutationObserver(() => window.labels.push(b.textContent)).observe(b, {childList: true, characterData: true, subtree: true});""", button)
     button.click()
-    assert button.text == "copied"
+    WebDriverWait(page, 10, poll_frequency=0.05).until(lambda p: p.execute_script("return window.labels.length > 0"))
+    assert page.execute_script("return window.labels[0]") == "copied"
     # What the clipboard holds, read back in the page the way a paste would.
     pasted = page.execute_async_script("navigator.clipboard.readText().then(arguments[0], e => arguments[0]('' + e))")
     assert pasted == f"docker pull {entries[1].image}@{entries[1].digest}"
