@@ -73,11 +73,15 @@ def rootfs_tar(spec: RootfsSpec, architecture: str) -> Path:
 def ensure_rootfs(spec: RootfsSpec, say=print, env: dict[str, str] | None = None) -> Path:
     """The folder of spec's rootfs tarballs, each architecture's bootstrapped now if the cache
     does not hold it yet."""
-    folder = rootfs_dir(spec)
     for architecture in spec.architectures:
-        if not rootfs_tar(spec, architecture).exists():
-            make_rootfs(spec, architecture, rootfs_tar(spec, architecture), say, env)
-    return folder
+        ensure_architecture(spec, architecture, say, env)
+    return rootfs_dir(spec)
+
+
+def ensure_architecture(spec: RootfsSpec, architecture: str, say=print, env: dict[str, str] | None = None) -> Path:
+    """spec's tarball for one architecture, bootstrapped now if the cache does not hold it yet."""
+    tar = rootfs_tar(spec, architecture)
+    return tar if tar.exists() else make_rootfs(spec, architecture, tar, say, env)
 
 
 def native_architecture() -> str:
@@ -103,7 +107,8 @@ def make_rootfs(spec: RootfsSpec, architecture: str, tar: Path, say=print,
         except EngineError as exc:
             raise EngineError(f"cannot bootstrap {spec.suite} for {architecture}: {exc.message}", exc.fix) from None
     tar.parent.mkdir(parents=True, exist_ok=True)
-    partial = tar.with_name(tar.name + ".partial")
+    # Written beside the folder, not in it: the folder is a bake context, maybe in use meanwhile.
+    partial = tar.parent.with_name(f"{tar.parent.name}-{tar.name}.partial")
     packages = ",".join(sorted(set(BASE_PACKAGES) | set(spec.packages)))
     source = spec.mirror or "mmdebstrap's default archive"
     say(f"dlenv: bootstrapping {spec.suite} ({architecture}) from {source} with mmdebstrap")

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from dlenv import bake, bootstrap, disk, engine, graph, lock, reach, registry, sbom
+from dlenv import bake, bootstrap, config, disk, engine, graph, lock, reach, registry, sbom
 from dlenv.bake import Capabilities, capabilities
 from dlenv.config import BuildSettings
 from dlenv.errors import DlenvError
@@ -82,7 +83,8 @@ class Builder:
     def __init__(self, plan: Plan, workdir: Path, output: graph.Output = "push",
                  secrets: tuple[graph.Secret, ...] = (), builder: str | None = None,
                  board: Board | None = None, log: Callable[[str], None] = print,
-                 options: graph.Options | None = None, wave_done: WaveDone | None = None):
+                 options: graph.Options | None = None, wave_done: WaveDone | None = None,
+                 verify_rootfs: Callable[[str, str], None] = lambda node, platform: None):
         self.plan = plan
         self.workdir = workdir = workdir.resolve()  # bake runs in the project folder
         self.output = output
@@ -93,6 +95,7 @@ class Builder:
         self.say = log
         self.publisher = Publisher(plan, output, self.options, self.board)
         self.wave_done = wave_done
+        self.verify_rootfs = verify_rootfs   # (bootstrap node, platform): a foreign rootfs, once bootstrapped
         workdir.mkdir(parents=True, exist_ok=True)
         self.logfile = workdir / "build.log"
         self.bakefile = workdir / "bake.json"
@@ -116,12 +119,17 @@ class Builder:
 
         broken: dict[str, list[str]] = {}
         pulled = graph.pulled_below(self.plan)
+        # Foreign architectures bootstrap under QEMU (minutes) in a thread of their own, beside
+        # the native waves' bakes; a wave waits only for the rootfs its own chains stand on.
+        behind = ThreadPoolExecutor(1, thread_name_prefix="bootstrap")
+        rootfs: dict[tuple[str, str], Future] = {}   # (bootstrap node, architecture) -> its tarball
         for name, node in self.plan.nodes.items():
             if node.kind == "rootfs" and node.rootfs and name not in pulled:
-                try:
-                    bootstrap.ensure_rootfs(node.rootfs, self.say, self.plan.network.env())
-                except DlenvError as exc:
-                    broken[name] = [str(exc)]
+                for arch in node.rootfs.architectures:
+                    args = (bootstrap.ensure_architecture, node.rootfs, arch, self.say, self.plan.network.env())
+                    native = arch == bootstrap.native_architecture()
+                    rootfs[(name, arch)] = _done(*args) if native else behind.submit(*args)
+        behind.shutdown(wait=False)
         self.bakefile.write_text(graph.render(graph.definition(self.plan, self.output, self.secrets, self.options)))
         self.probefile.write_text(graph.render(graph.definition(self.plan, "cache", self.secrets, self.options)))
         remaining = list(self.plan.variants)
@@ -136,37 +144,103 @@ class Builder:
                     remaining.remove(variant)
                     settle(kept)
         rounds = itertools.count(1)
-        for wave in waves(self.plan.variants) if self.wave_done else [list(self.plan.variants)]:
-            built, outcome = isolate(
-                self.plan, [v for v in wave if v in remaining],
-                bake=lambda targets: self._bake(self.bakefile, targets,
-                                                self.workdir / f"metadata-{next(rounds)}.json"),
-                probe=lambda targets: self._bake(self.probefile, targets),
-                broken=broken, settle=settle,
-                found=lambda node: self.say(f"dlenv: {node} failed; building what does not depend on it "
-                                            f"(log: {self.logfile})"))
-            if outcome is not None:
-                for variant in built:
-                    settle(self.publisher.finish(variant, outcome.metadata.get(variant.node, {}),
-                                                 outcome.ready.get(variant.node, 0.0)))
-            # A node that failed in this wave is not baked again by the next one.
-            broken.update({results[v.id].node: results[v.id].error.splitlines() for v in wave
-                           if results[v.id].status == "failed" and results[v.id].node in self.plan.nodes})
-            if self.wave_done:
-                self.wave_done(self.plan, [results[v.id] for v in wave])
+
+        def bake(wave: list[Variant]) -> list[Result]:
+            # The rootfs tarballs of the architectures this wave builds for, as they are ready.
+            needed = {(n, config.arch(p)) for v in wave for n in v.chain for p in v.platforms} & rootfs.keys()
+            for name, arch in sorted(needed):
+                if failed := _error(rootfs.pop((name, arch))):
+                    broken.setdefault(name, [failed])
+                elif arch != bootstrap.native_architecture():
+                    self.verify_rootfs(name, f"linux/{arch}")
+            self._wave(wave, next(rounds), remaining, broken, results, settle)
+            return [results[v.id] for v in wave]
+
+        if self.wave_done:
+            wave_done = self.wave_done
+            pipelined(waves(self.plan.variants, engine.host_platform()), bake, lambda done: wave_done(self.plan, done))
+        else:
+            bake(list(self.plan.variants))
         return [results[v.id] for v in self.plan.variants]
 
+    def _wave(self, wave: list[Variant], number: int, remaining: list[Variant], broken: dict[str, list[str]],
+              results: dict[str, Result], settle: Callable[[Result], None]) -> None:
+        """Bake one wave's variants that are not kept already, settling a result for each.
 
-def waves(variants: tuple[Variant, ...] | list[Variant]) -> list[list[Variant]]:
+        A wave of part of the plan bakes from a bake file of its own, each node for the platforms
+        of that wave's variants only: a bake target's dependency is built for all its platforms,
+        so a native wave would otherwise build the shared OS layers under QEMU too."""
+        bakefile, probefile = self.bakefile, self.probefile
+        if len(wave) < len(self.plan.variants):
+            part = self.plan.unselect({v.id for v in self.plan.variants} - {v.id for v in wave}, "another wave")
+            bakefile, probefile = (self.workdir / f"bake-wave{number}.json", self.workdir / f"bake-probe-wave{number}.json")
+            bakefile.write_text(graph.render(graph.definition(part, self.output, self.secrets, self.options)))
+            probefile.write_text(graph.render(graph.definition(part, "cache", self.secrets, self.options)))
+        tries = itertools.count(1)
+        built, outcome = isolate(
+            self.plan, [v for v in wave if v in remaining],
+            bake=lambda targets: self._bake(bakefile, targets, self.workdir / f"metadata-{number}-{next(tries)}.json"),
+            probe=lambda targets: self._bake(probefile, targets),
+            broken=broken, settle=settle,
+            found=lambda node: self.say(f"dlenv: {node} failed; building what does not depend on it "
+                                        f"(log: {self.logfile})"))
+        if outcome is not None:
+            for variant in built:
+                settle(self.publisher.finish(variant, outcome.metadata.get(variant.node, {}),
+                                             outcome.ready.get(variant.node, 0.0)))
+        # A node that failed in this wave is not baked again by the next one.
+        broken.update({results[v.id].node: results[v.id].error.splitlines() for v in wave
+                       if results[v.id].status == "failed" and results[v.id].node in self.plan.nodes})
+
+
+def waves(variants: tuple[Variant, ...] | list[Variant], native: str) -> list[list[Variant]]:
     """The variants in waves, one per OS and CUDA release (the chain of layers they share), the
-    largest first. The main job pushes, tests and removes each wave's images before baking the
-    next, so the engine's store holds one wave unpacked at a time; the build cache, which keeps
-    growing, stays, and a later wave reuses the layers below it. The last wave is the one in the
-    store at the peak: the smallest."""
-    groups: dict[tuple[str, str], list[Variant]] = {}
+    largest first; the variants that also build for a platform under QEMU in waves of their own,
+    last, so that their rootfs bootstraps beside the native bakes (each wave bakes its nodes for
+    its own variants' platforms: see Builder._wave; the native images come from the cache).
+
+    The main job pushes, tests and removes each wave's images while the next wave bakes, so the
+    engine's store holds about two waves unpacked at a time; the build cache, which keeps
+    growing, stays, and a later wave reuses the layers below it."""
+    groups: dict[tuple[bool, str, str], list[Variant]] = {}
     for variant in variants:
-        groups.setdefault((variant.os, variant.cuda), []).append(variant)
-    return sorted(groups.values(), key=len, reverse=True)
+        groups.setdefault((variant.platforms != (native,), variant.os, variant.cuda), []).append(variant)
+    return [groups[key] for key in sorted(groups, key=lambda k: (k[0], -len(groups[k])))]
+
+
+def pipelined(waves: list[list[Variant]], bake: Callable[[list[Variant]], list[Result]],
+              done: Callable[[list[Result]], None]) -> None:
+    """bake(wave) for each wave in turn, and done(its results) in a thread beside the next
+    wave's bake: at most one behind, in order; an exception in either ends the run once the
+    other has stopped (a signal reaches the thread through interrupt.check)."""
+    with ThreadPoolExecutor(1, thread_name_prefix="wave") as beside:
+        behind: Future | None = None
+        for wave in waves:
+            results = bake(wave)
+            if behind is not None:
+                behind.result()
+            behind = beside.submit(done, results)
+        if behind is not None:
+            behind.result()
+
+
+def _done(function: Callable[..., object], *args: object) -> Future:
+    """function(*args) run now, as a finished Future (its exception kept, as a thread's would be)."""
+    future: Future = Future()
+    try:
+        future.set_result(function(*args))
+    except DlenvError as exc:
+        future.set_exception(exc)
+    return future
+
+
+def _error(future: Future) -> str | None:
+    """The DlenvError a finished (or awaited) Future ended with, as its line; None when it ran."""
+    try:
+        future.result()
+    except DlenvError as exc:
+        return str(exc)
+    return None
 
 
 @dataclass(frozen=True)
@@ -209,12 +283,18 @@ def run(plan: Plan, request: BuildRequest, board: Board, say: Callable[[str], No
     plan, found, problems = lock.pinned(plan, request.locked)
     for problem in problems:
         warn(f"lock: {problem}")
-    if found:
-        stale = lock.verify_rootfs(plan, found, say)
+    native = engine.host_platform()
+
+    def verify_rootfs(node: str | None, platform: str) -> None:
+        """The rootfs of node (None: every node) for platform against the lock: --locked stops."""
+        stale = lock.verify_rootfs(plan, found, say, lambda n, p: node in (None, n) and p == platform) if found else []
         if stale and request.locked:
             raise DlenvError(f"--locked: {stale[0]}", lock.FIX)
         for problem in stale:
             warn(f"lock: {problem}")
+
+    # A foreign platform's rootfs is compared when its bootstrap (under QEMU, beside the bake) ends.
+    verify_rootfs(None, native)
     missing = [ref for _, ref in plan.pulled if registry.digest(ref) is None]
     if missing:
         raise DlenvError(f"this shard builds on {', '.join(missing)}, which an earlier stage's shard pushes: not in the "
@@ -235,7 +315,7 @@ def run(plan: Plan, request: BuildRequest, board: Board, say: Callable[[str], No
             warn(note)
     try:
         results = Builder(plan, request.workdir, "load" if request.load else "push", graph.secrets(plan),
-                          request.builder, board, say, options, wave_done).run()
+                          request.builder, board, say, options, wave_done, verify_rootfs).run()
     except disk.Full as full:   # --force, or an estimate that was low: the same figures, now
         raise full.explained(engine.state_dir(), room) from None
     # A variant left out whole; one that lost only some platforms was built for the others.

@@ -4,7 +4,9 @@ The first signal is passed on to dlenv's own child processes (buildx bake, docke
 smoke check's `docker run`, mmdebstrap): those in its process group, so never the engine or the
 registry it may have started, which run in sessions of their own. Then it is raised in the main
 thread as Interrupted, unless a section that must not be cut (a variant's floating tags being
-moved, `held`) is running: there it is raised when the section ends. A second signal kills the
+moved, `held`) is running in the main thread: there it is raised when the section ends. A
+thread working beside the main one (the main job tests a wave while the next one bakes) meets
+it at its next `check` or at the end of its own held section. A second signal kills the
 children and exits at once. `stopped` waits for the children to end and says so in one line.
 """
 
@@ -32,7 +34,7 @@ class Interrupted(KeyboardInterrupt):
 
 
 _received: int | None = None
-_held = 0
+_held: dict[int, int] = {}   # thread id -> depth of the held sections it is in
 
 
 def _stat(pid: str) -> tuple[int, int, str] | None:
@@ -80,7 +82,7 @@ def _handler(signum: int, frame) -> None:
         os._exit(128 + _received)
     _received = signum
     _signal(children(), signum)
-    if not _held:
+    if not _held.get(threading.main_thread().ident or 0):
         raise Interrupted(signum)
 
 
@@ -90,7 +92,7 @@ def install() -> dict[int, object] | None:
     global _received, _held
     if threading.current_thread() is not threading.main_thread():
         return None
-    _received, _held = None, 0
+    _received, _held = None, {}
     return {s: signal.signal(s, _handler) for s in SIGNALS}
 
 
@@ -102,14 +104,20 @@ def restore(previous: dict[int, object] | None) -> None:
 @contextmanager
 def held() -> Iterator[None]:
     """A section a first signal does not cut: it is raised when the section ends."""
-    global _held
-    _held += 1
+    me = threading.get_ident()
+    _held[me] = _held.get(me, 0) + 1
     try:
         yield
     finally:
-        _held -= 1
-        if not _held and _received is not None:
+        _held[me] -= 1
+        if not _held[me] and _received is not None:
             raise Interrupted(_received)
+
+
+def check() -> None:
+    """Raise Interrupted if a signal came: where a thread beside the main one starts new work."""
+    if _received is not None:
+        raise Interrupted(_received)
 
 
 def stopped(exc: KeyboardInterrupt, say: Callable[[str], None]) -> int:

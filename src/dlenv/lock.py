@@ -19,6 +19,7 @@ import os
 import subprocess
 import tarfile
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -164,8 +165,8 @@ def bootstrapped(plan: Plan, os_key: str, platform: str, say=print) -> RootfsLoc
     """What the build will use: the cached rootfs (bootstrapped now if there is none)."""
     spec = plan.nodes[_rootfs_nodes(plan)[os_key]].rootfs
     assert spec is not None
-    bootstrap.ensure_rootfs(spec, say, plan.network.env())
-    return _rootfs_lock(spec.suite, bootstrap.rootfs_tar(spec, config.arch(platform)))
+    tar = bootstrap.ensure_architecture(spec, config.arch(platform), say, plan.network.env())
+    return _rootfs_lock(spec.suite, tar)
 
 
 def make(plan: Plan, say=print, keep: bool = True, besides: Lock | None = None) -> tuple[Lock, list[Problem]]:
@@ -234,11 +235,14 @@ def differences(locked: RootfsLock, now: RootfsLock) -> str | None:
     return f"{len(changed)} packages differ from the lock ({', '.join(changed[:3])}{more})"
 
 
-def verify_rootfs(plan: Plan, lock: Lock, say=print) -> list[Problem]:
-    """Bootstrap (or reuse) each OS rootfs of the plan and compare its packages with the lock."""
+def verify_rootfs(plan: Plan, lock: Lock, say=print,
+                  only: Callable[[str, str], bool] = lambda node, platform: True) -> list[Problem]:
+    """Bootstrap (or reuse) each OS rootfs of the plan and compare its packages with the lock;
+    only(bootstrap node, platform): those to compare now."""
     problems = []
+    nodes = _rootfs_nodes(plan)
     for os_key, platform in _bootstraps(plan):
-        if (os_key, platform) in lock.rootfs:
+        if (os_key, platform) in lock.rootfs and only(nodes[os_key], platform):
             diff = differences(lock.rootfs[(os_key, platform)], bootstrapped(plan, os_key, platform, say))
             if diff:
                 problems.append(Problem(f"{os_key} {platform}", f"{diff}: the apt mirror moved since the lock; "

@@ -45,7 +45,9 @@ def scanner_ref(plan: Plan) -> str:
 
 def definition(plan: Plan, ref: str, push: bool) -> dict:
     base = _os_node(plan)
-    targets = {name: graph.target(plan, plan.nodes[name], None, "cache", ()) for name in graph.ancestors(plan, base)}
+    # The builder's own platform only: a foreign platform's OS layers would wait for its bootstrap.
+    targets = {name: {k: v for k, v in graph.target(plan, plan.nodes[name], None, "cache", ()).items() if k != "platforms"}
+               for name in graph.ancestors(plan, base)}
     targets[TARGET] = {"context": FOLDER, "contexts": {"base": f"target:{base}"}, "tags": [ref],
                        "attest": ["type=provenance,disabled=true"],
                        "output": ["type=image,oci-mediatypes=true" + (",push=true" if push else "")]}
@@ -59,8 +61,8 @@ def build_scanner(plan: Plan, caps: Capabilities, workdir: Path) -> str:
         return ref
     workdir.mkdir(parents=True, exist_ok=True)
     for name in graph.ancestors(plan, _os_node(plan)):
-        if plan.nodes[name].rootfs:
-            bootstrap.ensure_rootfs(plan.nodes[name].rootfs, lambda _: None, plan.network.env())
+        if spec := plan.nodes[name].rootfs:
+            bootstrap.ensure_architecture(spec, bootstrap.native_architecture(), lambda _: None, plan.network.env())
     file = workdir / "bake-sbom-scanner.json"
     file.write_text(graph.render(definition(plan, ref, push=caps.driver != "docker")))
     client = DockerClient()

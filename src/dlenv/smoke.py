@@ -31,7 +31,7 @@ from typing import IO, Literal
 from python_on_whales import DockerClient
 from python_on_whales.exceptions import DockerException
 
-from dlenv import engine, gpuarch, proven, registry, report, rootfs_run
+from dlenv import engine, gpuarch, interrupt, proven, registry, report, rootfs_run
 from dlenv.config import CHECKS_DIR, Check, arch
 from dlenv.errors import DlenvError
 from dlenv.graph import LABEL
@@ -418,6 +418,7 @@ def run(plan: Plan, request: SmokeRequest, say: Callable[[str], None]) -> SmokeR
     runner = DockerRunner(plan, request.require_gpu, request.retest)
     verdicts: list[Verdict] = []
     for variant in plan.variants:
+        interrupt.check()   # the main job tests beside its bake: a signal there stops the tests here too
         mine = runner.variant(variant)
         verdicts += mine
         for platform in variant.platforms:

@@ -209,9 +209,10 @@ def test_the_copy_button_puts_the_pull_by_digest_command_on_the_clipboard(page, 
     # The label changes when the clipboard's promise settles and changes back 1.5 s later; on a busy
     # machine a read right after the click can fall before or after, so every label is recorded.
     page.execute_script("""const b = arguments[0]; window.labels = [];
-        new MutationObserver(() => window.labels.push(b.textContent)).observe(b, {childList: true, characterData: true, subtree: true});""", button)
+        new MutationObserver(() => window.labels.push(b.textContent))
+            .observe(b, {childList: true, characterData: true, subtree: true});""", button)
     button.click()
-    WebDriverWait(page, 10, poll_frequency=0.05).until(lambda p: p.execute_script("return window.labels.length > 0"))
+    WebDriverWait(page, 10, poll_frequency=0.05).until(lambda p: p.execute_script("return window.labels.length"))
     assert page.execute_script("return window.labels[0]") == "copied"
     # What the clipboard holds, read back in the page the way a paste would.
     pasted = page.execute_async_script("navigator.clipboard.readText().then(arguments[0], e => arguments[0]('' + e))")

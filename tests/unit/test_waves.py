@@ -1,8 +1,16 @@
-"""The main job bakes in waves (build.waves): one per OS and CUDA release, the largest first."""
+"""The main job bakes in waves (build.waves): one per OS and CUDA release, the largest first, the
+variants with a platform under QEMU in waves of their own, last; each wave is tested beside the
+next one's bake (pipelined)."""
 
 from __future__ import annotations
 
-from dlenv.build import waves
+import dataclasses
+import threading
+
+import pytest
+
+from dlenv.build import pipelined, waves
+from dlenv.results import Result
 from helpers import expand
 
 
@@ -10,11 +18,55 @@ def test_each_wave_is_one_chain_and_the_largest_comes_first(project):
     p = expand(project)
     chains = {(v.os, v.cuda) for v in p.variants}
     assert len(chains) > 1   # SMALL has several OS x CUDA chains: there is an order to check
-    got = waves(p.variants)
+    got = waves(p.variants, "linux/amd64")
     assert len(got) == len(chains)
     assert [{(v.os, v.cuda) for v in wave} for wave in got] == [{(w[0].os, w[0].cuda)} for w in got]
     assert sorted(v.id for wave in got for v in wave) == sorted(v.id for v in p.variants)
     sizes = [len(wave) for wave in got]
     assert sizes == sorted(sizes, reverse=True)
-    # The last wave (the one whose images are in the store at the peak) is a smallest chain.
-    assert sizes[-1] == min(sum(1 for v in p.variants if (v.os, v.cuda) == chain) for chain in chains)
+
+
+def test_the_variants_with_an_emulated_platform_bake_last_in_a_wave_of_their_own(project):
+    p = expand(project, select=["os=debian12"])
+    cuda = p.variants[0].cuda
+    # One chain's bare base also builds for linux/arm64; the rest of its chain stays amd64.
+    both = [dataclasses.replace(v, platforms=("linux/amd64", "linux/arm64"))
+            if v.cuda == cuda and v.flavor == "base" and not v.stack else v for v in p.variants]
+    emulated = {v.id for v in both if len(v.platforms) == 2}
+    got = waves(both, "linux/amd64")
+    assert {v.id for v in got[-1]} == emulated
+    assert all(len(v.platforms) == 1 for wave in got[:-1] for v in wave)
+    assert len(got) == len(waves(p.variants, "linux/amd64")) + 1
+
+
+def test_each_wave_is_tested_beside_the_next_ones_bake_and_in_order():
+    order: list[str] = []
+    first_tested = threading.Event()
+
+    def bake(wave):
+        order.append(f"bake {wave[0]}")
+        if wave[0] == "w2":   # waits for w1's tests: it fails unless they run beside this bake
+            assert first_tested.wait(10), "w1 was not tested while w2 baked"
+        return [Result(wave[0], "built")]
+
+    def done(results):
+        order.append(f"test {results[0].variant}")
+        if results[0].variant == "w1":
+            first_tested.set()
+
+    pipelined([["w1"], ["w2"], ["w3"]], bake, done)   # type: ignore[list-item]
+    assert order.index("test w1") < order.index("test w2") < order.index("test w3")
+    assert order.index("bake w3") > order.index("test w1")   # at most one wave behind
+    assert order[-1] == "test w3"
+
+
+def test_a_failure_in_a_waves_tests_ends_the_run_after_the_bake_beside_it():
+    baked = []
+
+    def done(results):
+        if results[0].variant == "w1":
+            raise RuntimeError("w1's tests broke")
+
+    with pytest.raises(RuntimeError, match="w1's tests broke"):
+        pipelined([["w1"], ["w2"], ["w3"]], lambda wave: baked.append(wave[0]) or [Result(wave[0], "built")], done)  # type: ignore[list-item]
+    assert baked == ["w1", "w2"]
