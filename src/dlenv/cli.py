@@ -166,7 +166,7 @@ class MatrixCommand:
     help: str
     request: type
     run: Callable[[Any, Any], int]
-    plan_defaults: dict = field(default_factory=dict)   # what the command sets over the plan's options
+    plan_defaults: dict = field(default_factory=dict)   # what the command sets over the plan's options (no flags)
     takes_plan: bool = True                             # run gets the loaded plan (else the PlanRequest)
 
 
@@ -183,7 +183,7 @@ MATRIX_COMMANDS = {
     "smoke": MatrixCommand("run each variant's checks in its image (GPU checks where there is a GPU)",
                            SmokeRequest, cmd_smoke),
     "merge": MatrixCommand("join each variant's per-platform tags (--per-platform builds) into one index per tag",
-                           MergeRequest, cmd_merge),
+                           MergeRequest, cmd_merge, {"per_platform": False}),
     "promote": MatrixCommand("move floating tags to the tested digests of variants whose checks passed",
                              PromoteRequest, cmd_promote),
     "catalog": MatrixCommand("write the family's catalog (a web page, Markdown and JSON) from the registry",
@@ -199,7 +199,7 @@ def make_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     for name, command in MATRIX_COMMANDS.items():
         p = sub.add_parser(name, help=command.help)
-        options.add_arguments(p, PlanRequest)
+        options.add_arguments(p, PlanRequest, without=command.plan_defaults)
         options.add_arguments(p, command.request)
 
     p = sub.add_parser("compose", help="write a docker-compose.yaml to work in one of the family's images")

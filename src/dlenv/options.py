@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import typing
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -213,11 +213,13 @@ def _types(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls, globals())
 
 
-def add_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
-    """The flags of one request, derived from its declarations."""
+def add_arguments(parser: argparse.ArgumentParser, cls: type, without: Iterable[str] = ()) -> None:
+    """The flags of one request, derived from its declarations (but those of the fields without)."""
     groups: dict[str, Any] = {}
     types = _types(cls)
     for f in dataclasses.fields(cls):
+        if f.name in without:
+            continue
         o: Option = f.metadata["option"]
         target = parser if not o.group else groups.setdefault(o.group, parser.add_argument_group(o.group))
         kind = types[f.name]

@@ -122,6 +122,14 @@ def test_a_per_platform_build_tags_each_image_with_its_platform_and_moves_no_flo
         plan.load(dataclasses.replace(request, per_platform=True))
 
 
+def test_merge_has_no_per_platform_flag_it_joins_what_such_builds_pushed(capsys):
+    parser = make_parser()
+    assert parser.parse_args(["build", "--per-platform"]).per_platform
+    with pytest.raises(SystemExit) as exit_:
+        parser.parse_args(["merge", "--per-platform"])
+    assert exit_.value.code == 2 and "unrecognized arguments: --per-platform" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("text", ["0/3", "4/3", "2", "a/b", "1/0", ""])
 def test_bad_shard_specs_are_config_errors(text):
     with pytest.raises(ConfigError, match="I/N"):
