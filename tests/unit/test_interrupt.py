@@ -86,3 +86,49 @@ def test_a_second_signal_exits_at_once_even_in_a_held_section(tmp_path):
     while alive(child) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not alive(child)
+
+
+BESIDE = """
+import sys, threading, time
+from pathlib import Path
+from dlenv import build, interrupt
+
+interrupt.install()
+out = Path(sys.argv[1])
+
+def bake(wave):
+    if wave == ["w2"]:
+        (out / "ready").write_text("")
+        time.sleep(300)   # the signal comes here, in the main thread
+    return wave
+
+def tested(wave):
+    if wave == ["w1"]:
+        with interrupt.held():   # as promotion is: the section ends before the thread stops
+            while not (out / "ready").exists():
+                time.sleep(0.05)
+            time.sleep(1.0)
+            (out / "section ended").write_text("")
+    else:
+        (out / "later wave tested").write_text("")
+
+try:
+    build.pipelined([["w1"], ["w2"], ["w3"]], bake, tested)
+except KeyboardInterrupt as exc:
+    sys.exit(interrupt.stopped(exc, lambda line: (out / "said").write_text(line)))
+"""
+
+
+def test_a_signal_stops_the_bake_at_once_and_the_wave_tested_beside_it_after_its_held_section(tmp_path):
+    script = tmp_path / "beside.py"
+    script.write_text(textwrap.dedent(BESIDE))
+    proc = subprocess.Popen([sys.executable, str(script), str(tmp_path)], env=dict(os.environ, PYTHONPATH=str(REPO / "src")))
+    deadline = time.monotonic() + 30
+    while not (tmp_path / "ready").exists():
+        assert time.monotonic() < deadline and proc.poll() is None, "the program did not start"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(30) == 128 + signal.SIGINT
+    assert (tmp_path / "section ended").exists()          # the promotion beside the bake was not cut
+    assert not (tmp_path / "later wave tested").exists()  # and nothing after it started
+    assert "stopped by SIGINT" in (tmp_path / "said").read_text()
