@@ -60,14 +60,24 @@ def run(plan: Plan, request: BuildRequest) -> JobReport:
 def _run(plan: Plan, request: BuildRequest) -> JobReport:
     verdicts: list[smoke.Verdict] = []
     promotions: list[release.Promotion] = []
+    removed = 0   # images removed from the engine's store, for the wave's line
+
+    def forget(plan: Plan, ids: set[str]) -> None:
+        """Remove these variants' images from the engine's store (pushed, and tested where they are)."""
+        nonlocal removed
+        if not request.keep_images:
+            removed += publish.forget(plan.unselect({v.id for v in plan.variants if v.id not in ids}, "another wave"))
 
     def wave_done(plan: Plan, results: list[build.Result]) -> None:
-        """A wave is pushed: smoke-test it, promote what passed, and remove its images from the
-        engine's store before the next wave is baked (build.waves)."""
+        """A wave is pushed: smoke-test it (removing each image from the engine's store once its
+        checks ended), promote what passed, and remove the rest of its images (build.waves).
+        It runs beside the next wave's bake (build.pipelined)."""
+        nonlocal removed
         done = {r.variant for r in results if r.status == "built"}
         if done and not request.no_promote:
             tested = smoke.run(plan.unselect({v.id for v in plan.variants if v.id not in done}, "not built"),
-                               SmokeRequest(require_gpu=request.require_gpu, retest=request.retest), report.say)
+                               SmokeRequest(require_gpu=request.require_gpu, retest=request.retest), report.say,
+                               lambda variant: forget(plan, {variant.id}))
             report.smoke_table(list(tested.verdicts))
             statuses: dict[str, dict[str, list[str]]] = {}   # variant -> platform -> statuses: all must pass
             for v in tested.verdicts:
@@ -76,12 +86,11 @@ def _run(plan: Plan, request: BuildRequest) -> JobReport:
             report.promotions(promoted)
             verdicts.extend(tested.verdicts)
             promotions.extend(promoted)
-        if not request.keep_images:
-            wave = {r.variant for r in results}
-            gone = publish.forget(plan.unselect({v.id for v in plan.variants if v.id not in wave}, "another wave"))
-            if gone:
-                report.say(f"removed {gone} images of {plan.image} from the engine's store (pushed and tested: the "
-                           "registry has them; --keep-images keeps them)")
+        forget(plan, {r.variant for r in results})
+        if removed:
+            report.say(f"removed {removed} images of {plan.image} from the engine's store (pushed and tested: the "
+                       "registry has them; --keep-images keeps them)")
+            removed = 0
 
     with report.LiveBoard(plan) as board:
         # --load leaves the images in the engine's store: one bake, nothing removed.

@@ -408,9 +408,12 @@ class SmokeReport:
         return {"image": self.image, "digests": self.digests, "verdicts": [v.to_json() for v in self.verdicts]}
 
 
-def run(plan: Plan, request: SmokeRequest, say: Callable[[str], None]) -> SmokeReport:
+def run(plan: Plan, request: SmokeRequest, say: Callable[[str], None],
+        tested: Callable[[Variant], None] = lambda variant: None) -> SmokeReport:
     """The smoke stage's front door: every variant's checks in its image (or, with --export, a
-    bundle per variant for a GPU host without an engine); JUnit and JSON where asked."""
+    bundle per variant for a GPU host without an engine); JUnit and JSON where asked.
+
+    tested(variant): each variant once its checks ended (the main job removes its image then)."""
     # The engine the build used (dlenv's own, where it started one), or one line saying there is none.
     engine.ensure(start=False, say=say)
     if request.export:
@@ -425,6 +428,7 @@ def run(plan: Plan, request: SmokeRequest, say: Callable[[str], None]) -> SmokeR
             on = [v for v in mine if v.platform == platform]
             say(f"{variant.id} ({platform}): " + ", ".join(f"{n} {s}" for s in ("passed", "failed", "skipped")
                                                            if (n := sum(v.status == s for v in on))))
+        tested(variant)
     result = SmokeReport(plan.image, tuple(verdicts), dict(runner.digests))
     if request.junit:
         request.junit.parent.mkdir(parents=True, exist_ok=True)
