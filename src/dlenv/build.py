@@ -149,6 +149,8 @@ class Builder:
             # The rootfs tarballs of the architectures this wave builds for, as they are ready.
             needed = {(n, config.arch(p)) for v in wave for n in v.chain for p in v.platforms} & rootfs.keys()
             for name, arch in sorted(needed):
+                if not rootfs[(name, arch)].done():
+                    self.say(f"dlenv: the next wave waits for {name}'s {arch} rootfs (bootstrapping)")
                 if failed := _error(rootfs.pop((name, arch))):
                     broken.setdefault(name, [failed])
                 elif arch != bootstrap.native_architecture():
