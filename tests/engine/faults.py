@@ -30,6 +30,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from netserver import relay
+
 from dlenv import engine
 
 
@@ -267,27 +269,10 @@ class _DropHandler(http.server.BaseHTTPRequestHandler):
             self.close_connection = True
             self.connection.shutdown(socket.SHUT_RDWR)
             return
-        upstream = server.upstream + self.path[len(server.prefix):]
-        request = urllib.request.Request(upstream, method="HEAD" if head_only else "GET")
-        try:
-            response = server.opener.open(request, timeout=120)
-        except urllib.error.HTTPError as exc:
-            response = exc
-        except OSError:
-            self.send_error(502)
-            return
-        body = b"" if head_only else response.read()
-        self.send_response(response.status if hasattr(response, "status") else response.code)
-        for name in ("Content-Type", "Last-Modified", "ETag"):
-            if response.headers.get(name):
-                self.send_header(name, response.headers[name])
         # Never from a cache: every run meets the faults (pip keeps index pages for minutes).
-        self.send_header("Cache-Control", "no-store")
-        self.send_header("Content-Length", response.headers.get("Content-Length", "0") if head_only else str(len(body)))
-        self.send_header("Connection", "close")
-        self.end_headers()
-        if not head_only:
-            self.wfile.write(body)
+        relay(self, server.upstream + self.path[len(server.prefix):], head_only, server.opener, 120,
+              keep=lambda name: name.lower() in ("content-type", "last-modified", "etag"),
+              extra={"Cache-Control": "no-store"})
 
     def do_HEAD(self):
         self.do_GET(head_only=True)

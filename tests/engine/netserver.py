@@ -9,11 +9,39 @@ import socket
 import threading
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from urllib.parse import urlsplit
 
 # Hop-by-hop and length headers are the server's own business.
 SKIP = {"connection", "keep-alive", "proxy-connection", "transfer-encoding", "content-length"}
 DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def relay(handler: http.server.BaseHTTPRequestHandler, url: str, head_only: bool, opener: urllib.request.OpenerDirector,
+          timeout: float, keep: Callable[[str], bool] = lambda name: name.lower() not in SKIP,
+          extra: dict[str, str] | None = None) -> None:
+    """Answer handler's request with url's answer (a GET or HEAD of it through opener): its
+    status, the headers keep takes, extra ones, and its body; 502 when url cannot be reached."""
+    request = urllib.request.Request(url, method="HEAD" if head_only else "GET")
+    try:
+        response = opener.open(request, timeout=timeout)
+    except urllib.error.HTTPError as exc:
+        response = exc
+    except OSError:
+        handler.send_error(502)
+        return
+    body = b"" if head_only else response.read()
+    handler.send_response(response.status if hasattr(response, "status") else response.code)
+    for name, value in response.headers.items():
+        if keep(name):
+            handler.send_header(name, value)
+    for name, value in (extra or {}).items():
+        handler.send_header(name, value)
+    handler.send_header("Content-Length", response.headers.get("Content-Length", "0") if head_only else str(len(body)))
+    handler.send_header("Connection", "close")
+    handler.end_headers()
+    if not head_only:
+        handler.wfile.write(body)
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
@@ -58,24 +86,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         else:
             url = self.path
             self.server.record("PROXY", self.client_address[0], self.path, self.headers)
-        request = urllib.request.Request(url, method="HEAD" if head_only else "GET")
-        try:
-            response = DIRECT.open(request, timeout=60)
-        except urllib.error.HTTPError as exc:
-            response = exc
-        except OSError:
-            self.send_error(502)
-            return
-        body = b"" if head_only else response.read()
-        self.send_response(response.status if hasattr(response, "status") else response.code)
-        for name, value in response.headers.items():
-            if name.lower() not in SKIP:
-                self.send_header(name, value)
-        self.send_header("Content-Length", response.headers.get("Content-Length", "0") if head_only else str(len(body)))
-        self.send_header("Connection", "close")
-        self.end_headers()
-        if not head_only:
-            self.wfile.write(body)
+        relay(self, url, head_only, DIRECT, 60)
 
     def do_GET(self):
         self._relay(False)
