@@ -116,8 +116,10 @@ def make_rootfs(spec: RootfsSpec, architecture: str, tar: Path, say=print,
     env = dict(os.environ if env is None else env)
     # Fixed timestamps in the tarball: the same inputs give the same rootfs layer.
     env.setdefault("SOURCE_DATE_EPOCH", "0")
+    # A foreign bootstrap runs beside the native bakes (build.py): it yields the cores to them.
+    nice = [] if architecture == native_architecture() else ["nice", "-n", "10"]
     out = subprocess.run(
-        ["mmdebstrap", "--variant=minbase", f"--architectures={architecture}", f"--include={packages}", "--format=tar",
+        [*nice, "mmdebstrap", "--variant=minbase", f"--architectures={architecture}", f"--include={packages}", "--format=tar",
          "--aptopt=Acquire::Retries \"3\"", spec.suite, str(partial), *spec.sources()],
         capture_output=True, text=True, env=env,
     )

@@ -185,7 +185,9 @@ class Builder:
             probe=lambda targets: self._bake(probefile, targets),
             broken=broken, settle=settle,
             found=lambda node: self.say(f"dlenv: {node} failed; building what does not depend on it "
-                                        f"(log: {self.logfile})"))
+                                        f"(log: {self.logfile})"),
+            again=lambda line: self.say(f"dlenv: the bake failed naming no step ({line}); baking once more, "
+                                        f"from the cache (log: {self.logfile})"))
         if outcome is not None:
             for variant in built:
                 settle(self.publisher.finish(variant, outcome.metadata.get(variant.node, {}),

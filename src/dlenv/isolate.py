@@ -54,17 +54,21 @@ def failure(variant: Variant, node: str, lines: list[str]) -> Result:
 
 def isolate(plan: Plan, variants: list[Variant], bake: Bake, probe: Bake, broken: dict[str, list[str]],
             settle: Callable[[Result], None],
-            found: Callable[[str], None] = lambda node: None) -> tuple[list[Variant], Outcome | None]:
+            found: Callable[[str], None] = lambda node: None,
+            again: Callable[[str], None] = lambda line: None) -> tuple[list[Variant], Outcome | None]:
     """Bake variants' nodes until what is left builds; settle(result) for each variant that fails.
 
     bake(targets) bakes the variants' targets; probe(targets) bakes into the cache only.
     broken: nodes known to have failed already (e.g. an OS bootstrap), with their error lines.
     found(node) hears each node found failing, before what does not depend on it is baked again.
+    again(line) hears a bake that failed naming no step (BuildKit lost its client's session on a
+    busy machine: `DeadlineExceeded`), before it is baked once more; what it built is cached.
     Returns the variants the last bake built and its Outcome; ([], None) when none was left to.
     """
     broken = dict(broken)
     remaining = list(variants)
     retried: set[str] = set()
+    unnamed = 0   # bakes that failed naming no step
     while True:
         for variant in list(remaining):
             bad = next((n for n in variant.chain if n in broken), None)
@@ -77,6 +81,10 @@ def isolate(plan: Plan, variants: list[Variant], bake: Bake, probe: Bake, broken
         if run.ok:
             return remaining, run
         if not run.error_target or run.error_target not in plan.nodes:
+            unnamed += 1
+            if unnamed == 1:
+                again((run.error_lines or ["?"])[-1])
+                continue
             for variant in remaining:
                 settle(Result(variant.id, "failed", error="\n".join(run.error_lines), node="?"))
             return [], None

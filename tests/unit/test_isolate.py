@@ -137,15 +137,29 @@ def test_a_node_known_broken_before_baking_settles_its_variants_without_a_bake(t
     assert all(r.error.startswith("mmdebstrap failed") for r in settled)
 
 
-def test_a_failure_bake_names_no_node_of_fails_every_variant_with_its_lines(tmp_path):
+def test_a_failure_the_bake_names_no_node_of_is_baked_once_more_then_fails_every_variant(tmp_path):
     p = family(tmp_path, "leaf")
     settled: list[Result] = []
+    baked: list[list[str]] = []
+    said: list[str] = []
     lines = ["ERROR: failed to dial gRPC: cannot connect to the Docker daemon"]
-    built, outcome = isolate(p, list(p.variants), lambda targets: bake.Progress().failed("\n".join(lines)),
-                             lambda targets: pytest.fail("probed"), {}, settled.append)
+    built, outcome = isolate(p, list(p.variants), lambda targets: baked.append(targets) or bake.Progress().failed(
+        "\n".join(lines)), lambda targets: pytest.fail("probed"), {}, settled.append, again=said.append)
     assert (built, outcome) == ([], None)
+    assert len(baked) == 2 and said == lines
     assert [(r.variant, r.status, r.node, r.error) for r in settled] == [(v.id, "failed", "?", lines[0])
                                                                           for v in p.variants]
+
+
+def test_a_bake_that_lost_its_session_once_is_baked_again_and_builds(tmp_path):
+    # What the main job met on this machine (2 cores, a bootstrap under QEMU beside the bake).
+    p = family(tmp_path, "leaf")
+    answers = [bake.Progress().failed("ERROR: failed to solve: DeadlineExceeded: context deadline exceeded"),
+               bake.Outcome(ok=True)]
+    settled: list[Result] = []
+    built, outcome = isolate(p, list(p.variants), lambda targets: answers.pop(0), lambda targets: pytest.fail("probed"),
+                             {}, settled.append)
+    assert outcome is not None and outcome.ok and built == list(p.variants) and not settled and not answers
 
 
 
