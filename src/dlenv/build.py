@@ -174,7 +174,7 @@ class Builder:
         so a native wave would otherwise build the shared OS layers under QEMU too."""
         bakefile, probefile = self.bakefile, self.probefile
         if len(wave) < len(self.plan.variants):
-            part = self.plan.unselect({v.id for v in self.plan.variants} - {v.id for v in wave}, "another wave")
+            part = wave_plan(self.plan, wave)
             bakefile, probefile = (self.workdir / f"bake-wave{number}.json", self.workdir / f"bake-probe-wave{number}.json")
             bakefile.write_text(graph.render(graph.definition(part, self.output, self.secrets, self.options)))
             probefile.write_text(graph.render(graph.definition(part, "cache", self.secrets, self.options)))
@@ -210,6 +210,12 @@ def waves(variants: tuple[Variant, ...] | list[Variant], native: str) -> list[li
     for variant in variants:
         groups.setdefault((variant.platforms != (native,), variant.os, variant.cuda), []).append(variant)
     return [groups[key] for key in sorted(groups, key=lambda k: (k[0], -len(groups[k])))]
+
+
+def wave_plan(plan: Plan, wave: list[Variant]) -> Plan:
+    """The plan of one wave: its variants, each node built for the platforms of this wave's
+    variants above it only."""
+    return plan.unselect({v.id for v in plan.variants} - {v.id for v in wave}, "another wave")
 
 
 def pipelined(waves: list[list[Variant]], bake: Callable[[list[Variant]], list[Result]],

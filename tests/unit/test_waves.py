@@ -9,9 +9,10 @@ import threading
 
 import pytest
 
-from dlenv.build import pipelined, waves
+from dlenv import graph
+from dlenv.build import pipelined, wave_plan, waves
 from dlenv.results import Result
-from helpers import expand
+from helpers import SMALL, expand
 
 
 def test_each_wave_is_one_chain_and_the_largest_comes_first(project):
@@ -37,6 +38,25 @@ def test_the_variants_with_an_emulated_platform_bake_last_in_a_wave_of_their_own
     assert {v.id for v in got[-1]} == emulated
     assert all(len(v.platforms) == 1 for wave in got[:-1] for v in wave)
     assert len(got) == len(waves(p.variants, "linux/amd64")) + 1
+
+
+def test_a_native_waves_bake_file_builds_no_node_for_the_emulated_platform(project):
+    # SMALL's debian12 chains for both platforms; under QEMU here only the bare bases (build.emulate).
+    text = SMALL + "platforms: [linux/amd64, linux/arm64]\nbuild: {emulate: ['flavor=base stack=none']}\n"
+    p = expand(project, text, select=["os=debian12"]).emulating("linux/amd64")
+    emulated = {v.id for v in p.variants if "linux/arm64" in v.platforms}
+    assert emulated and len(emulated) < len(p.variants)
+    os_node = p.variants[0].chain[1]
+    assert p.nodes[os_node].platforms == ("linux/amd64", "linux/arm64")   # shared: both, in the whole plan
+    got = waves(p.variants, "linux/amd64")
+    assert {v.id for wave in got if any(len(v.platforms) == 2 for v in wave) for v in wave} == emulated
+    for wave in got:
+        targets = graph.definition(wave_plan(p, wave), "push", (), graph.Options())["target"]
+        platforms = {tuple(t.get("platforms", ["linux/amd64"])) for t in targets.values()}
+        if any(v.id in emulated for v in wave):
+            assert ("linux/amd64", "linux/arm64") in platforms and os_node in targets
+        else:   # the OS layer too is built for linux/amd64 alone: no QEMU, no arm64 rootfs needed
+            assert platforms == {("linux/amd64",)} and os_node in targets
 
 
 def test_each_wave_is_tested_beside_the_next_ones_bake_and_in_order():
