@@ -111,6 +111,16 @@ class Builder:
             self.board.step(variant.id, f"{target}: {text}")
 
     def run(self) -> list[Result]:
+        # Foreign architectures bootstrap under QEMU (minutes) in a thread of their own, beside
+        # the native waves' bakes; a wave waits only for the rootfs its own chains stand on.
+        behind = ThreadPoolExecutor(1, thread_name_prefix="bootstrap")
+        try:
+            return self._run(behind)
+        finally:
+            # A run that stops (a signal, a full disk) starts no bootstrap it will not use.
+            behind.shutdown(wait=False, cancel_futures=True)
+
+    def _run(self, behind: ThreadPoolExecutor) -> list[Result]:
         results: dict[str, Result] = {}
 
         def settle(result: Result) -> None:
@@ -119,9 +129,6 @@ class Builder:
 
         broken: dict[str, list[str]] = {}
         pulled = graph.pulled_below(self.plan)
-        # Foreign architectures bootstrap under QEMU (minutes) in a thread of their own, beside
-        # the native waves' bakes; a wave waits only for the rootfs its own chains stand on.
-        behind = ThreadPoolExecutor(1, thread_name_prefix="bootstrap")
         rootfs: dict[tuple[str, str], Future] = {}   # (bootstrap node, architecture) -> its tarball
         for name, node in self.plan.nodes.items():
             if node.kind == "rootfs" and node.rootfs and name not in pulled:
@@ -129,7 +136,6 @@ class Builder:
                     args = (bootstrap.ensure_architecture, node.rootfs, arch, self.say, self.plan.network.env())
                     native = arch == bootstrap.native_architecture()
                     rootfs[(name, arch)] = _done(*args) if native else behind.submit(*args)
-        behind.shutdown(wait=False)
         self.bakefile.write_text(graph.render(graph.definition(self.plan, self.output, self.secrets, self.options)))
         self.probefile.write_text(graph.render(graph.definition(self.plan, "cache", self.secrets, self.options)))
         remaining = list(self.plan.variants)
@@ -147,14 +153,16 @@ class Builder:
 
         def bake(wave: list[Variant]) -> list[Result]:
             # The rootfs tarballs of the architectures this wave builds for, as they are ready.
-            needed = {(n, config.arch(p)) for v in wave for n in v.chain for p in v.platforms} & rootfs.keys()
-            for name, arch in sorted(needed):
+            needed = {(n, config.arch(p)) for v in wave if v in remaining for n in v.chain for p in v.platforms}
+            for name, arch in sorted(needed & rootfs.keys()):
                 if not rootfs[(name, arch)].done():
                     self.say(f"dlenv: the next wave waits for {name}'s {arch} rootfs (bootstrapping)")
-                if failed := _error(rootfs.pop((name, arch))):
-                    broken.setdefault(name, [failed])
-                elif arch != bootstrap.native_architecture():
-                    self.verify_rootfs(name, f"linux/{arch}")
+                try:
+                    rootfs.pop((name, arch)).result()
+                    if arch != bootstrap.native_architecture():
+                        self.verify_rootfs(name, f"linux/{arch}")
+                except DlenvError as exc:   # its variants fail; the waves before were pushed and tested
+                    broken.setdefault(name, [str(exc)])
             self._wave(wave, next(rounds), remaining, broken, results, settle)
             return [results[v.id] for v in wave]
 
@@ -242,15 +250,6 @@ def _done(function: Callable[..., object], *args: object) -> Future:
     except DlenvError as exc:
         future.set_exception(exc)
     return future
-
-
-def _error(future: Future) -> str | None:
-    """The DlenvError a finished (or awaited) Future ended with, as its line; None when it ran."""
-    try:
-        future.result()
-    except DlenvError as exc:
-        return str(exc)
-    return None
 
 
 @dataclass(frozen=True)

@@ -103,7 +103,9 @@ def restore(previous: dict[int, object] | None) -> None:
 
 @contextmanager
 def held() -> Iterator[None]:
-    """A section a first signal does not cut: it is raised when the section ends."""
+    """A section a first signal does not cut: it is raised when the section ends (and none
+    starts once a signal came)."""
+    check()
     me = threading.get_ident()
     _held[me] = _held.get(me, 0) + 1
     try:

@@ -187,6 +187,7 @@ class DockerRunner:
         done: dict[int, Verdict] = {}
         for group in [[c for c in runnable if not c.isolated], *([c] for c in runnable if c.isolated)]:
             if group:
+                interrupt.check()
                 done |= self._container(ref, variant, group, platform)
         return [done[id(c)] if id(c) in done else
                 Verdict(variant.id, c.name, "skipped", 0.0, no_gpu, True, c.origin, platform=platform) for c in checks]
@@ -201,8 +202,11 @@ class DockerRunner:
         name = f"dlenv-check-{os.getpid()}-{next(self._runs)}"
         code, ended = 0, ""
         try:
+            # init: the engine's init runs as PID 1 and passes on the signal `docker run` forwards
+            # (a shell as PID 1 ignores it), so a signal to dlenv ends the checks even where they
+            # run in a thread beside the bake (main_job), whose `docker run` no exception reaches.
             output = self.client.run(
-                ref, [f"{CHECKS_MOUNT}/batch.sh"], entrypoint="/bin/sh", remove=True, name=name,
+                ref, [f"{CHECKS_MOUNT}/batch.sh"], entrypoint="/bin/sh", remove=True, name=name, init=True,
                 volumes=[(str(self.folder), CHECKS_MOUNT, "ro")], envs=envs, platform=platform,
                 gpus="all" if any(c.gpu for c in runnable) else None)
         except DockerException as exc:

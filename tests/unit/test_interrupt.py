@@ -89,28 +89,38 @@ def test_a_second_signal_exits_at_once_even_in_a_held_section(tmp_path):
 
 
 BESIDE = """
-import sys, threading, time
+import sys, time
 from pathlib import Path
 from dlenv import build, interrupt
 
 interrupt.install()
 out = Path(sys.argv[1])
 
+def waited(name):
+    deadline = time.monotonic() + 20
+    while not (out / name).exists():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
 def bake(wave):
     if wave == ["w2"]:
-        (out / "ready").write_text("")
-        time.sleep(300)   # the signal comes here, in the main thread
+        try:
+            (out / "ready").write_text("")
+            time.sleep(300)   # the signal comes here, in the main thread
+        except KeyboardInterrupt:
+            (out / "bake stopped").write_text("")
+            raise
     return wave
 
 def tested(wave):
     if wave == ["w1"]:
         with interrupt.held():   # as promotion is: the section ends before the thread stops
-            while not (out / "ready").exists():
-                time.sleep(0.05)
-            time.sleep(1.0)
-            (out / "section ended").write_text("")
-    else:
-        (out / "later wave tested").write_text("")
+            waited("ready")
+            # Signalled in here: the bake beside stops now, not when this section ends.
+            (out / "section saw the bake stop" if waited("bake stopped") else out / "section waited").write_text("")
+        (out / "after the section").write_text("")   # never: the section's end raises
 
 try:
     build.pipelined([["w1"], ["w2"], ["w3"]], bake, tested)
@@ -128,7 +138,7 @@ def test_a_signal_stops_the_bake_at_once_and_the_wave_tested_beside_it_after_its
         assert time.monotonic() < deadline and proc.poll() is None, "the program did not start"
         time.sleep(0.05)
     proc.send_signal(signal.SIGINT)
-    assert proc.wait(30) == 128 + signal.SIGINT
-    assert (tmp_path / "section ended").exists()          # the promotion beside the bake was not cut
-    assert not (tmp_path / "later wave tested").exists()  # and nothing after it started
+    assert proc.wait(60) == 128 + signal.SIGINT
+    assert (tmp_path / "section saw the bake stop").exists()   # the held section ran on, beside the stop
+    assert not (tmp_path / "after the section").exists()      # and the thread stopped when it ended
     assert "stopped by SIGINT" in (tmp_path / "said").read_text()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import threading
+import time
 
 import pytest
 
@@ -73,11 +74,13 @@ def test_each_wave_is_tested_beside_the_next_ones_bake_and_in_order():
         order.append(f"test {results[0].variant}")
         if results[0].variant == "w1":
             first_tested.set()
+            time.sleep(0.3)   # long enough for w2's bake to end first: w3's bake must wait for this
+        order.append(f"tested {results[0].variant}")
 
     pipelined([["w1"], ["w2"], ["w3"]], bake, done)   # type: ignore[list-item]
-    assert order.index("test w1") < order.index("test w2") < order.index("test w3")
-    assert order.index("bake w3") > order.index("test w1")   # at most one wave behind
-    assert order[-1] == "test w3"
+    assert order.index("tested w1") < order.index("test w2") < order.index("tested w2") < order.index("test w3")
+    assert order.index("bake w2") < order.index("tested w1") < order.index("bake w3")   # at most one wave behind
+    assert order[-1] == "tested w3"
 
 
 def test_a_failure_in_a_waves_tests_ends_the_run_after_the_bake_beside_it():
