@@ -78,6 +78,14 @@ def ensure_rootfs(spec: RootfsSpec, say=print, env: dict[str, str] | None = None
     return rootfs_dir(spec)
 
 
+def staged(spec: RootfsSpec, architecture: str) -> Path:
+    """Where a tarball bootstrapped beside a bake waits, outside its folder, until no bake reads
+    that folder: a tarball that appeared in a bake's context folder mid-bake broke the bake here
+    (BuildKit: DeadlineExceeded), twice."""
+    tar = rootfs_tar(spec, architecture)
+    return tar.parent.with_name(f"{tar.parent.name}-{tar.name}")
+
+
 def ensure_architecture(spec: RootfsSpec, architecture: str, say=print, env: dict[str, str] | None = None) -> Path:
     """spec's tarball for one architecture, bootstrapped now if the cache does not hold it yet."""
     tar = rootfs_tar(spec, architecture)

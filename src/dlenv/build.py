@@ -131,11 +131,15 @@ class Builder:
         pulled = graph.pulled_below(self.plan)
         rootfs: dict[tuple[str, str], Future] = {}   # (bootstrap node, architecture) -> its tarball
         for name, node in self.plan.nodes.items():
-            if node.kind == "rootfs" and node.rootfs and name not in pulled:
-                for arch in node.rootfs.architectures:
-                    args = (bootstrap.ensure_architecture, node.rootfs, arch, self.say, self.plan.network.env())
-                    native = arch == bootstrap.native_architecture()
-                    rootfs[(name, arch)] = _done(*args) if native else behind.submit(*args)
+            if node.kind == "rootfs" and (spec := node.rootfs) and name not in pulled:
+                for arch in spec.architectures:
+                    env, waiting = self.plan.network.env(), bootstrap.staged(spec, arch)
+                    if waiting.exists():   # made by a run that stopped before it was moved in
+                        rootfs[(name, arch)] = _done(Path, waiting)
+                    elif arch == bootstrap.native_architecture() or bootstrap.rootfs_tar(spec, arch).exists():
+                        rootfs[(name, arch)] = _done(bootstrap.ensure_architecture, spec, arch, self.say, env)
+                    else:   # made beside the bakes, moved into the bakes' folder between two waves
+                        rootfs[(name, arch)] = behind.submit(bootstrap.make_rootfs, spec, arch, waiting, self.say, env)
         self.bakefile.write_text(graph.render(graph.definition(self.plan, self.output, self.secrets, self.options)))
         self.probefile.write_text(graph.render(graph.definition(self.plan, "cache", self.secrets, self.options)))
         remaining = list(self.plan.variants)
@@ -158,7 +162,10 @@ class Builder:
                 if not rootfs[(name, arch)].done():
                     self.say(f"dlenv: the next wave waits for {name}'s {arch} rootfs (bootstrapping)")
                 try:
-                    rootfs.pop((name, arch)).result()
+                    tar = rootfs.pop((name, arch)).result()
+                    spec = self.plan.nodes[name].rootfs
+                    if spec and tar != bootstrap.rootfs_tar(spec, arch):
+                        tar.rename(bootstrap.rootfs_tar(spec, arch))   # no bake runs now
                     if arch != bootstrap.native_architecture():
                         self.verify_rootfs(name, f"linux/{arch}")
                 except DlenvError as exc:   # its variants fail; the waves before were pushed and tested
