@@ -61,12 +61,15 @@ def _run(plan: Plan, request: BuildRequest) -> JobReport:
     verdicts: list[smoke.Verdict] = []
     promotions: list[release.Promotion] = []
     removed = 0   # images removed from the engine's store, for the wave's line
+    forgotten: set[str] = set()
 
     def forget(plan: Plan, ids: set[str]) -> None:
         """Remove these variants' images from the engine's store (pushed, and tested where they are)."""
         nonlocal removed
-        if not request.keep_images:
-            removed += publish.forget(plan.unselect({v.id for v in plan.variants if v.id not in ids}, "another wave"))
+        if not request.keep_images and ids - forgotten:
+            removed += publish.forget(plan.unselect({v.id for v in plan.variants if v.id not in ids - forgotten},
+                                                    "another wave"))
+            forgotten.update(ids)
 
     def wave_done(plan: Plan, results: list[build.Result]) -> None:
         """A wave is pushed: smoke-test it (removing each image from the engine's store once its

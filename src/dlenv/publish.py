@@ -167,6 +167,8 @@ def forget(plan: Plan, client: DockerClient | None = None) -> int:
     # This run's own tags only: another run on this engine may be building the same repository.
     for ref in sorted({plan.ref(tag) for variant in plan.variants for tag in variant.tags}):
         try:
+            if not client.image.exists(ref):   # `rmi --force` says nothing of an image that is not there
+                continue
             client.image.remove(ref, force=True)
             gone += 1
         except DockerException:
