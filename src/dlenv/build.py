@@ -214,17 +214,21 @@ class Builder:
 
 def waves(variants: tuple[Variant, ...] | list[Variant], native: str) -> list[list[Variant]]:
     """The variants in waves, one per OS and CUDA release (the chain of layers they share), the
-    largest first; the variants that also build for a platform under QEMU in waves of their own,
-    last, so that their rootfs bootstraps beside the native bakes (each wave bakes its nodes for
-    its own variants' platforms: see Builder._wave; the native images come from the cache).
+    largest first; a chain with a variant built for a platform under QEMU comes last, so that
+    the rootfs of that platform bootstraps beside the native waves' bakes (each wave bakes its
+    nodes for its own variants' platforms: see Builder._wave).
+
+    A chain stays whole: a wave whose parent images were not its own targets (the emulated
+    variants baked apart) failed on this machine, twice, with `DeadlineExceeded` while eight
+    exports unpacked the same CUDA layer at once (docs/benchmarks.md).
 
     The main job pushes, tests and removes each wave's images while the next wave bakes, so the
     engine's store holds about two waves unpacked at a time; the build cache, which keeps
     growing, stays, and a later wave reuses the layers below it."""
-    groups: dict[tuple[bool, str, str], list[Variant]] = {}
+    groups: dict[tuple[str, str], list[Variant]] = {}
     for variant in variants:
-        groups.setdefault((variant.platforms != (native,), variant.os, variant.cuda), []).append(variant)
-    return [groups[key] for key in sorted(groups, key=lambda k: (k[0], -len(groups[k])))]
+        groups.setdefault((variant.os, variant.cuda), []).append(variant)
+    return sorted(groups.values(), key=lambda w: (any(v.platforms != (native,) for v in w), -len(w)))
 
 
 def wave_plan(plan: Plan, wave: list[Variant]) -> Plan:
