@@ -80,8 +80,8 @@ def ensure_rootfs(spec: RootfsSpec, say=print, env: dict[str, str] | None = None
 
 def staged(spec: RootfsSpec, architecture: str) -> Path:
     """Where a tarball bootstrapped beside a bake waits, outside its folder, until no bake reads
-    that folder: a tarball that appeared in a bake's context folder mid-bake broke the bake here
-    (BuildKit: DeadlineExceeded), twice."""
+    that folder: a bake running meanwhile then sees its context folder as it started (BuildKit
+    sends a local context whole, a new 200 MB tarball with it)."""
     tar = rootfs_tar(spec, architecture)
     return tar.parent.with_name(f"{tar.parent.name}-{tar.name}")
 

@@ -219,8 +219,9 @@ def waves(variants: tuple[Variant, ...] | list[Variant], native: str) -> list[li
     nodes for its own variants' platforms: see Builder._wave).
 
     A chain stays whole: a wave whose parent images were not its own targets (the emulated
-    variants baked apart) failed on this machine, twice, with `DeadlineExceeded` while eight
-    exports unpacked the same CUDA layer at once (docs/benchmarks.md).
+    variants baked apart) failed on this machine, three times in two runs, with
+    `DeadlineExceeded` while eight exports unpacked the same CUDA layer at once
+    (docs/benchmarks.md).
 
     The main job pushes, tests and removes each wave's images while the next wave bakes, so the
     engine's store holds about two waves unpacked at a time; the build cache, which keeps
