@@ -15,6 +15,22 @@ for component in ${COMPONENTS:-}; do
     esac
 done
 COMPONENTS=${wanted# }
+# This stage runs on the build machine's own platform (the Dockerfile's fetch stage): for
+# another one, pip picks that platform's wheels by their tags: every manylinux tag up to the
+# glibc of the build platform's OS, which is the target's (one OS layer, built for both). pip
+# does not widen a --platform tag to the older glibc versions itself.
+case $TARGETARCH in
+    amd64) machine=x86_64 ;;
+    arm64) machine=aarch64 ;;
+    *) echo "fetch.sh: unsupported architecture $TARGETARCH" >&2; exit 1 ;;
+esac
+cross=
+if [ "$machine" != "$(uname -m)" ]; then
+    cross="--only-binary=:all: $(python3 -c 'import platform, sys
+major, minor = map(int, platform.libc_ver()[1].split(".")[:2])
+for m in range(17, minor + 1): print(f"--platform manylinux_{major}_{m}_{sys.argv[1]}")
+print(f"--platform manylinux2014_{sys.argv[1]}")' "$machine" | tr '\n' ' ')"
+fi
 export PIP_ROOT_USER_ACTION=ignore   # pip runs as root on purpose: a throw-away stage
 work=$(mktemp -d)
 # No cache: pip's would keep a third copy of the wheels (they are installed, then laid out).
@@ -42,6 +58,6 @@ set --
 if [ -n "${COMPONENTS:-}" ]; then
     set -- "cuda-toolkit[$(echo $COMPONENTS | tr ' ' ,)]==$CUDA_VERSION"
 fi
-# shellcheck disable=SC2086  # EXTRA_PACKAGES is a space separated list
-pip install --no-compile --target "$dest" --constraint "$work/constraints.txt" "$@" ${EXTRA_PACKAGES:-}
+# shellcheck disable=SC2086  # EXTRA_PACKAGES and cross are space separated lists
+pip install --no-compile --target "$dest" --constraint "$work/constraints.txt" $cross "$@" ${EXTRA_PACKAGES:-}
 rm -rf "$work"

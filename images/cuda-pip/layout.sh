@@ -1,25 +1,27 @@
 #!/bin/sh
 # Lay the nvidia/<name>/ trees of the wheels installed in $1 out like NVIDIA's toolkit, in
-# the root folder $2 (later copied onto /):
+# the root folder $2 (later copied onto the image below, whose root is $3: default /), for
+# the architecture TARGETARCH:
 #   /usr/local/cuda-X.Y/{bin,nvvm,...}, targets/<arch>/{include,lib},
 #   include -> targets/<arch>/include, lib64 -> targets/<arch>/lib, /usr/local/cuda -> cuda-X.Y
 # CUDA 13 wheels share nvidia/cu13/, CUDA 12 wheels use nvidia/<component>/: both are roots.
 # Files the base image already has, byte for byte, are dropped: a flavor's layer holds only
 # what it adds.
 set -eu
-src=$1 out=$2
+src=$1 out=$2 below=${3:-/}
+below=${below%/}
 mm=${CUDA_VERSION%.*}                    # 13.0.2 -> 13.0
-case $(uname -m) in
-    x86_64) arch=x86_64-linux ;;
-    aarch64) arch=sbsa-linux ;;
-    *) echo "layout.sh: unsupported machine $(uname -m)" >&2; exit 1 ;;
+case $TARGETARCH in
+    amd64) arch=x86_64-linux ;;
+    arm64) arch=sbsa-linux ;;
+    *) echo "layout.sh: unsupported architecture $TARGETARCH" >&2; exit 1 ;;
 esac
 cuda=/usr/local/cuda-$mm                 # where it ends up (and where the base may have it)
 T=$out$cuda
 TD=$T/targets/$arch
 
-if [ -L /usr/local/cuda ] && [ "$(readlink /usr/local/cuda)" != "cuda-$mm" ]; then
-    echo "layout.sh: the base already has $(readlink /usr/local/cuda), not cuda-$mm" >&2; exit 1
+if [ -L "$below/usr/local/cuda" ] && [ "$(readlink "$below/usr/local/cuda")" != "cuda-$mm" ]; then
+    echo "layout.sh: the base already has $(readlink "$below/usr/local/cuda"), not cuda-$mm" >&2; exit 1
 fi
 
 mkdir -p "$TD/include" "$TD/lib" "$out/etc/ld.so.conf.d"
@@ -71,9 +73,9 @@ done
 
 # Keep only what the base image lacks (dependencies of this flavor's components may be
 # components of an earlier flavor).
-if [ -d "$cuda" ]; then
+if [ -d "$below$cuda" ]; then
     (cd "$T" && find . -type f) | while IFS= read -r f; do
-        if cmp -s "$T/$f" "$cuda/$f"; then rm "$T/$f"; fi
+        if cmp -s "$T/$f" "$below$cuda/$f"; then rm "$T/$f"; fi
     done
     find "$T" -depth -mindepth 1 -type d -empty -delete
 fi
@@ -82,11 +84,11 @@ fi
 # libraries an earlier flavor installed.
 if [ "${FLAVOR:-}" = devel ]; then
     mkdir -p "$TD/lib"
-    for f in "$TD"/lib/lib*.so.* "$cuda/targets/$arch/lib"/lib*.so.*; do
+    for f in "$TD"/lib/lib*.so.* "$below$cuda/targets/$arch/lib"/lib*.so.*; do
         [ -f "$f" ] || continue
         n=${f##*/}
         so=${n%%.so.*}.so
-        [ -e "$TD/lib/$so" ] || [ -e "$cuda/targets/$arch/lib/$so" ] || ln -s "$n" "$TD/lib/$so"
+        [ -e "$TD/lib/$so" ] || [ -e "$below$cuda/targets/$arch/lib/$so" ] || ln -s "$n" "$TD/lib/$so"
     done
 fi
 

@@ -124,6 +124,9 @@ def compile_check(device: str) -> None:
     cache = tempfile.mkdtemp(prefix="dlenv-inductor-")
     os.environ["TORCHINDUCTOR_CACHE_DIR"] = cache
     os.environ["TRITON_CACHE_DIR"] = os.path.join(cache, "triton")
+    # One kernel: compile it in this process. Inductor's pool of compile workers (each a Python
+    # that imports torch) costs more CPU than the kernel, beside the other checks and builds.
+    os.environ["TORCHINDUCTOR_COMPILE_THREADS"] = "1"
     import torch
 
     def f(x, y):
