@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import threading
 from dataclasses import dataclass
 
 from dlenv import build, disk, engine, publish, release, report, smoke
@@ -62,14 +63,17 @@ def _run(plan: Plan, request: BuildRequest) -> JobReport:
     promotions: list[release.Promotion] = []
     removed = 0   # images removed from the engine's store, for the wave's line
     forgotten: set[str] = set()
+    forgetting = threading.Lock()   # the smoke stage's threads call forget as each variant ends
 
     def forget(plan: Plan, ids: set[str]) -> None:
         """Remove these variants' images from the engine's store (pushed, and tested where they are)."""
         nonlocal removed
-        if not request.keep_images and ids - forgotten:
-            removed += publish.forget(plan.unselect({v.id for v in plan.variants if v.id not in ids - forgotten},
-                                                    "another wave"))
-            forgotten.update(ids)
+        with forgetting:
+            gone = ids - forgotten
+            if not request.keep_images and gone:
+                removed += publish.forget(plan.unselect({v.id for v in plan.variants if v.id not in gone},
+                                                        "another wave"))
+                forgotten.update(ids)
 
     def wave_done(plan: Plan, results: list[build.Result]) -> None:
         """A wave is pushed: smoke-test it (removing each image from the engine's store once its
@@ -79,7 +83,8 @@ def _run(plan: Plan, request: BuildRequest) -> JobReport:
         done = {r.variant for r in results if r.status == "built"}
         if done and not request.no_promote:
             tested = smoke.run(plan.unselect({v.id for v in plan.variants if v.id not in done}, "not built"),
-                               SmokeRequest(require_gpu=request.require_gpu, retest=request.retest), report.say,
+                               SmokeRequest(require_gpu=request.require_gpu, retest=request.retest,
+                                            check_jobs=request.check_jobs), report.say,
                                lambda variant: forget(plan, {variant.id}))
             report.smoke_table(list(tested.verdicts))
             statuses: dict[str, dict[str, list[str]]] = {}   # variant -> platform -> statuses: all must pass

@@ -97,6 +97,8 @@ class PlanRequest:
                                       "as a secret")
 
 
+# Most checks keep one core busy (an import, a compiler): variants side by side use the others.
+_JOBS_HELP = "variants checked at once, each in containers of its own (default: one per CPU)"
 _CACHE_HELP = "registry repository for the build cache, e.g. host:5000/family-cache (overrides build.cache)"
 
 
@@ -127,6 +129,7 @@ class BuildRequest:
                            help="push immutable tags only; skip the smoke checks that would move the floating tags")
     require_gpu: bool = opt(False, "--require-gpu", help="smoke: a missing GPU fails instead of skipping")
     retest: bool = opt(False, "--retest", help="smoke: run the checks again on an image that already passed them")
+    check_jobs: int | None = opt(None, "--check-jobs", metavar="N", help="smoke: " + _JOBS_HELP)
     keep_images: bool = opt(False, "--keep-images",
                             help="keep the pushed images in the engine's store (by default they go once pushed and "
                                  "tested: the registry has them)")
@@ -162,6 +165,7 @@ class SmokeRequest:
                               help="instead of running: write a bundle per variant for a GPU host without an engine")
     have: Path | None = opt(None, "--have", metavar="INVENTORY",
                             help="with --export: leave out the large files the GPU host has (rootfs_run.py --inventory)")
+    check_jobs: int | None = opt(None, "--check-jobs", metavar="N", help=_JOBS_HELP)
 
 
 @dataclass(frozen=True)

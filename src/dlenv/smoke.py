@@ -24,6 +24,7 @@ import tempfile
 import weakref
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Literal
@@ -417,22 +418,30 @@ def run(plan: Plan, request: SmokeRequest, say: Callable[[str], None],
     """The smoke stage's front door: every variant's checks in its image (or, with --export, a
     bundle per variant for a GPU host without an engine); JUnit and JSON where asked.
 
-    tested(variant): each variant once its checks ended (the main job removes its image then)."""
+    Variants are checked side by side (check_jobs), each in containers of its own.
+    tested(variant): each variant once its checks ended (the main job removes its image then),
+    from the thread that checked it."""
     # The engine the build used (dlenv's own, where it started one), or one line saying there is none.
     engine.ensure(start=False, say=say)
     if request.export:
         return SmokeReport(plan.image, bundles=tuple(export(plan, request.export, request.have, say)))
     runner = DockerRunner(plan, request.require_gpu, request.retest)
-    verdicts: list[Verdict] = []
-    for variant in plan.variants:
+
+    def one(variant: Variant) -> list[Verdict]:
         interrupt.check()   # the main job tests beside its bake: a signal there stops the tests here too
         mine = runner.variant(variant)
-        verdicts += mine
         for platform in variant.platforms:
             on = [v for v in mine if v.platform == platform]
             say(f"{variant.id} ({platform}): " + ", ".join(f"{n} {s}" for s in ("passed", "failed", "skipped")
                                                            if (n := sum(v.status == s for v in on))))
         tested(variant)
+        return mine
+
+    pool = ThreadPoolExecutor(request.check_jobs or os.cpu_count() or 1, thread_name_prefix="check")
+    try:
+        verdicts = [v for mine in pool.map(one, plan.variants) for v in mine]   # in the plan's order
+    finally:
+        pool.shutdown(cancel_futures=True)   # a failure or a signal starts no other variant's checks
     result = SmokeReport(plan.image, tuple(verdicts), dict(runner.digests))
     if request.junit:
         request.junit.parent.mkdir(parents=True, exist_ok=True)
