@@ -9,7 +9,7 @@ it, publish.py guards immutable tags, pushes and sizes what was built.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -184,12 +184,11 @@ class Builder:
               results: dict[str, Result], settle: Callable[[Result], None]) -> None:
         """Bake one wave's variants that are not kept already, settling a result for each.
 
-        A wave of part of the plan bakes from a bake file of its own, each node for the platforms
-        of that wave's variants only: a bake target's dependency is built for all its platforms,
-        so a native wave would otherwise build the shared OS layers under QEMU too."""
+        A wave of part of the plan bakes from a bake file of its own (wave_plan): each node for
+        the platforms of that wave's variants only, on the images earlier waves pushed."""
         bakefile, probefile = self.bakefile, self.probefile
         if len(wave) < len(self.plan.variants):
-            part = wave_plan(self.plan, wave)
+            part = wave_plan(self.plan, wave, {r.variant for r in results.values() if r.status == "built"})
             bakefile, probefile = (self.workdir / f"bake-wave{number}.json", self.workdir / f"bake-probe-wave{number}.json")
             bakefile.write_text(graph.render(graph.definition(part, self.output, self.secrets, self.options)))
             probefile.write_text(graph.render(graph.definition(part, "cache", self.secrets, self.options)))
@@ -213,29 +212,40 @@ class Builder:
 
 
 def waves(variants: tuple[Variant, ...] | list[Variant], native: str) -> list[list[Variant]]:
-    """The variants in waves, one per OS and CUDA release (the chain of layers they share), the
-    largest first; a chain with a variant built for a platform under QEMU comes last, so that
-    the rootfs of that platform bootstraps beside the native waves' bakes (each wave bakes its
-    nodes for its own variants' platforms: see Builder._wave).
+    """The variants in waves: each OS and CUDA release's chain (the layers they share), the
+    largest first, one generation after another. A generation's variants build on images of
+    the one before it (their parents), which are pushed and in the engine's store by then.
 
-    A chain stays whole: a wave whose parent images were not its own targets (the emulated
-    variants baked apart) failed on this machine, three times in two runs, with
-    `DeadlineExceeded` while eight exports unpacked the same CUDA layer at once
-    (docs/benchmarks.md).
+    So each image is exported once every layer below it is: its export compresses and unpacks
+    only its own layers. Baked together, a child's export began while its parent's still ran,
+    and both compressed and unpacked the same CUDA layer (2 to 4 GB) at once, up to eight times
+    over (docs/benchmarks.md); that is also when BuildKit failed with `DeadlineExceeded`.
 
-    The main job pushes, tests and removes each wave's images while the next wave bakes, so the
-    engine's store holds about two waves unpacked at a time; the build cache, which keeps
-    growing, stays, and a later wave reuses the layers below it."""
+    A chain with a variant built for a platform under QEMU comes last, so that the rootfs of
+    that platform bootstraps beside the native waves' bakes (each wave bakes its nodes for its
+    own variants' platforms: see Builder._wave). The main job tests each wave beside the next
+    one's bake, and removes an image once it is tested and no later wave builds on it."""
     groups: dict[tuple[str, str], list[Variant]] = {}
     for variant in variants:
         groups.setdefault((variant.os, variant.cuda), []).append(variant)
-    return sorted(groups.values(), key=lambda w: (any(v.platforms != (native,) for v in w), -len(w)))
+    built = {v.node for v in variants}
+    out: list[list[Variant]] = []
+    for group in sorted(groups.values(), key=lambda w: (any(v.platforms != (native,) for v in w), -len(w))):
+        generations: dict[int, list[Variant]] = {}
+        for variant in group:
+            generations.setdefault(sum(n in built for n in variant.chain[:-1]), []).append(variant)
+        out += [generations[g] for g in sorted(generations)]
+    return out
 
 
-def wave_plan(plan: Plan, wave: list[Variant]) -> Plan:
+def wave_plan(plan: Plan, wave: list[Variant], ready: Collection[str] = ()) -> Plan:
     """The plan of one wave: its variants, each node built for the platforms of this wave's
-    variants above it only."""
-    return plan.unselect({v.id for v in plan.variants} - {v.id for v in wave}, "another wave")
+    variants above it only, and taken from the registry where it is the node of a variant in
+    ready (built and pushed by an earlier wave): what is below it is not built again."""
+    part = plan.unselect({v.id for v in plan.variants} - {v.id for v in wave}, "another wave")
+    by_node = {v.node: v for v in plan.variants if v.id in ready}
+    below = {n: by_node[n].immutable for v in wave for n in v.chain[:-1] if n in by_node}
+    return part.pull(below) if below else part
 
 
 def pipelined(waves: list[list[Variant]], bake: Callable[[list[Variant]], list[Result]],

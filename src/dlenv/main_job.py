@@ -64,22 +64,28 @@ def _run(plan: Plan, request: BuildRequest) -> JobReport:
     removed = 0   # images removed from the engine's store, for the wave's line
     forgotten: set[str] = set()
     forgetting = threading.Lock()   # the smoke stage's threads call forget as each variant ends
+    baked: set[str] = set()         # the variants of the waves baked so far
 
     def forget(plan: Plan, ids: set[str]) -> None:
-        """Remove these variants' images from the engine's store (pushed, and tested where they are)."""
+        """Remove these variants' images from the engine's store (pushed, and tested where they
+        are), but those a wave not baked yet builds on (build.waves)."""
         nonlocal removed
+        parents = {plan.nodes[v.node].parent for v in plan.variants if v.id not in baked}
         with forgetting:
-            gone = ids - forgotten
+            gone = {v.id for v in plan.variants if v.id in ids and v.node not in parents} - forgotten
             if not request.keep_images and gone:
                 removed += publish.forget(plan.unselect({v.id for v in plan.variants if v.id not in gone},
                                                         "another wave"))
-                forgotten.update(ids)
+                forgotten.update(gone)
 
     def wave_done(plan: Plan, results: list[build.Result]) -> None:
         """A wave is pushed: smoke-test it (removing each image from the engine's store once its
-        checks ended), promote what passed, and remove the rest of its images (build.waves).
-        It runs beside the next wave's bake (build.pipelined)."""
+        checks ended), promote what passed, and remove the rest of its images and those of
+        earlier waves that no later wave builds on (build.waves). It runs beside the next wave's
+        bake (build.pipelined)."""
         nonlocal removed
+        earlier = set(baked)
+        baked.update(r.variant for r in results)
         done = {r.variant for r in results if r.status == "built"}
         if done and not request.no_promote:
             tested = smoke.run(plan.unselect({v.id for v in plan.variants if v.id not in done}, "not built"),
@@ -94,7 +100,7 @@ def _run(plan: Plan, request: BuildRequest) -> JobReport:
             report.promotions(promoted)
             verdicts.extend(tested.verdicts)
             promotions.extend(promoted)
-        forget(plan, {r.variant for r in results})
+        forget(plan, earlier | {r.variant for r in results})
         if removed:
             report.say(f"removed {removed} images of {plan.image} from the engine's store (pushed and tested: the "
                        "registry has them; --keep-images keeps them)")

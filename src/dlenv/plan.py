@@ -140,9 +140,10 @@ class Plan:
                     self.left_out + tuple(gone[v.id] for v in self.variants if v.id in gone), self.pulled)
 
     def pull(self, nodes: Mapping[str, str]) -> Plan:
-        """The same plan taking nodes (node -> the immutable tag of the variant built there) from
-        the registry: another shard built and pushed them."""
-        return replace(self, pulled=tuple((n, self.ref(tag)) for n, tag in sorted(nodes.items())))
+        """The same plan also taking nodes (node -> the immutable tag of the variant built there)
+        from the registry: another shard, or an earlier wave, built and pushed them."""
+        return replace(self, pulled=tuple(sorted({**dict(self.pulled),
+                                                  **{n: self.ref(tag) for n, tag in nodes.items()}}.items())))
 
     def without_platforms(self, gone: Mapping[str, LeftOut], only: Callable[[Variant], bool] | None = None) -> Plan:
         """The same plan without some platforms (platform -> why, e.g. one the engine cannot

@@ -1,5 +1,6 @@
-"""The main job bakes in waves (build.waves): one per OS and CUDA release, the largest first, a
-chain with a platform under QEMU last; each wave is tested beside the next one's bake (pipelined)."""
+"""The main job bakes in waves (build.waves): each OS and CUDA release's chain one generation after
+another, on the images the wave before pushed, the largest chain first, a chain with a platform
+under QEMU last; each wave is tested beside the next one's bake (pipelined)."""
 
 from __future__ import annotations
 
@@ -15,16 +16,57 @@ from dlenv.results import Result
 from helpers import SMALL, expand
 
 
-def test_each_wave_is_one_chain_and_the_largest_comes_first(project):
+def _chains(got):
+    """The OS x CUDA chain of each wave, and the chains in the order they come."""
+    keys = [{(v.os, v.cuda) for v in wave} for wave in got]
+    assert all(len(k) == 1 for k in keys)   # a wave is part of one chain
+    order = [k.pop() for k in keys]
+    return order, [c for i, c in enumerate(order) if c not in order[:i]]
+
+
+def test_each_chain_bakes_in_generations_and_the_largest_chain_comes_first(project):
     p = expand(project)
     chains = {(v.os, v.cuda) for v in p.variants}
     assert len(chains) > 1   # SMALL has several OS x CUDA chains: there is an order to check
     got = waves(p.variants, "linux/amd64")
-    assert len(got) == len(chains)
-    assert [{(v.os, v.cuda) for v in wave} for wave in got] == [{(w[0].os, w[0].cuda)} for w in got]
-    assert sorted(v.id for wave in got for v in wave) == sorted(v.id for v in p.variants)
-    sizes = [len(wave) for wave in got]
+    order, distinct = _chains(got)
+    assert sorted(distinct) == sorted(chains)
+    assert order == sorted(order, key=distinct.index)   # a chain's generations follow one another
+    sizes = [sum(order[i] == c for i, wave in enumerate(got) for _ in wave) for c in distinct]
     assert sizes == sorted(sizes, reverse=True)
+    assert sorted(v.id for wave in got for v in wave) == sorted(v.id for v in p.variants)
+    # The nearest variant below each variant (in its chain of nodes) is baked in the wave just
+    # before its own; a chain's first wave builds on no variant.
+    where = {v.node: i for i, wave in enumerate(got) for v in wave}
+    deeper = 0
+    for i, wave in enumerate(got):
+        for v in wave:
+            below = [n for n in v.chain[:-1] if n in where]
+            if below:
+                assert where[below[-1]] == i - 1
+                deeper += 1
+            else:
+                assert i == 0 or order[i - 1] != order[i]
+    assert deeper   # SMALL has stacks on flavors: there are generations to check
+
+
+def test_a_wave_builds_on_the_images_earlier_waves_pushed(project):
+    p = expand(project, select=["os=debian12"])
+    got = waves(p.variants, "linux/amd64")
+    ready: set[str] = set()
+    for wave in got:
+        part = wave_plan(p, wave, ready)
+        targets = graph.definition(part, "push", (), graph.Options())["target"]
+        for v in wave:
+            below = [b for b in p.variants if b.node in v.chain[:-1]]
+            if not below:   # a chain's first variant: its OS layers are built here
+                assert set(v.chain) <= set(targets)
+            else:   # pushed by the wave before: taken from the registry, nothing below it rebuilt
+                nearest = max(below, key=lambda b: len(b.chain))
+                assert nearest.id in ready and not set(nearest.chain) & set(targets)
+                above = v.chain[len(nearest.chain)]   # the first node built on it
+                assert targets[above]["contexts"]["base"] == f"docker-image://{p.ref(nearest.immutable)}"
+        ready |= {v.id for v in wave}
 
 
 def test_the_chain_with_an_emulated_platform_bakes_last_and_whole(project):
@@ -34,8 +76,11 @@ def test_the_chain_with_an_emulated_platform_bakes_last_and_whole(project):
     both = [dataclasses.replace(v, platforms=("linux/amd64", "linux/arm64"))
             if v.cuda == cuda and v.flavor == "base" and not v.stack else v for v in p.variants]
     got = waves(both, "linux/amd64")
-    assert [v.id for v in got[-1]] == [v.id for v in both if v.cuda == cuda]
-    assert all(len(v.platforms) == 1 for wave in got[:-1] for v in wave)
+    order, distinct = _chains(got)
+    assert distinct[-1] == (both[0].os, cuda)
+    assert sorted(v.id for i, wave in enumerate(got) if order[i] == distinct[-1] for v in wave) == \
+        sorted(v.id for v in both if v.cuda == cuda)
+    assert all(len(v.platforms) == 1 for i, wave in enumerate(got) if order[i] != distinct[-1] for v in wave)
     assert len(got) == len(waves(p.variants, "linux/amd64"))
 
 
@@ -48,7 +93,8 @@ def test_a_native_waves_bake_file_builds_no_node_for_the_emulated_platform(proje
     os_node = p.variants[0].chain[1]
     assert p.nodes[os_node].platforms == ("linux/amd64", "linux/arm64")   # shared: both, in the whole plan
     got = waves(p.variants, "linux/amd64")
-    assert emulated <= {v.id for v in got[-1]}
+    order, distinct = _chains(got)
+    assert emulated <= {v.id for i, wave in enumerate(got) if order[i] == distinct[-1] for v in wave}
     for wave in got:
         targets = graph.definition(wave_plan(p, wave), "push", (), graph.Options())["target"]
         platforms = {tuple(t.get("platforms", ["linux/amd64"])) for t in targets.values()}
