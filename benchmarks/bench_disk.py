@@ -39,6 +39,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+from dlenv import buildcache
+
 ROOT = Path(__file__).resolve().parent.parent
 DATA = Path("/var/lib/dlenv")
 CONTAINERD = DATA / "docker/containerd/daemon"
@@ -94,25 +96,8 @@ def used() -> int:
 
 def records() -> dict[str, dict]:
     """The build cache's records: id -> {size, type, description}."""
-    found: dict[str, dict] = {}
-    current: dict = {}
-    for line in docker("buildx", "du", "--verbose").splitlines() + [""]:
-        if not line.strip():
-            if "ID" in current:
-                found[current["ID"]] = {"size": _bytes(current.get("Size", "0B")), "type": current.get("Type", ""),
-                                        "description": current.get("Description", "")}
-            current = {}
-            continue
-        key, _, value = line.partition(":")
-        current[key.strip()] = value.strip()
-    return found
-
-
-def _bytes(text: str) -> int:
-    match = re.match(r"([\d.]+)\s*([kKMGT]?)B", text)
-    if not match:
-        return 0
-    return int(float(match.group(1)) * {"": 1, "k": 1e3, "K": 1e3, "M": 1e6, "G": 1e9, "T": 1e12}[match.group(2)])
+    return {i: {"size": r.size, "type": r.kind, "description": r.description}
+            for i, r in buildcache.records().items()}
 
 
 def kind(description: str) -> str:
@@ -294,16 +279,8 @@ def side(label: str, tree: Path, work: Path, build_id: str) -> dict:
             shutil.rmtree(registry_dir, ignore_errors=True)
             # Only this side's own records, by id: the engine's other cache stays.
             # (Cache mounts stay: they are the engine's, whoever made a new one.)
-            created = [rid for rid, r in records().items()
-                       if rid not in cache_before and r["type"] != "exec.cachemount"]
-            for _ in range(3):   # a record goes once the records made on top of it are gone
-                left = [rid for rid in created if rid in records()]
-                if not left:
-                    break
-                # One id per call (buildx joins several filters with AND); --all: without it, a
-                # record whose snapshot the image store shares is skipped.
-                for rid in left:
-                    docker("buildx", "prune", "--all", "--force", f"--filter=id={rid}", check=False)
+            buildcache.prune({rid for rid, r in records().items()
+                              if rid not in cache_before and r["type"] != "exec.cachemount"})
     print(json.dumps(result, indent=2), file=sys.stderr)
     return result
 

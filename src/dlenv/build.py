@@ -14,7 +14,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from dlenv import bake, bootstrap, config, disk, engine, graph, lock, reach, registry, sbom
+from dlenv import bake, bootstrap, buildcache, config, disk, engine, graph, lock, reach, registry, sbom
 from dlenv.bake import Capabilities, capabilities
 from dlenv.config import BuildSettings
 from dlenv.errors import DlenvError
@@ -84,7 +84,8 @@ class Builder:
                  secrets: tuple[graph.Secret, ...] = (), builder: str | None = None,
                  board: Board | None = None, log: Callable[[str], None] = print,
                  options: graph.Options | None = None, wave_done: WaveDone | None = None,
-                 verify_rootfs: Callable[[str, str], None] = lambda node, platform: None):
+                 verify_rootfs: Callable[[str, str], None] = lambda node, platform: None,
+                 keep_cache: bool = True):
         self.plan = plan
         self.workdir = workdir = workdir.resolve()  # bake runs in the project folder
         self.output = output
@@ -96,6 +97,7 @@ class Builder:
         self.publisher = Publisher(plan, output, self.options, self.board)
         self.wave_done = wave_done
         self.verify_rootfs = verify_rootfs   # (bootstrap node, platform): a foreign rootfs, once bootstrapped
+        self.keep_cache = keep_cache         # False: what a wave made in the build cache goes after it (buildcache.py)
         workdir.mkdir(parents=True, exist_ok=True)
         self.logfile = workdir / "build.log"
         self.bakefile = workdir / "bake.json"
@@ -170,8 +172,16 @@ class Builder:
                         self.verify_rootfs(name, f"linux/{arch}")
                 except DlenvError as exc:   # its variants fail; the waves before were pushed and tested
                     broken.setdefault(name, [str(exc)])
-            self._wave(wave, next(rounds), remaining, broken, results, settle)
+            number = next(rounds)
+            # A chain's first wave makes the OS layers the next chains share: its cache stays.
+            prune = not self.keep_cache and any(n in variant_nodes for v in wave for n in v.chain[:-1])
+            before = self._records() if prune else None
+            self._wave(wave, number, remaining, broken, results, settle)
+            if before is not None:
+                self._prune(number, before)
             return [results[v.id] for v in wave]
+
+        variant_nodes = {v.node for v in self.plan.variants}
 
         if self.wave_done:
             wave_done = self.wave_done
@@ -179,6 +189,31 @@ class Builder:
         else:
             bake(list(self.plan.variants))
         return [results[v.id] for v in self.plan.variants]
+
+    def _records(self) -> dict[str, buildcache.Record] | None:
+        try:
+            return buildcache.records(self.builder)
+        except DlenvError as exc:   # a cache left as it is costs disk, not the run
+            self.say(f"dlenv: {exc.message}")
+            return None
+
+    def _prune(self, number: int, before: dict[str, buildcache.Record] | None) -> None:
+        """Remove what wave number made in the build cache (buildcache.py), the caches of apt
+        and pip steps (cache mounts) aside."""
+        after = self._records()
+        if before is None or after is None:
+            return
+        made = {i: r for i, r in after.items() if i not in before and r.kind == "regular"}
+        if not made:
+            return
+        try:
+            buildcache.prune(set(made), self.builder)
+        except DlenvError as exc:
+            self.say(f"dlenv: {exc.message}")
+            return
+        self.say(f"dlenv: removed what wave {number} left in the build cache ({len(made)} records, "
+                 f"{sum(r.size for r in made.values()) / 1e9:.1f} GB): later waves build on its pushed images "
+                 "(--keep-cache keeps it)")
 
     def _wave(self, wave: list[Variant], number: int, remaining: list[Variant], broken: dict[str, list[str]],
               results: dict[str, Result], settle: Callable[[Result], None]) -> None:
@@ -346,7 +381,8 @@ def run(plan: Plan, request: BuildRequest, board: Board, say: Callable[[str], No
             warn(note)
     try:
         results = Builder(plan, request.workdir, "load" if request.load else "push", graph.secrets(plan),
-                          request.builder, board, say, options, wave_done, verify_rootfs).run()
+                          request.builder, board, say, options, wave_done, verify_rootfs,
+                          keep_cache=request.keep_cache or wave_done is None).run()
     except disk.Full as full:   # --force, or an estimate that was low: the same figures, now
         raise full.explained(engine.state_dir(), room) from None
     # A variant left out whole; one that lost only some platforms was built for the others.

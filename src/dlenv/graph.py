@@ -132,6 +132,12 @@ def target(plan: Plan, node: Node, variant: Variant | None, output: Output,
     t["annotations"] = [f"manifest:{k}={v}" for k, v in sorted(lab.items())
                         if k.startswith("org.opencontainers.")]
     t["tags"] = [plan.ref(tag) for tag in variant.tags]
+    if output == "push" and not options.cache and variant.floating:
+        # The image carries its own cache (inline): the main job prunes the build cache between
+        # waves (buildcache.py), and its next run builds on what the last image of this variant
+        # cached instead of on nothing.
+        t["cache-to"] = ["type=inline"]
+        t["cache-from"] = [f"type=registry,ref={plan.ref(variant.floating[0])}"]
     if output != "push":
         t["attest"] = ["type=provenance,disabled=true"]
         t["output"] = ["type=docker"]

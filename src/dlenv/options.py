@@ -133,6 +133,9 @@ class BuildRequest:
     keep_images: bool = opt(False, "--keep-images",
                             help="keep the pushed images in the engine's store (by default they go once pushed and "
                                  "tested: the registry has them)")
+    keep_cache: bool = opt(False, "--keep-cache",
+                           help="keep what each wave leaves in the build cache (by default it goes once the wave is "
+                                "pushed: later waves build on its images, later runs on their inline cache)")
     emulate: tuple[str, ...] = opt((), "--emulate", field="build.emulate", metavar="EXPR",
                                    help="build under QEMU (a platform this host does not run natively) only the "
                                         "variants matching EXPR (repeatable; overrides build.emulate), e.g. '*' for all")

@@ -21,7 +21,7 @@ import pytest
 import yaml
 from netserver import MirrorProxy
 
-from dlenv import engine, hostconf, registry
+from dlenv import buildcache, engine, hostconf, registry
 from helpers import REGISTRY, REPO, RUN, TINY, dlenv, layers_and_configs, leaks, marker_bundle, new_project, sh, write
 
 BUILD_ID = "test-" + time.strftime("%Y%m%d")
@@ -280,6 +280,26 @@ def test_a_registry_password_used_to_push_is_in_no_image(auth_registry, tmp_path
     # And without the login, the registry refuses: the password really was needed.
     with pytest.raises(Exception):
         registry.tags("127.0.0.1:5001", TINY_REPO, user=("tester", "wrong"))
+
+
+def test_a_prune_removes_the_build_cache_records_it_names_and_no_other(docker, tmp_path):
+    made = []
+    for name in ("one", "two"):
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "file").write_text(f"{name} {secrets.token_hex(8)}\n")   # a record of its own each run
+        (folder / "Dockerfile").write_text("FROM scratch\nCOPY file /file\n")
+        before = set(buildcache.records())
+        out = subprocess.run(["docker", "buildx", "build", "--output", "type=cacheonly", str(folder)],
+                             capture_output=True, text=True)
+        assert out.returncode == 0, out.stderr[-2000:]
+        made.append({i for i, r in buildcache.records().items() if i not in before and r.kind == "regular"})
+    assert made[0] and made[1] and not made[0] & made[1]
+    buildcache.prune(made[0])
+    left = set(buildcache.records())
+    assert not made[0] & left
+    assert made[1] <= left
+    buildcache.prune(made[1])
 
 
 def test_a_failing_node_fails_its_variants_and_the_rest_still_build(docker, tmp_path):

@@ -261,6 +261,18 @@ def test_cache_imports_every_node_below_and_exports_its_own(project):
     assert "cache-from" not in graph.definition(p)["target"]["os-debian12"]
 
 
+def test_without_a_cache_repository_each_pushed_image_carries_its_cache_and_reads_the_last_ones(project):
+    p = expand(project, select=["cuda=13.0.2 os=debian12 flavor=runtime"])
+    t = graph.definition(p, "push", (), graph.Options())["target"]
+    for v in p.variants:   # inline: the next run's cache, once the main job pruned its own
+        assert t[v.node]["cache-to"] == ["type=inline"]
+        assert t[v.node]["cache-from"] == [f"type=registry,ref={p.ref(v.floating[0])}"]
+    assert "cache-from" not in t["os-debian12"]   # no image of its own: nothing to read
+    assert "cache-to" not in graph.definition(p, "load", (), graph.Options())["target"][p.variants[0].node]
+    registry = graph.definition(p, "push", (), graph.Options(cache="reg.invalid:5000/fam-cache"))["target"]
+    assert all("type=inline" not in registry[v.node]["cache-to"] for v in p.variants)
+
+
 def test_attestations_and_pushing_follow_the_options(project):
     p = expand(project, select=["cuda=13.0.2 os=debian12 flavor=runtime stack=none"])
     node = p.variants[0].node

@@ -1,0 +1,81 @@
+"""What a wave of the main job leaves in BuildKit's build cache, and removing it.
+
+Each wave after a chain's first builds on the images the wave before pushed (build.waves), so
+what a finished wave made in the build cache is read by no later wave of the run: the CUDA
+trees the fetch stages laid out, the pip and apt steps, the layers copied into images. Most of
+the data root's peak was that cache (docs/benchmarks.md). A chain's first wave keeps what it
+made: the OS layers every chain of that OS shares. The next run finds its cache in the pushed
+images themselves (inline cache, graph.target), so it rebuilds only what changed.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from dataclasses import dataclass
+
+from dlenv.errors import DlenvError
+
+# A prune's filter is one regular expression over record ids (`--filter id=` is a match, `~=`):
+# a few hundred ids a call keep it short.
+CHUNK = 200
+
+
+@dataclass(frozen=True)
+class Record:
+    id: str
+    size: int          # bytes, as `docker buildx du` rounds them
+    kind: str          # regular, exec.cachemount, source.local, ...
+    description: str
+
+
+def records(builder: str | None = None) -> dict[str, Record]:
+    """The build cache's records, by id (`docker buildx du --verbose`)."""
+    return parse(_buildx(builder, "du", "--verbose"))
+
+
+def parse(out: str) -> dict[str, Record]:
+    """The records in what `docker buildx du --verbose` printed: a block of `Key: value` lines each."""
+    found: dict[str, Record] = {}
+    fields: dict[str, str] = {}
+    for line in out.splitlines() + [""]:
+        if not line.strip():
+            if "ID" in fields:
+                found[fields["ID"]] = Record(fields["ID"], size(fields.get("Size", "0B")), fields.get("Type", ""),
+                                             fields.get("Description", ""))
+            fields = {}
+            continue
+        key, _, value = line.partition(":")
+        fields[key.strip()] = value.strip()
+    return found
+
+
+def size(text: str) -> int:
+    """Bytes of a size as buildx prints it (e.g. 3.169GB, 262.5MB, 0B)."""
+    match = re.match(r"([\d.]+)\s*([kKMGT]?)B", text)
+    if not match:
+        return 0
+    return int(float(match.group(1)) * {"": 1, "k": 1e3, "K": 1e3, "M": 1e6, "G": 1e9, "T": 1e12}[match.group(2)])
+
+
+def prune(ids: set[str], builder: str | None = None) -> None:
+    """Remove these records (BuildKit leaves the ones a build uses). --all: without it, a record
+    whose snapshot the image store shares is skipped. A record goes only once those made on top
+    of it are gone: a call whose chunk held a parent but not its child leaves it for the next round."""
+    left = sorted(ids)
+    for _ in range(3):
+        for start in range(0, len(left), CHUNK):
+            pattern = "^(" + "|".join(re.escape(i) for i in left[start:start + CHUNK]) + ")$"
+            _buildx(builder, "prune", "--force", "--all", "--filter", f"id={pattern}")
+        left = sorted(set(left) & set(records(builder)))
+        if not left:
+            return
+
+
+def _buildx(builder: str | None, *args: str) -> str:
+    out = subprocess.run(["docker", "buildx", *args, *(["--builder", builder] if builder else [])],
+                         capture_output=True, text=True, timeout=600)
+    if out.returncode != 0:
+        raise DlenvError(f"docker buildx {args[0]} failed: {(out.stderr.strip().splitlines() or ['?'])[-1]}",
+                         "see `docker buildx du`; --keep-cache leaves the build cache as it is")
+    return out.stdout
