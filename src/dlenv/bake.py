@@ -80,7 +80,10 @@ class Progress:
         if match:
             vid, state = match.groups()
             target = self._names.get(vid, "")
-            if state.startswith("ERROR") and not run.error_target:
+            # A cache that cannot be read (the first run has none yet) fails no build: BuildKit
+            # goes on without it, so it names no failing step.
+            if state.startswith("ERROR") and not run.error_target and \
+                    not self._lines.get(vid, [""])[0].startswith("importing cache manifest"):
                 run.error_target = target
                 run.error_lines = (self._lines.get(vid, [])[-9:] + [state])
             elif state.startswith("DONE") and self._lines.get(vid, [""])[0].startswith(("exporting", "pushing")):

@@ -195,3 +195,16 @@ def test_nodes_an_earlier_shard_pushed_are_not_probed(tmp_path):
     below = set(plan_graph.ancestors(whole, base.node))
     assert probed and not below & {t for targets in probed for t in targets}
     assert set(plan_graph.definition(p)["target"]) == set(p.nodes) - below
+
+
+def test_a_cache_the_registry_does_not_have_yet_is_no_failing_step():
+    progress = bake.Progress()
+    for line in ["#9 [13_0_2-devel-debian12] importing cache manifest from 127.0.0.1:5000/fam:13.0.2-devel-debian12",
+                 "#9 ERROR: failed to configure registry cache importer: 127.0.0.1:5000/fam:13.0.2-devel-debian12: "
+                 "not found",
+                 "#12 [13_0_2-devel-debian12-py stage-0 1/2] RUN exit 3",
+                 "#12 ERROR: process \"/bin/sh -c exit 3\" did not complete successfully: exit code: 3"]:
+        progress.read(line)
+    outcome = progress.failed("ERROR: failed to solve: process did not complete successfully")
+    assert outcome.error_target == "13_0_2-devel-debian12-py"
+    assert "exit code: 3" in outcome.error_lines[-1]
