@@ -221,15 +221,16 @@ class Builder:
 
         A wave of part of the plan bakes from a bake file of its own (wave_plan): each node for
         the platforms of that wave's variants only, on the images earlier waves pushed."""
-        bakefile, probefile = self.bakefile, self.probefile
+        bakefile, probefile, part = self.bakefile, self.probefile, self.plan
         if len(wave) < len(self.plan.variants):
             part = wave_plan(self.plan, wave, {r.variant for r in results.values() if r.status == "built"})
             bakefile, probefile = (self.workdir / f"bake-wave{number}.json", self.workdir / f"bake-probe-wave{number}.json")
             bakefile.write_text(graph.render(graph.definition(part, self.output, self.secrets, self.options)))
             probefile.write_text(graph.render(graph.definition(part, "cache", self.secrets, self.options)))
         tries = itertools.count(1)
+        # The wave's own plan: a node taken from the registry is no target of its bake to probe.
         built, outcome = isolate(
-            self.plan, [v for v in wave if v in remaining],
+            part, [v for v in wave if v in remaining],
             bake=lambda targets: self._bake(bakefile, targets, self.workdir / f"metadata-{number}-{next(tries)}.json"),
             probe=lambda targets: self._bake(probefile, targets),
             broken=broken, settle=settle,
