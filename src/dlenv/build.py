@@ -173,7 +173,7 @@ class Builder:
                 except DlenvError as exc:   # its variants fail; the waves before were pushed and tested
                     broken.setdefault(name, [str(exc)])
             number = next(rounds)
-            # A chain's first wave makes the OS layers the next chains share: its cache stays.
+            # A chain's first wave made the OS layers the next chains share: what it made stays.
             prune = not self.keep_cache and any(n in variant_nodes for v in wave for n in v.chain[:-1])
             before = self._records() if prune else None
             self._wave(wave, number, remaining, broken, results, settle)
@@ -223,7 +223,8 @@ class Builder:
         the platforms of that wave's variants only, on the images earlier waves pushed."""
         bakefile, probefile, part = self.bakefile, self.probefile, self.plan
         if len(wave) < len(self.plan.variants):
-            part = wave_plan(self.plan, wave, {r.variant for r in results.values() if r.status == "built"})
+            part = wave_plan(self.plan, wave, {r.variant for r in results.values() if r.status == "built"},
+                             engine.host_platform())
             bakefile, probefile = (self.workdir / f"bake-wave{number}.json", self.workdir / f"bake-probe-wave{number}.json")
             bakefile.write_text(graph.render(graph.definition(part, self.output, self.secrets, self.options)))
             probefile.write_text(graph.render(graph.definition(part, "cache", self.secrets, self.options)))
@@ -242,15 +243,16 @@ class Builder:
             for variant in built:
                 settle(self.publisher.finish(variant, outcome.metadata.get(variant.node, {}),
                                              outcome.ready.get(variant.node, 0.0)))
-        # A node that failed in this wave is not baked again by the next one.
+        # A node that failed in this wave is not baked again by the next one (a variant not
+        # attempted names the node below it that failed).
         broken.update({results[v.id].node: results[v.id].error.splitlines() for v in wave
-                       if results[v.id].status == "failed" and results[v.id].node in self.plan.nodes})
+                       if results[v.id].status in ("failed", "not attempted") and results[v.id].node in self.plan.nodes})
 
 
 def waves(variants: tuple[Variant, ...] | list[Variant], native: str) -> list[list[Variant]]:
     """The variants in waves: each OS and CUDA release's chain (the layers they share), the
     largest first, one generation after another. A generation's variants build on images of
-    the one before it (their parents), which are pushed and in the engine's store by then.
+    the one before it (their parents), which are pushed by then (wave_plan).
 
     So each image is exported once every layer below it is: its export compresses and unpacks
     only its own layers. Baked together, a child's export began while its parent's still ran,
@@ -274,13 +276,21 @@ def waves(variants: tuple[Variant, ...] | list[Variant], native: str) -> list[li
     return out
 
 
-def wave_plan(plan: Plan, wave: list[Variant], ready: Collection[str] = ()) -> Plan:
+def wave_plan(plan: Plan, wave: list[Variant], ready: Collection[str] = (), native: str = "") -> Plan:
     """The plan of one wave: its variants, each node built for the platforms of this wave's
     variants above it only, and taken from the registry where it is the node of a variant in
-    ready (built and pushed by an earlier wave): what is below it is not built again."""
+    ready (built and pushed by an earlier wave): what is below it is not built again.
+
+    Only an image that has every platform the wave builds on it, and the build machine's own
+    (native: a CUDA node's fetch stage runs on it), is taken; any other is built here again,
+    from the cache, as before the waves were split."""
     part = plan.unselect({v.id for v in plan.variants} - {v.id for v in wave}, "another wave")
     by_node = {v.node: v for v in plan.variants if v.id in ready}
     below = {n: by_node[n].immutable for v in wave for n in v.chain[:-1] if n in by_node}
+    for n in list(below):
+        needed = {p for v in wave if n in v.chain for p in v.platforms} | ({native} if native else set())
+        if not needed <= set(by_node[n].platforms):
+            del below[n]
     return part.pull(below) if below else part
 
 
@@ -320,7 +330,7 @@ class BuildReport:
 def run(plan: Plan, request: BuildRequest, board: Board, say: Callable[[str], None],
         warn: Callable[[str], None], wave_done: WaveDone | None = None) -> BuildReport:
     """The build stage's front door: engine and registry up, sources probed, bases pinned by the
-    lock, attestations set up, one bake graph built and pushed (or loaded), a result per variant.
+    lock, attestations set up, the bake graph built and pushed (or loaded), a result per variant.
 
     wave_done(plan, results): bake in waves (`waves`), and hear each one's results (pushed
     images, or kept ones already pushed) before the next is baked; plan is the plan as built."""

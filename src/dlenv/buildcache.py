@@ -4,8 +4,9 @@ Each wave after a chain's first builds on the images the wave before pushed (bui
 what a finished wave made in the build cache is read by no later wave of the run: the CUDA
 trees the fetch stages laid out, the pip and apt steps, the layers copied into images. Most of
 the data root's peak was that cache (docs/benchmarks.md). A chain's first wave keeps what it
-made: the OS layers every chain of that OS shares. The next run finds its cache in the pushed
-images themselves (inline cache, graph.target), so it rebuilds only what changed.
+made (its base flavor's CUDA too): the OS layers every chain of that OS shares are among it.
+The next run finds part of its cache in the pushed images themselves (inline cache,
+graph.target): a step copying from another stage runs that stage again.
 """
 
 from __future__ import annotations

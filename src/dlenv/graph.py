@@ -100,7 +100,7 @@ def target(plan: Plan, node: Node, variant: Variant | None, output: Output,
         t["dockerfile"] = str((plan.matrix.root / node.dockerfile / "Dockerfile").resolve())
     pulled = dict(plan.pulled)
     if node.parent in pulled:
-        # Built and pushed by an earlier shard: its image, not a target here.
+        # Built and pushed by an earlier shard or wave: its image, not a target here.
         t["contexts"] = {"base": f"docker-image://{pulled[node.parent]}"}
     elif node.parent:
         t["contexts"] = {"base": f"target:{node.parent}"}

@@ -134,8 +134,8 @@ class BuildRequest:
                             help="keep the pushed images in the engine's store (by default they go once pushed and "
                                  "tested: the registry has them)")
     keep_cache: bool = opt(False, "--keep-cache",
-                           help="keep what each wave leaves in the build cache (by default it goes once the wave is "
-                                "pushed: later waves build on its images, later runs on their inline cache)")
+                           help="main job: keep what each wave leaves in the build cache (by default it goes once "
+                                "the wave is pushed: later waves build on its images, later runs on their inline cache)")
     emulate: tuple[str, ...] = opt((), "--emulate", field="build.emulate", metavar="EXPR",
                                    help="build under QEMU (a platform this host does not run natively) only the "
                                         "variants matching EXPR (repeatable; overrides build.emulate), e.g. '*' for all")
@@ -248,7 +248,7 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type, without: Iterable[
             else:
                 spec.update(action="append", default=[])
         else:
-            spec["type"] = base
+            spec["type"] = _count if base is int else base
         if o.positional:
             if f.default is not MISSING:
                 spec.update(nargs="?", default=f.default)
@@ -259,6 +259,17 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type, without: Iterable[
         elif "default" not in spec and kind is not bool:
             spec["default"] = f.default
         target.add_argument(*o.flags, dest=f.name, **spec)
+
+
+def _count(text: str) -> int:
+    """A whole number of things (jobs, shards): 1 or more."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more (got {value})")
+    return value
 
 
 def from_args(cls: type, args: argparse.Namespace, **changes: Any) -> Any:

@@ -111,8 +111,9 @@ class Plan:
     variants: tuple[Variant, ...]
     nodes: dict[str, Node] = field(hash=False)
     left_out: tuple[LeftOut, ...]
-    # Nodes an earlier shard built and pushed: (node, the image reference of its variant). The
-    # bake takes each from the registry instead of building it and what is below it.
+    # Nodes an earlier shard, or an earlier wave of the main job, built and pushed: (node, the
+    # image reference of its variant). The bake takes each from the registry instead of
+    # building it and what is below it.
     pulled: tuple[tuple[str, str], ...] = ()
 
     @property

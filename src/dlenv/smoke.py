@@ -21,6 +21,7 @@ import shutil
 import subprocess
 import tarfile
 import tempfile
+import threading
 import weakref
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
@@ -170,6 +171,9 @@ class DockerRunner:
         weakref.finalize(self, shutil.rmtree, self.folder, True)  # the probe and kernel source, once done
         self.digests: dict[str, str] = {}   # variant -> the digest its checks ran on, for promote
         self._runs = itertools.count(1)     # names this run's check containers
+        # Variants are checked side by side (run): their GPU checks take turns, as their
+        # memory and time limits assume the GPU is theirs.
+        self._gpu = threading.Lock()
 
     def gpu_problem(self, platform: str) -> str | None:
         """Why GPU checks cannot run on platform here, or None: a GPU and the NVIDIA runtime,
@@ -202,14 +206,16 @@ class DockerRunner:
             envs |= {f"DLENV_CHECK_{i}": check.run, f"DLENV_TIMEOUT_{i}": str(check.timeout)}
         name = f"dlenv-check-{os.getpid()}-{next(self._runs)}"
         code, ended = 0, ""
+        gpu = any(c.gpu for c in runnable)
         try:
             # init: the engine's init runs as PID 1 and passes on the signal `docker run` forwards
             # (a shell as PID 1 ignores it), so a signal to dlenv ends the checks even where they
             # run in a thread beside the bake (main_job), whose `docker run` no exception reaches.
-            output = self.client.run(
-                ref, [f"{CHECKS_MOUNT}/batch.sh"], entrypoint="/bin/sh", remove=True, name=name, init=True,
-                volumes=[(str(self.folder), CHECKS_MOUNT, "ro")], envs=envs, platform=platform,
-                gpus="all" if any(c.gpu for c in runnable) else None)
+            with self._gpu if gpu else contextlib.nullcontext():
+                output = self.client.run(
+                    ref, [f"{CHECKS_MOUNT}/batch.sh"], entrypoint="/bin/sh", remove=True, name=name, init=True,
+                    volumes=[(str(self.folder), CHECKS_MOUNT, "ro")], envs=envs, platform=platform,
+                    gpus="all" if gpu else None)
         except DockerException as exc:
             code, output = exc.return_code, (exc.stdout or "") + (exc.stderr or "")
             ended = f"the check container ended before this check did (exit {code}): {(exc.stderr or '').strip()[-300:]}"

@@ -138,3 +138,20 @@ def test_a_failure_in_a_waves_tests_ends_the_run_after_the_bake_beside_it():
     with pytest.raises(RuntimeError, match="w1's tests broke"):
         pipelined([["w1"], ["w2"], ["w3"]], lambda wave: baked.append(wave[0]) or [Result(wave[0], "built")], done)  # type: ignore[list-item]
     assert baked == ["w1", "w2"]
+
+
+def test_an_image_lacking_a_platform_the_wave_builds_on_it_is_built_again_not_taken(project):
+    # CUDA 13's runtime also for linux/arm64, its base for linux/amd64 alone: the runtime wave
+    # cannot build arm64 on the pushed base, nor fetch for arm64 on a base without amd64.
+    text = SMALL + "platforms: [linux/amd64, linux/arm64]\nbuild: {emulate: ['cuda=13.0.2 flavor=runtime stack=none']}\n"
+    p = expand(project, text, select=["os=debian12 cuda=13.0.2 stack=none"]).emulating("linux/amd64")
+    base = next(v for v in p.variants if v.flavor == "base")
+    runtime = next(v for v in p.variants if v.flavor == "runtime")
+    assert base.platforms == ("linux/amd64",) and runtime.platforms == ("linux/amd64", "linux/arm64")
+    targets = graph.definition(wave_plan(p, [runtime], {base.id}, "linux/amd64"), "push", (), graph.Options())["target"]
+    assert targets[runtime.node]["contexts"]["base"] == f"target:{base.node}"   # built here again
+    # With the platforms it needs, the same image is taken from the registry.
+    both = dataclasses.replace(base, platforms=runtime.platforms)
+    q = dataclasses.replace(p, variants=tuple(both if v.id == base.id else v for v in p.variants))
+    targets = graph.definition(wave_plan(q, [runtime], {base.id}, "linux/amd64"), "push", (), graph.Options())["target"]
+    assert targets[runtime.node]["contexts"]["base"] == f"docker-image://{p.ref(base.immutable)}"
