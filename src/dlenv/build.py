@@ -197,11 +197,11 @@ class Builder:
             self.say(f"dlenv: {exc.message}")
             return None
 
-    def _prune(self, number: int, before: dict[str, buildcache.Record] | None) -> None:
+    def _prune(self, number: int, before: dict[str, buildcache.Record]) -> None:
         """Remove what wave number made in the build cache (buildcache.py), the caches of apt
         and pip steps (cache mounts) aside."""
         after = self._records()
-        if before is None or after is None:
+        if after is None:
             return
         made = {i: r for i, r in after.items() if i not in before and r.kind == "regular"}
         if not made:
@@ -266,7 +266,7 @@ def waves(variants: tuple[Variant, ...] | list[Variant], native: str) -> list[li
     groups: dict[tuple[str, str], list[Variant]] = {}
     for variant in variants:
         groups.setdefault((variant.os, variant.cuda), []).append(variant)
-    built = {v.node for v in variants}
+    built = {v.node for v in variants}   # a generation: how many of the chain's nodes are variants
     out: list[list[Variant]] = []
     for group in sorted(groups.values(), key=lambda w: (any(v.platforms != (native,) for v in w), -len(w))):
         generations: dict[int, list[Variant]] = {}
@@ -285,13 +285,11 @@ def wave_plan(plan: Plan, wave: list[Variant], ready: Collection[str] = (), nati
     (native: a CUDA node's fetch stage runs on it), is taken; any other is built here again,
     from the cache, as before the waves were split."""
     part = plan.unselect({v.id for v in plan.variants} - {v.id for v in wave}, "another wave")
-    by_node = {v.node: v for v in plan.variants if v.id in ready}
-    below = {n: by_node[n].immutable for v in wave for n in v.chain[:-1] if n in by_node}
-    for n in list(below):
-        needed = {p for v in wave if n in v.chain for p in v.platforms} | ({native} if native else set())
-        if not needed <= set(by_node[n].platforms):
-            del below[n]
-    return part.pull(below) if below else part
+    parents = {p.id: p for v in wave if (p := plan.below(v)) and p.id in ready}
+    takes = {p.node: p.immutable for p in parents.values()
+             if {q for v in wave if p.node in v.chain for q in v.platforms} | ({native} if native else set())
+             <= set(p.platforms)}
+    return part.pull(takes) if takes else part
 
 
 def pipelined(waves: list[list[Variant]], bake: Callable[[list[Variant]], list[Result]],

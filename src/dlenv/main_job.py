@@ -70,12 +70,10 @@ def _run(plan: Plan, request: BuildRequest) -> JobReport:
         """Remove these variants' images from the engine's store (pushed, and tested where they
         are), but those a wave not baked yet builds on (build.waves)."""
         nonlocal removed
-        built = {v.node for v in plan.variants}
-        # The image a wave not baked yet takes from the registry: the nearest variant below each.
-        parents = {next((n for n in reversed(v.chain[:-1]) if n in built), None)
-                   for v in plan.variants if v.id not in baked}
+        # The images waves not baked yet take from the registry (build.wave_plan).
+        parents = {p.id for v in plan.variants if v.id not in baked and (p := plan.below(v))}
         with forgetting:
-            gone = {v.id for v in plan.variants if v.id in ids and v.node not in parents} - forgotten
+            gone = ids - parents - forgotten
             if not request.keep_images and gone:
                 removed += publish.forget(plan.unselect({v.id for v in plan.variants if v.id not in gone},
                                                         "another wave"))

@@ -126,6 +126,12 @@ class Plan:
     def variant(self, variant_id: str) -> Variant:
         return next(v for v in self.variants if v.id == variant_id)
 
+    def below(self, variant: Variant) -> Variant | None:
+        """The nearest variant of the plan under this one in its chain (the image its own layers
+        go on, in the main job's waves), or None."""
+        by_node = {v.node: v for v in self.variants}
+        return next((by_node[n] for n in reversed(variant.chain[:-1]) if n in by_node), None)
+
     @property
     def network(self) -> Network:
         return self.mirrors.network
