@@ -9,12 +9,14 @@ it, publish.py guards immutable tags, pushes and sizes what was built.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Collection
-from concurrent.futures import Future, ThreadPoolExecutor
+import os
+import threading
+from collections.abc import Callable, Collection, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 
-from dlenv import bake, bootstrap, buildcache, config, disk, engine, graph, lock, reach, registry, sbom
+from dlenv import bake, bootstrap, buildcache, config, disk, engine, graph, interrupt, lock, reach, registry, sbom
 from dlenv.bake import Capabilities, capabilities
 from dlenv.config import BuildSettings
 from dlenv.errors import DlenvError
@@ -25,8 +27,8 @@ from dlenv.publish import Publisher
 from dlenv.results import Board, Result
 from dlenv.sbom import DEFAULT_SBOM_SCANNER
 
-# Hears a wave's results, with the plan as built (see run).
-WaveDone = Callable[[Plan, list[Result]], None]
+# Hears a bake's results, with the plan as built (see run).
+Baked = Callable[[Plan, list[Result]], None]
 
 
 class _Quiet:
@@ -83,9 +85,9 @@ class Builder:
     def __init__(self, plan: Plan, workdir: Path, output: graph.Output = "push",
                  secrets: tuple[graph.Secret, ...] = (), builder: str | None = None,
                  board: Board | None = None, log: Callable[[str], None] = print,
-                 options: graph.Options | None = None, wave_done: WaveDone | None = None,
+                 options: graph.Options | None = None, baked: Baked | None = None,
                  verify_rootfs: Callable[[str, str], None] = lambda node, platform: None,
-                 keep_cache: bool = True):
+                 keep_cache: bool = True, jobs: int = 1):
         self.plan = plan
         self.workdir = workdir = workdir.resolve()  # bake runs in the project folder
         self.output = output
@@ -95,18 +97,38 @@ class Builder:
         self.board = board or _Quiet()
         self.say = log
         self.publisher = Publisher(plan, output, self.options, self.board)
-        self.wave_done = wave_done
+        self.baked = baked
         self.verify_rootfs = verify_rootfs   # (bootstrap node, platform): a foreign rootfs, once bootstrapped
-        self.keep_cache = keep_cache         # False: what a wave made in the build cache goes after it (buildcache.py)
+        self.keep_cache = keep_cache         # False: what a bake made in the build cache goes after it (buildcache.py)
+        self.jobs = jobs                     # variants baked at once (schedule)
         workdir.mkdir(parents=True, exist_ok=True)
         self.logfile = workdir / "build.log"
+        # Bakes side by side each log to a file of their own, added whole to build.log as each ends,
+        # so that build.log reads bake by bake (each numbers its steps from #1).
+        self.bakelogs = workdir / "bakes"
+        self.bakes = itertools.count(1)
+        self.logging = threading.Lock()
+        self.staging = threading.Lock()   # rootfs tarballs moved in and checked, one bake at a time
+        # The build cache: what a chain's first bake made is kept (the OS layers the next chain shares).
+        self.pruning = threading.Lock()
+        self.kept_records: set[str] = set()
+        self.first_bakes: dict[int, set[str]] = {}   # a chain's first bakes running now: the records before each
         self.bakefile = workdir / "bake.json"
         self.probefile = workdir / "bake-probe.json"
         self.dependents = {t: [v for v in plan.variants if t in v.chain] for t in plan.nodes}
 
     def _bake(self, file: Path, targets: list[str], metadata: Path | None = None) -> bake.Outcome:
-        return bake.run(file, targets, self.plan.matrix.root, self.logfile, self.builder, metadata, self._step,
-                        self.board.node_done)
+        interrupt.check()   # a bake beside the main thread starts nothing once a signal came
+        self.bakelogs.mkdir(exist_ok=True)
+        log = self.bakelogs / f"{next(self.bakes):03d}.log"
+        try:
+            outcome = bake.run(file, targets, self.plan.matrix.root, log, self.builder, metadata, self._step,
+                               self.board.node_done)
+        finally:
+            with self.logging, open(self.logfile, "a") as whole:
+                whole.write(log.read_text(errors="replace") if log.exists() else "")
+        interrupt.check()   # its buildx was stopped by the signal: no failure to isolate
+        return outcome
 
     def _step(self, target: str, text: str) -> None:
         for variant in self.dependents.get(target, []):
@@ -114,7 +136,7 @@ class Builder:
 
     def run(self) -> list[Result]:
         # Foreign architectures bootstrap under QEMU (minutes) in a thread of their own, beside
-        # the native waves' bakes; a wave waits only for the rootfs its own chains stand on.
+        # the native bakes; a bake waits only for the rootfs its own chain stands on.
         behind = ThreadPoolExecutor(1, thread_name_prefix="bootstrap")
         try:
             return self._run(behind)
@@ -140,54 +162,68 @@ class Builder:
                         rootfs[(name, arch)] = _done(Path, waiting)
                     elif arch == bootstrap.native_architecture() or bootstrap.rootfs_tar(spec, arch).exists():
                         rootfs[(name, arch)] = _done(bootstrap.ensure_architecture, spec, arch, self.say, env)
-                    else:   # made beside the bakes, moved into the bakes' folder between two waves
+                    else:   # made beside the bakes, moved into the bakes' folder by the first bake on it
                         rootfs[(name, arch)] = behind.submit(bootstrap.make_rootfs, spec, arch, waiting, self.say, env)
         self.bakefile.write_text(graph.render(graph.definition(self.plan, self.output, self.secrets, self.options)))
         self.probefile.write_text(graph.render(graph.definition(self.plan, "cache", self.secrets, self.options)))
         remaining = list(self.plan.variants)
+        kept: list[Result] = []
         if self.output == "push":
             # An immutable tag names one build of one commit (the build id is the commit, plus a
             # hash of any uncommitted change): where the registry holds it already, that image is
             # kept by not building its variant again. A rerun then bakes, exports and pushes
             # nothing, and needs no image in the engine's store.
             for variant in self.plan.variants:
-                kept = self.publisher.already_pushed(variant)
-                if kept:
+                found = self.publisher.already_pushed(variant)
+                if found:
                     remaining.remove(variant)
-                    settle(kept)
+                    settle(found)
+                    kept.append(found)
         rounds = itertools.count(1)
-
-        def bake(wave: list[Variant]) -> list[Result]:
-            # The rootfs tarballs of the architectures this wave builds for, as they are ready.
-            needed = {(n, config.arch(p)) for v in wave if v in remaining for n in v.chain for p in v.platforms}
-            for name, arch in sorted(needed & rootfs.keys()):
-                if not rootfs[(name, arch)].done():
-                    self.say(f"dlenv: the next wave waits for {name}'s {arch} rootfs (bootstrapping)")
-                try:
-                    tar = rootfs.pop((name, arch)).result()
-                    spec = self.plan.nodes[name].rootfs
-                    if spec and tar != bootstrap.rootfs_tar(spec, arch):
-                        tar.rename(bootstrap.rootfs_tar(spec, arch))   # no bake runs now
-                    if arch != bootstrap.native_architecture():
-                        self.verify_rootfs(name, f"linux/{arch}")
-                except DlenvError as exc:   # its variants fail; the waves before were pushed and tested
-                    broken.setdefault(name, [str(exc)])
-            number = next(rounds)
-            # A chain's first wave made the OS layers the next chains share: what it made stays.
-            prune = not self.keep_cache and any(n in variant_nodes for v in wave for n in v.chain[:-1])
-            before = self._records() if prune else None
-            self._wave(wave, number, remaining, broken, results, settle)
-            if before is not None:
-                self._prune(number, before)
-            return [results[v.id] for v in wave]
-
         variant_nodes = {v.node for v in self.plan.variants}
 
-        if self.wave_done:
-            wave_done = self.wave_done
-            pipelined(waves(self.plan.variants, engine.host_platform()), bake, lambda done: wave_done(self.plan, done))
+        def needed(wave: list[Variant]) -> set[tuple[str, str]]:
+            """The rootfs tarballs (bootstrap node, architecture) of the platforms wave builds for."""
+            return {(n, config.arch(p)) for v in wave if v in remaining for n in v.chain for p in v.platforms}
+
+        def bake(wave: list[Variant]) -> list[Result]:
+            with self.staging:   # the rootfs tarballs this bake builds on, as they are ready
+                for name, arch in sorted(needed(wave) & rootfs.keys()):
+                    if not rootfs[(name, arch)].done():
+                        self.say(f"dlenv: the next bake waits for {name}'s {arch} rootfs (bootstrapping)")
+                    try:
+                        tar = rootfs.pop((name, arch)).result()
+                        spec = self.plan.nodes[name].rootfs
+                        if spec and tar != bootstrap.rootfs_tar(spec, arch):
+                            tar.rename(bootstrap.rootfs_tar(spec, arch))   # no bake reads it yet
+                        if arch != bootstrap.native_architecture():
+                            self.verify_rootfs(name, f"linux/{arch}")
+                    except DlenvError as exc:   # its variants fail; the bakes before were pushed and tested
+                        broken.setdefault(name, [str(exc)])
+            number = next(rounds)
+            # A chain's first bake made the OS layers the next chains share: what it made stays.
+            first = not any(n in variant_nodes for v in wave for n in v.chain[:-1])
+            before = None if self.keep_cache else self._records()
+            if before is not None and first:
+                with self.pruning:
+                    self.first_bakes[number] = set(before)
+            try:
+                self._build(wave, number, remaining, broken, results, settle)
+            finally:
+                if before is not None:
+                    self._prune(number, before, first)
+            return [results[v.id] for v in wave]
+
+        if self.baked:
+            baked = self.baked
+
+            def ready(variant: Variant) -> bool:   # the rootfs tarballs it builds on are bootstrapped
+                with self.staging:
+                    return all(rootfs[key].done() for key in needed([variant]) & rootfs.keys())
+
+            schedule(remaining, self.plan.below, bake, lambda done: baked(self.plan, done), self.jobs, ready, kept)
         else:
-            bake(list(self.plan.variants))
+            bake(remaining)
         return [results[v.id] for v in self.plan.variants]
 
     def _records(self) -> dict[str, buildcache.Record] | None:
@@ -197,39 +233,52 @@ class Builder:
             self.say(f"dlenv: {exc.message}")
             return None
 
-    def _prune(self, number: int, before: dict[str, buildcache.Record]) -> None:
-        """Remove what wave number made in the build cache (buildcache.py), the caches of apt
-        and pip steps (cache mounts) aside."""
-        after = self._records()
-        if after is None:
-            return
-        made = {i: r for i, r in after.items() if i not in before and r.kind == "regular"}
-        if not made:
-            return
-        try:
-            buildcache.prune(set(made), self.builder)
-        except DlenvError as exc:
-            self.say(f"dlenv: {exc.message}")
-            return
-        self.say(f"dlenv: removed what wave {number} left in the build cache ({len(made)} records, "
-                 f"{sum(r.size for r in made.values()) / 1e9:.1f} GB): later waves build on its pushed images "
+    def _prune(self, number: int, before: dict[str, buildcache.Record], first: bool) -> None:
+        """Remove what bake number made in the build cache (buildcache.py), the caches of apt and
+        pip steps (cache mounts) aside; a chain's first bake (first) keeps what it made.
+
+        Bakes run side by side, so what appeared meanwhile is not all this bake's: what a build
+        uses now is left (a prune would leave it too), and so is anything a chain's first bake
+        running now may have made."""
+        with self.pruning:
+            after = self._records()
+            if after is None:
+                self.first_bakes.pop(number, None)
+                return
+            made = {i: r for i, r in after.items() if i not in before and r.kind == "regular"}
+            if first:
+                self.kept_records |= set(made)
+                del self.first_bakes[number]
+                return
+            made = {i: r for i, r in made.items() if r.reclaimable and i not in self.kept_records
+                    and all(i in earlier for earlier in self.first_bakes.values())}
+            if not made:
+                return
+            try:
+                buildcache.prune(set(made), self.builder)
+            except DlenvError as exc:
+                self.say(f"dlenv: {exc.message}")
+                return
+        self.say(f"dlenv: removed what bake {number} left in the build cache ({len(made)} records, "
+                 f"{sum(r.size for r in made.values()) / 1e9:.1f} GB): later bakes build on its pushed image "
                  "(--keep-cache keeps it)")
 
-    def _wave(self, wave: list[Variant], number: int, remaining: list[Variant], broken: dict[str, list[str]],
-              results: dict[str, Result], settle: Callable[[Result], None]) -> None:
-        """Bake one wave's variants that are not kept already, settling a result for each.
+    def _build(self, wave: list[Variant], number: int, remaining: list[Variant], broken: dict[str, list[str]],
+               results: dict[str, Result], settle: Callable[[Result], None]) -> None:
+        """Bake these variants (those not kept already), settling a result for each.
 
-        A wave of part of the plan bakes from a bake file of its own (wave_plan): each node for
-        the platforms of that wave's variants only, on the images earlier waves pushed."""
+        Part of the plan bakes from a bake file of its own (bake_plan): each node for the
+        platforms of these variants only, on the images earlier bakes pushed."""
         bakefile, probefile, part = self.bakefile, self.probefile, self.plan
         if len(wave) < len(self.plan.variants):
-            part = wave_plan(self.plan, wave, {r.variant for r in results.values() if r.status == "built"},
+            # list(): other bakes settle their results meanwhile
+            part = bake_plan(self.plan, wave, {r.variant for r in list(results.values()) if r.status == "built"},
                              engine.host_platform())
-            bakefile, probefile = (self.workdir / f"bake-wave{number}.json", self.workdir / f"bake-probe-wave{number}.json")
+            bakefile, probefile = (self.workdir / f"bake-{number}.json", self.workdir / f"bake-probe-{number}.json")
             bakefile.write_text(graph.render(graph.definition(part, self.output, self.secrets, self.options)))
             probefile.write_text(graph.render(graph.definition(part, "cache", self.secrets, self.options)))
         tries = itertools.count(1)
-        # The wave's own plan: a node taken from the registry is no target of its bake to probe.
+        # The bake's own plan: a node taken from the registry is no target of its bake to probe.
         built, outcome = isolate(
             part, [v for v in wave if v in remaining],
             bake=lambda targets: self._bake(bakefile, targets, self.workdir / f"metadata-{number}-{next(tries)}.json"),
@@ -243,48 +292,21 @@ class Builder:
             for variant in built:
                 settle(self.publisher.finish(variant, outcome.metadata.get(variant.node, {}),
                                              outcome.ready.get(variant.node, 0.0)))
-        # A node that failed in this wave is not baked again by the next one (a variant not
-        # attempted names the node below it that failed).
+        # A node that failed here is not baked again by a later bake (a variant not attempted
+        # names the node below it that failed).
         broken.update({results[v.id].node: results[v.id].error.splitlines() for v in wave
                        if results[v.id].status in ("failed", "not attempted") and results[v.id].node in self.plan.nodes})
 
 
-def waves(variants: tuple[Variant, ...] | list[Variant], native: str) -> list[list[Variant]]:
-    """The variants in waves: each OS and CUDA release's chain (the layers they share), the
-    largest first, one generation after another. A generation's variants build on images of
-    the one before it (their parents), which are pushed by then (wave_plan).
-
-    So each image is exported once every layer below it is: its export compresses and unpacks
-    only its own layers. Baked together, a child's export began while its parent's still ran,
-    and both compressed and unpacked the same CUDA layer (2 to 4 GB) at once, up to eight times
-    over (docs/benchmarks.md); that is also when BuildKit failed with `DeadlineExceeded`.
-
-    A chain with a variant built for a platform under QEMU comes last, so that the rootfs of
-    that platform bootstraps beside the native waves' bakes (each wave bakes its nodes for its
-    own variants' platforms: see Builder._wave). The main job tests each wave beside the next
-    one's bake, and removes an image once it is tested and no later wave builds on it."""
-    groups: dict[tuple[str, str], list[Variant]] = {}
-    for variant in variants:
-        groups.setdefault((variant.os, variant.cuda), []).append(variant)
-    built = {v.node for v in variants}   # a generation: how many of the chain's nodes are variants
-    out: list[list[Variant]] = []
-    for group in sorted(groups.values(), key=lambda w: (any(v.platforms != (native,) for v in w), -len(w))):
-        generations: dict[int, list[Variant]] = {}
-        for variant in group:
-            generations.setdefault(sum(n in built for n in variant.chain[:-1]), []).append(variant)
-        out += [generations[g] for g in sorted(generations)]
-    return out
-
-
-def wave_plan(plan: Plan, wave: list[Variant], ready: Collection[str] = (), native: str = "") -> Plan:
-    """The plan of one wave: its variants, each node built for the platforms of this wave's
+def bake_plan(plan: Plan, wave: list[Variant], ready: Collection[str] = (), native: str = "") -> Plan:
+    """The plan of one bake: its variants (wave), each node built for the platforms of these
     variants above it only, and taken from the registry where it is the node of a variant in
-    ready (built and pushed by an earlier wave): what is below it is not built again.
+    ready (built and pushed by an earlier bake): what is below it is not built again.
 
-    Only an image that has every platform the wave builds on it, and the build machine's own
+    Only an image that has every platform the bake builds on it, and the build machine's own
     (native: a CUDA node's fetch stage runs on it), is taken; any other is built here again,
-    from the cache, as before the waves were split."""
-    part = plan.unselect({v.id for v in plan.variants} - {v.id for v in wave}, "another wave")
+    from the cache, as one bake of the whole plan would."""
+    part = plan.unselect({v.id for v in plan.variants} - {v.id for v in wave}, "another bake")
     parents = {p.id: p for v in wave if (p := plan.below(v)) and p.id in ready}
     takes = {p.node: p.immutable for p in parents.values()
              if {q for v in wave if p.node in v.chain for q in v.platforms} | ({native} if native else set())
@@ -292,20 +314,61 @@ def wave_plan(plan: Plan, wave: list[Variant], ready: Collection[str] = (), nati
     return part.pull(takes) if takes else part
 
 
-def pipelined(waves: list[list[Variant]], bake: Callable[[list[Variant]], list[Result]],
-              done: Callable[[list[Result]], None]) -> None:
-    """bake(wave) for each wave in turn, and done(its results) in a thread beside the next
-    wave's bake: at most one behind, in order; an exception in either ends the run once the
-    other has stopped (a signal reaches the thread through interrupt.check)."""
-    with ThreadPoolExecutor(1, thread_name_prefix="wave") as beside:
-        behind: Future | None = None
-        for wave in waves:
-            results = bake(wave)
-            if behind is not None:
-                behind.result()
-            behind = beside.submit(done, results)
-        if behind is not None:
-            behind.result()
+def schedule(variants: Sequence[Variant], below: Callable[[Variant], Variant | None],
+             bake: Callable[[list[Variant]], list[Result]], done: Callable[[list[Result]], None], jobs: int = 1,
+             ready: Callable[[Variant], bool] = lambda variant: True, kept: Sequence[Result] = ()) -> None:
+    """bake([variant]) for each variant once the variant below it (below: the image its own
+    layers go on) has been baked, up to jobs bakes at once, and done(results) of each in a thread
+    beside, one call at a time, in the order the bakes end; kept (variants not to bake, already
+    pushed) are heard first, in one call.
+
+    So an image is exported only once every layer below it is (its export compresses and
+    unpacks only its own layers), and a slow variant (a torch install) holds back only what is
+    built on it. Baked together, a child's export began while its parent's still ran, and both
+    compressed and unpacked the same CUDA layer (2 to 4 GB) at once, up to eight times over; in
+    generations, each generation waited for its slowest variant (docs/benchmarks.md).
+
+    The variants with the most layers still to come above them start first. ready(variant)
+    False holds one back (its platform's rootfs is still bootstrapping under QEMU), and no bake
+    starts while more than jobs results wait for done: the images waiting for their checks stay
+    in the engine's store. An exception in a bake or in done ends the run once the bakes running
+    have stopped; so does a signal, raised in the main thread (the bakes' own processes get it,
+    and interrupt.check stops the threads)."""
+    above = {v.id: [u for u in variants if u is not v and v.node in u.chain] for v in variants}
+    height = {v.id: max((len(u.chain) - len(v.chain) for u in above[v.id]), default=0) for v in variants}
+    waiting = sorted(variants, key=lambda v: (-height[v.id], -len(above[v.id])))
+    unbaked = {v.id for v in variants}
+    with ThreadPoolExecutor(jobs, thread_name_prefix="bake") as bakers, \
+            ThreadPoolExecutor(1, thread_name_prefix="tested") as beside:
+        heard: list[Future] = [beside.submit(done, list(kept))] if kept else []
+        running: dict[Future, Variant] = {}
+        try:
+            while waiting or running:
+                for future in heard:
+                    if future.done():
+                        future.result()   # done failed: the run ends
+                behind = sum(not f.done() for f in heard)
+                for variant in list(waiting):
+                    if len(running) >= jobs or behind > jobs:
+                        break
+                    parent = below(variant)
+                    if (parent is None or parent.id not in unbaked) and ready(variant):
+                        waiting.remove(variant)
+                        running[bakers.submit(bake, [variant])] = variant
+                ended, _ = wait([*running, *(f for f in heard if not f.done())], timeout=1,
+                                return_when=FIRST_COMPLETED)
+                for future in ended & running.keys():
+                    variant = running.pop(future)
+                    heard.append(beside.submit(done, future.result()))
+                    unbaked.discard(variant.id)
+        except BaseException:
+            waiting.clear()
+            for future in heard:
+                future.cancel()
+            wait(running)   # their processes were stopped too (a signal), or end on their own
+            raise
+        for future in heard:
+            future.result()
 
 
 def _done(function: Callable[..., object], *args: object) -> Future:
@@ -326,12 +389,13 @@ class BuildReport:
 
 
 def run(plan: Plan, request: BuildRequest, board: Board, say: Callable[[str], None],
-        warn: Callable[[str], None], wave_done: WaveDone | None = None) -> BuildReport:
+        warn: Callable[[str], None], baked: Baked | None = None) -> BuildReport:
     """The build stage's front door: engine and registry up, sources probed, bases pinned by the
     lock, attestations set up, the bake graph built and pushed (or loaded), a result per variant.
 
-    wave_done(plan, results): bake in waves (`waves`), and hear each one's results (pushed
-    images, or kept ones already pushed) before the next is baked; plan is the plan as built."""
+    baked(plan, results): bake each variant on its own, once the image below it is pushed
+    (`schedule`), several at once (request.bake_jobs), and hear each bake's results (pushed
+    images; first, in one call, those already pushed) in a thread beside; plan is as built."""
     if not plan.variants:
         raise DlenvError("nothing to build: every combination is left out", "see `nox -s list`")
     engine.ensure(say=say, env=plan.network.env())
@@ -390,8 +454,9 @@ def run(plan: Plan, request: BuildRequest, board: Board, say: Callable[[str], No
             warn(note)
     try:
         results = Builder(plan, request.workdir, "load" if request.load else "push", graph.secrets(plan),
-                          request.builder, board, say, options, wave_done, verify_rootfs,
-                          keep_cache=request.keep_cache or wave_done is None).run()
+                          request.builder, board, say, options, baked, verify_rootfs,
+                          keep_cache=request.keep_cache or baked is None,
+                          jobs=request.bake_jobs or (os.cpu_count() or 1) + 1).run()
     except disk.Full as full:   # --force, or an estimate that was low: the same figures, now
         raise full.explained(engine.state_dir(), room) from None
     # A variant left out whole; one that lost only some platforms was built for the others.

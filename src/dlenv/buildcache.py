@@ -1,10 +1,11 @@
-"""What a wave of the main job leaves in BuildKit's build cache, and removing it.
+"""What a bake of the main job leaves in BuildKit's build cache, and removing it.
 
-Each wave after a chain's first builds on the images the wave before pushed (build.waves), so
-what a finished wave made in the build cache is read by no later wave of the run: the CUDA
-trees the fetch stages laid out, the pip and apt steps, the layers copied into images. Most of
-the data root's peak was that cache (docs/benchmarks.md). A chain's first wave keeps what it
-made (its base flavor's CUDA too): the OS layers every chain of that OS shares are among it.
+Each variant above a chain's first builds on the image the variant below it pushed
+(build.schedule), so what a finished bake made in the build cache is read by no later bake of
+the run: the CUDA trees the fetch stages laid out, the pip and apt steps, the layers copied into
+images. Most of the data root's peak was that cache (docs/benchmarks.md). A chain's first bake
+keeps what it made (its base flavor's CUDA too): the OS layers every chain of that OS shares are
+among it.
 The next run finds part of its cache in the pushed images themselves (inline cache,
 graph.target): a step copying from another stage runs that stage again.
 """
@@ -28,6 +29,7 @@ class Record:
     size: int          # bytes, as `docker buildx du` rounds them
     kind: str          # regular, exec.cachemount, source.local, ...
     description: str
+    reclaimable: bool = True   # False: a build uses it now, and a prune leaves it
 
 
 def records(builder: str | None = None) -> dict[str, Record]:
@@ -43,7 +45,8 @@ def parse(out: str) -> dict[str, Record]:
         if not line.strip():
             if "ID" in fields:
                 found[fields["ID"]] = Record(fields["ID"], size(fields.get("Size", "0B")), fields.get("Type", ""),
-                                             fields.get("Description", ""))
+                                             fields.get("Description", ""),
+                                             fields.get("Reclaimable", "true").lower() != "false")
             fields = {}
             continue
         key, _, value = line.partition(":")

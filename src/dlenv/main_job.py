@@ -61,45 +61,46 @@ def run(plan: Plan, request: BuildRequest) -> JobReport:
 def _run(plan: Plan, request: BuildRequest) -> JobReport:
     verdicts: list[smoke.Verdict] = []
     promotions: list[release.Promotion] = []
-    removed = 0   # images removed from the engine's store, for the wave's line
+    removed = 0   # images removed from the engine's store, for the next line about it
     forgotten: set[str] = set()
     forgetting = threading.Lock()   # the smoke stage's threads call forget as each variant ends
-    baked: set[str] = set()         # the variants of the waves baked so far
+    tested: set[str] = set()        # the variants heard so far (tested, where they were built)
 
     def forget(plan: Plan, ids: set[str]) -> None:
         """Remove these variants' images from the engine's store (pushed, and tested where they
-        are), but those a wave not baked yet builds on (build.waves)."""
+        are), but those a variant not heard yet builds on (its bake may run now)."""
         nonlocal removed
-        # The images waves not baked yet take from the registry (build.wave_plan).
-        parents = {p.id for v in plan.variants if v.id not in baked and (p := plan.below(v))}
+        # The images later bakes take from the registry (build.bake_plan).
+        parents = {p.id for v in plan.variants if v.id not in tested and (p := plan.below(v))}
         with forgetting:
             gone = ids - parents - forgotten
             if not request.keep_images and gone:
                 removed += publish.forget(plan.unselect({v.id for v in plan.variants if v.id not in gone},
-                                                        "another wave"))
+                                                        "another bake"))
                 forgotten.update(gone)
 
-    def wave_done(plan: Plan, results: list[build.Result]) -> None:
-        """A wave is pushed: smoke-test it (removing each image from the engine's store once its
-        checks ended), promote what passed, and remove the rest of its images and those of
-        earlier waves that no later wave builds on (build.waves). It runs beside the next wave's
-        bake (build.pipelined)."""
+    def baked(plan: Plan, results: list[build.Result]) -> None:
+        """A bake's variants are pushed: smoke-test them (removing each image from the engine's
+        store once its checks ended), promote what passed, and remove the rest of their images and
+        those heard before that no variant still to come builds on. It runs in a thread beside
+        the bakes (build.schedule), one bake's results after another."""
         nonlocal removed
-        earlier = set(baked)
-        baked.update(r.variant for r in results)
+        with forgetting:
+            earlier = set(tested)
+            tested.update(r.variant for r in results)
         done = {r.variant for r in results if r.status == "built"}
         if done and not request.no_promote:
-            tested = smoke.run(plan.unselect({v.id for v in plan.variants if v.id not in done}, "not built"),
-                               SmokeRequest(require_gpu=request.require_gpu, retest=request.retest,
-                                            check_jobs=request.check_jobs), report.say,
-                               lambda variant: forget(plan, {variant.id}))
-            report.smoke_table(list(tested.verdicts))
+            checked = smoke.run(plan.unselect({v.id for v in plan.variants if v.id not in done}, "not built"),
+                                SmokeRequest(require_gpu=request.require_gpu, retest=request.retest,
+                                             check_jobs=request.check_jobs), report.say,
+                                lambda variant: forget(plan, {variant.id}))
+            report.smoke_table(list(checked.verdicts))
             statuses: dict[str, dict[str, list[str]]] = {}   # variant -> platform -> statuses: all must pass
-            for v in tested.verdicts:
+            for v in checked.verdicts:
                 statuses.setdefault(v.variant, {}).setdefault(v.platform, []).append(v.status)
-            promoted = release.promote(plan, [v for v in plan.variants if v.id in done], statuses, tested.digests)
+            promoted = release.promote(plan, [v for v in plan.variants if v.id in done], statuses, checked.digests)
             report.promotions(promoted)
-            verdicts.extend(tested.verdicts)
+            verdicts.extend(checked.verdicts)
             promotions.extend(promoted)
         forget(plan, earlier | {r.variant for r in results})
         if removed:
@@ -109,6 +110,6 @@ def _run(plan: Plan, request: BuildRequest) -> JobReport:
 
     with report.LiveBoard(plan) as board:
         # --load leaves the images in the engine's store: one bake, nothing removed.
-        built = build.run(plan, request, board, report.say, report.warn, None if request.load else wave_done)
+        built = build.run(plan, request, board, report.say, report.warn, None if request.load else baked)
     report.summary_table(built.plan, list(built.results))
     return JobReport(built, tuple(verdicts), tuple(promotions))

@@ -130,12 +130,15 @@ class BuildRequest:
     require_gpu: bool = opt(False, "--require-gpu", help="smoke: a missing GPU fails instead of skipping")
     retest: bool = opt(False, "--retest", help="smoke: run the checks again on an image that already passed them")
     check_jobs: int | None = opt(None, "--check-jobs", metavar="N", help="smoke: " + _JOBS_HELP)
+    bake_jobs: int | None = opt(None, "--bake-jobs", metavar="N",
+                                help="main job: variants baked at once, each as soon as the image it builds on is "
+                                     "pushed (default: one more than the CPUs)")
     keep_images: bool = opt(False, "--keep-images",
                             help="keep the pushed images in the engine's store (by default they go once pushed and "
                                  "tested: the registry has them)")
     keep_cache: bool = opt(False, "--keep-cache",
-                           help="main job: keep what each wave leaves in the build cache (by default it goes once "
-                                "the wave is pushed: later waves build on its images, later runs on their inline cache)")
+                           help="main job: keep what each bake leaves in the build cache (by default it goes once "
+                                "its variant is pushed: later bakes build on its image, later runs on its inline cache)")
     emulate: tuple[str, ...] = opt((), "--emulate", field="build.emulate", metavar="EXPR",
                                    help="build under QEMU (a platform this host does not run natively) only the "
                                         "variants matching EXPR (repeatable; overrides build.emulate), e.g. '*' for all")

@@ -89,12 +89,16 @@ def test_a_second_signal_exits_at_once_even_in_a_held_section(tmp_path):
 
 
 BESIDE = """
-import sys, time
+import subprocess, sys, time
+from collections import namedtuple
 from pathlib import Path
 from dlenv import build, interrupt
+from dlenv.results import Result
 
 interrupt.install()
 out = Path(sys.argv[1])
+V = namedtuple("V", "id node chain")
+chain = [V("w1", "n1", ("n1",)), V("w2", "n2", ("n1", "n2")), V("w3", "n3", ("n1", "n2", "n3"))]
 
 def waited(name):
     deadline = time.monotonic() + 20
@@ -104,18 +108,19 @@ def waited(name):
         time.sleep(0.05)
     return True
 
-def bake(wave):
-    if wave == ["w2"]:
+def bake(variants):
+    if variants[0].id == "w2":
         try:
             (out / "ready").write_text("")
-            time.sleep(300)   # the signal comes here, in the main thread
+            subprocess.run(["sleep", "300"])   # a bake's buildx: the signal is passed on to it
+            interrupt.check()
         except KeyboardInterrupt:
             (out / "bake stopped").write_text("")
             raise
-    return wave
+    return [Result(variants[0].id, "built")]
 
-def tested(wave):
-    if wave == ["w1"]:
+def tested(results):
+    if results[0].variant == "w1":
         with interrupt.held():   # as promotion is: the section ends before the thread stops
             waited("ready")
             # Signalled in here: the bake beside stops now, not when this section ends.
@@ -123,13 +128,13 @@ def tested(wave):
         (out / "after the section").write_text("")   # never: the section's end raises
 
 try:
-    build.pipelined([["w1"], ["w2"], ["w3"]], bake, tested)
+    build.schedule(chain, lambda v: chain[chain.index(v) - 1] if chain.index(v) else None, bake, tested)
 except KeyboardInterrupt as exc:
     sys.exit(interrupt.stopped(exc, lambda line: (out / "said").write_text(line)))
 """
 
 
-def test_a_signal_stops_the_bake_at_once_and_the_wave_tested_beside_it_after_its_held_section(tmp_path):
+def test_a_signal_stops_the_bake_at_once_and_the_variant_tested_beside_it_after_its_held_section(tmp_path):
     script = tmp_path / "beside.py"
     script.write_text(textwrap.dedent(BESIDE))
     proc = subprocess.Popen([sys.executable, str(script), str(tmp_path)], env=dict(os.environ, PYTHONPATH=str(REPO / "src")))

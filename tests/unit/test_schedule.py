@@ -1,0 +1,219 @@
+"""The main job bakes each variant on its own (build.schedule), as soon as the image below it is
+pushed, several at once, on that pushed image (build.bake_plan); each bake's variants are tested
+in a thread beside the bakes."""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+import time
+
+import pytest
+
+from dlenv import graph
+from dlenv.build import bake_plan, schedule
+from dlenv.results import Result
+from helpers import SMALL, expand
+
+
+class Recorder:
+    """bake and done for schedule: what ran when, and how many bakes at once."""
+
+    def __init__(self, slow: dict[str, float] | None = None, fail: str = ""):
+        self.slow = slow or {}
+        self.fail = fail
+        self.events: list[tuple[str, str]] = []
+        self.lock = threading.Lock()
+        self.now = self.most = 0
+
+    def bake(self, variants):
+        with self.lock:
+            self.now += 1
+            self.most = max(self.most, self.now)
+            self.events.append(("bake", variants[0].id))
+        time.sleep(self.slow.get(variants[0].id, 0.02))
+        with self.lock:
+            self.now -= 1
+            self.events.append(("baked", variants[0].id))
+        return [Result(variants[0].id, "built")]
+
+    def done(self, results):
+        self.events.append(("done", ",".join(r.variant for r in results)))
+        if self.fail and results[0].variant == self.fail:
+            time.sleep(0.1)   # the next bake has started meanwhile
+            raise RuntimeError(f"{self.fail}'s checks broke")
+
+    def at(self, kind: str, variant: str) -> int:
+        return self.events.index((kind, variant))
+
+
+def test_each_variant_bakes_after_the_one_below_it_and_bakes_run_side_by_side(project):
+    p = expand(project)
+    got = Recorder()
+    schedule(p.variants, p.below, got.bake, got.done, jobs=3)
+    assert sorted(v for kind, v in got.events if kind == "bake") == sorted(v.id for v in p.variants)
+    deeper = 0
+    for v in p.variants:
+        parent = p.below(v)
+        if parent:
+            deeper += 1
+            assert got.at("baked", parent.id) < got.at("bake", v.id)
+        assert got.at("baked", v.id) < got.at("done", v.id)   # heard once pushed, one bake a call
+    assert deeper   # SMALL has stacks on flavors: there are variants on variants
+    assert got.most == 3   # SMALL's chains have room for three bakes at once, and no more ran
+
+
+def test_a_slow_variant_holds_back_only_what_is_built_on_it(project):
+    p = expand(project, select=["os=debian12"])
+    below = {v.id: p.below(v) for v in p.variants}
+    # A variant with two children, one of which has a child of its own.
+    slow = next(v for v in p.variants if sum(below[u.id] is v for u in p.variants) >= 2
+                and any(below[w.id] is not None and below[below[w.id].id] is v for w in p.variants))
+    kids = [u for u in p.variants if below[u.id] is slow]
+    quick = next(k for k in kids if any(below[w.id] is k for w in p.variants))
+    late = next(k for k in kids if k is not quick)
+    grandchild = next(w for w in p.variants if below[w.id] is quick)
+    got = Recorder(slow={late.id: 1.0})
+    schedule(p.variants, p.below, got.bake, got.done, jobs=4)
+    # In generations the grandchild would wait for its slow uncle; here it is baked beside it.
+    assert got.at("bake", late.id) < got.at("bake", grandchild.id) < got.at("baked", late.id)
+
+
+def test_a_variant_not_ready_is_held_back_while_others_bake(project):
+    p = expand(project, select=["os=debian12"])
+    held = p.variants[0]
+    release = threading.Event()
+    got = Recorder()
+
+    def bake(variants):
+        if variants[0] is not held and not release.is_set() and sum(k == "baked" for k, _ in got.events) >= 2:
+            release.set()   # its rootfs "bootstrapped" once two other bakes ended
+        return got.bake(variants)
+
+    schedule(p.variants, p.below, bake, got.done, jobs=2, ready=lambda v: v is not held or release.is_set())
+    assert got.at("baked", next(v for v in p.variants if v is not held and p.below(v) is None).id) < \
+        got.at("bake", held.id)
+    assert all(got.at("baked", held.id) < got.at("bake", v.id) for v in p.variants if p.below(v) is held)
+
+
+def test_variants_kept_are_heard_first_in_one_call_and_not_baked(project):
+    p = expand(project, select=["os=debian12"])
+    kept = [v for v in p.variants if p.below(v) is None]
+    rest = [v for v in p.variants if v not in kept]
+    got = Recorder()
+    schedule(rest, p.below, got.bake, got.done, jobs=2, kept=[Result(v.id, "built") for v in kept])
+    assert got.events[0] == ("done", ",".join(v.id for v in kept)) or got.at("done", ",".join(v.id for v in kept)) \
+        < min(got.at("baked", v.id) for v in rest)
+    assert {v for kind, v in got.events if kind == "bake"} == {v.id for v in rest}
+
+
+def test_variants_are_tested_beside_the_bakes():
+    order: list[str] = []
+    second_baking = threading.Event()
+    chain = _chain(3)
+
+    def bake(variants):
+        order.append(f"bake {variants[0].id}")
+        if variants[0].id == "v2":
+            second_baking.set()
+            time.sleep(0.2)
+        return [Result(variants[0].id, "built")]
+
+    def done(results):
+        if results[0].variant == "v1":   # fails unless v1 is tested while v2 bakes
+            assert second_baking.wait(10), "v2 did not bake while v1 was tested"
+            order.append("v1 tested while v2 baked")
+        order.append(f"tested {results[0].variant}")
+
+    schedule(chain, _below(chain), bake, done, jobs=1)
+    assert order.index("v1 tested while v2 baked") < order.index("tested v2")
+    assert order[-1] == "tested v3"
+
+
+def test_a_failure_in_the_tests_ends_the_run_once_the_bake_beside_has_ended():
+    chain = _chain(4)
+    got = Recorder(slow={"v2": 0.5}, fail="v1")
+    with pytest.raises(RuntimeError, match="v1's checks broke"):
+        schedule(chain, _below(chain), got.bake, got.done, jobs=1)
+    assert ("baked", "v2") in got.events   # the bake running then ended first
+    assert ("bake", "v4") not in got.events
+
+
+def test_a_failed_bake_still_lets_the_variants_on_it_be_settled():
+    chain = _chain(3)
+
+    def bake(variants):
+        return [Result(variants[0].id, "failed" if variants[0].id == "v1" else "not attempted")]
+
+    heard: list[str] = []
+    schedule(chain, _below(chain), bake, lambda results: heard.extend(r.status for r in results), jobs=2)
+    assert heard == ["failed", "not attempted", "not attempted"]
+
+
+@dataclasses.dataclass(frozen=True)
+class _V:
+    id: str
+    node: str
+    chain: tuple[str, ...]
+
+
+def _chain(n: int) -> list:
+    """n variants, each on the one before."""
+    return [_V(f"v{i}", f"n{i}", tuple(f"n{j}" for j in range(1, i + 1))) for i in range(1, n + 1)]
+
+
+def _below(chain):
+    by_node = {v.node: v for v in chain}
+    return lambda v: next((by_node[n] for n in reversed(v.chain[:-1]) if n in by_node), None)
+
+
+def test_a_bake_builds_on_the_image_the_variant_below_pushed(project):
+    p = expand(project, select=["os=debian12"])
+    ready: set[str] = set()
+    got = Recorder()
+    schedule(p.variants, p.below, got.bake, got.done, jobs=1)   # one at a time: the order bakes start in
+    for vid in [v for kind, v in got.events if kind == "bake"]:
+        v = next(u for u in p.variants if u.id == vid)
+        targets = graph.definition(bake_plan(p, [v], ready), "push", (), graph.Options())["target"]
+        nearest = p.below(v)
+        if nearest is None:   # a chain's first variant: its OS layers are built here
+            assert set(v.chain) <= set(targets)
+        else:   # pushed by an earlier bake: taken from the registry, nothing below it rebuilt
+            assert nearest.id in ready and not set(nearest.chain) & set(targets)
+            above = v.chain[len(nearest.chain)]   # the first node built on it
+            assert targets[above]["contexts"]["base"] == f"docker-image://{p.ref(nearest.immutable)}"
+        ready.add(v.id)
+
+
+def test_a_native_bake_file_builds_no_node_for_the_emulated_platform(project):
+    # SMALL's debian12 chains for both platforms; under QEMU here only CUDA 13's bare base (build.emulate).
+    text = SMALL + "platforms: [linux/amd64, linux/arm64]\nbuild: {emulate: ['cuda=13.0.2 flavor=base stack=none']}\n"
+    p = expand(project, text, select=["os=debian12"]).emulating("linux/amd64")
+    emulated = {v.id for v in p.variants if "linux/arm64" in v.platforms}
+    assert emulated and len(emulated) < len(p.variants)
+    os_node = p.variants[0].chain[1]
+    assert p.nodes[os_node].platforms == ("linux/amd64", "linux/arm64")   # shared: both, in the whole plan
+    for v in p.variants:
+        targets = graph.definition(bake_plan(p, [v]), "push", (), graph.Options())["target"]
+        platforms = {tuple(t.get("platforms", ["linux/amd64"])) for t in targets.values()}
+        if v.id in emulated:
+            assert ("linux/amd64", "linux/arm64") in platforms and os_node in targets
+        else:   # the OS layer too is built for linux/amd64 alone: no QEMU, no arm64 rootfs needed
+            assert platforms == {("linux/amd64",)} and os_node in targets
+
+
+def test_an_image_lacking_a_platform_the_bake_builds_on_it_is_built_again_not_taken(project):
+    # CUDA 13's runtime also for linux/arm64, its base for linux/amd64 alone: the runtime bake
+    # cannot build arm64 on the pushed base, nor fetch for arm64 on a base without amd64.
+    text = SMALL + "platforms: [linux/amd64, linux/arm64]\nbuild: {emulate: ['cuda=13.0.2 flavor=runtime stack=none']}\n"
+    p = expand(project, text, select=["os=debian12 cuda=13.0.2 stack=none"]).emulating("linux/amd64")
+    base = next(v for v in p.variants if v.flavor == "base")
+    runtime = next(v for v in p.variants if v.flavor == "runtime")
+    assert base.platforms == ("linux/amd64",) and runtime.platforms == ("linux/amd64", "linux/arm64")
+    targets = graph.definition(bake_plan(p, [runtime], {base.id}, "linux/amd64"), "push", (), graph.Options())["target"]
+    assert targets[runtime.node]["contexts"]["base"] == f"target:{base.node}"   # built here again
+    # With the platforms it needs, the same image is taken from the registry.
+    both = dataclasses.replace(base, platforms=runtime.platforms)
+    q = dataclasses.replace(p, variants=tuple(both if v.id == base.id else v for v in p.variants))
+    targets = graph.definition(bake_plan(q, [runtime], {base.id}, "linux/amd64"), "push", (), graph.Options())["target"]
+    assert targets[runtime.node]["contexts"]["base"] == f"docker-image://{p.ref(base.immutable)}"
