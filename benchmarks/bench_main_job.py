@@ -115,6 +115,12 @@ def step_times(build_log: Path) -> dict[str, float]:
     if not build_log.exists():
         return totals
     for line in build_log.read_text(errors="replace").splitlines():
+        if line.startswith("### bake"):   # each bake numbers its steps from #1
+            names.clear()
+            continue
+        if re.match(r"^#\d+ (ERROR|CANCELED)", line):
+            names.pop(line[1:].split(" ", 1)[0], None)
+            continue
         match = re.match(r"^#(\d+) \[[^\]]*\] (\S+)", line) or re.match(r"^#(\d+) (exporting|importing|resolve)", line)
         if match:
             names.setdefault(match.group(1), match.group(2))

@@ -124,10 +124,10 @@ def make_rootfs(spec: RootfsSpec, architecture: str, tar: Path, say=print,
     env = dict(os.environ if env is None else env)
     # Fixed timestamps in the tarball: the same inputs give the same rootfs layer.
     env.setdefault("SOURCE_DATE_EPOCH", "0")
-    # A foreign bootstrap runs beside the native bakes (build.py): it yields the cores to them.
-    nice = [] if architecture == native_architecture() else ["nice", "-n", "10"]
+    # A foreign bootstrap runs beside the native bakes (build.bootstraps), not niced: the
+    # variants built on it are a chain of their own that waits for it.
     out = subprocess.run(
-        [*nice, "mmdebstrap", "--variant=minbase", f"--architectures={architecture}", f"--include={packages}", "--format=tar",
+        ["mmdebstrap", "--variant=minbase", f"--architectures={architecture}", f"--include={packages}", "--format=tar",
          "--aptopt=Acquire::Retries \"3\"", spec.suite, str(partial), *spec.sources()],
         capture_output=True, text=True, env=env,
     )

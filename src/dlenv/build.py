@@ -87,7 +87,7 @@ class Builder:
                  board: Board | None = None, log: Callable[[str], None] = print,
                  options: graph.Options | None = None, baked: Baked | None = None,
                  verify_rootfs: Callable[[str, str], None] = lambda node, platform: None,
-                 keep_cache: bool = True, jobs: int = 1):
+                 keep_cache: bool = True, jobs: int = 1, rootfs: dict[tuple[str, str], Future] | None = None):
         self.plan = plan
         self.workdir = workdir = workdir.resolve()  # bake runs in the project folder
         self.output = output
@@ -101,6 +101,7 @@ class Builder:
         self.verify_rootfs = verify_rootfs   # (bootstrap node, platform): a foreign rootfs, once bootstrapped
         self.keep_cache = keep_cache         # False: what a bake made in the build cache goes after it (buildcache.py)
         self.jobs = jobs                     # variants baked at once (schedule)
+        self.rootfs = rootfs or {}           # (bootstrap node, architecture) -> its tarball (bootstraps)
         workdir.mkdir(parents=True, exist_ok=True)
         self.logfile = workdir / "build.log"
         # Bakes side by side each log to a file of their own, added whole to build.log as each ends,
@@ -117,34 +118,28 @@ class Builder:
         self.probefile = workdir / "bake-probe.json"
         self.dependents = {t: [v for v in plan.variants if t in v.chain] for t in plan.nodes}
 
-    def _bake(self, file: Path, targets: list[str], metadata: Path | None = None) -> bake.Outcome:
+    def _bake(self, file: Path, targets: list[str], metadata: Path | None = None,
+              variants: Collection[Variant] = ()) -> bake.Outcome:
+        """bake.run of targets, its progress shown on the rows of variants (those the bake is for;
+        by default every variant a target is in)."""
         interrupt.check()   # a bake beside the main thread starts nothing once a signal came
         self.bakelogs.mkdir(exist_ok=True)
         log = self.bakelogs / f"{next(self.bakes):03d}.log"
         try:
-            outcome = bake.run(file, targets, self.plan.matrix.root, log, self.builder, metadata, self._step,
-                               self.board.node_done)
+            outcome = bake.run(file, targets, self.plan.matrix.root, log, self.builder, metadata,
+                               lambda target, text: self._step(target, text, variants), self.board.node_done)
         finally:
             with self.logging, open(self.logfile, "a") as whole:
                 whole.write(log.read_text(errors="replace") if log.exists() else "")
         interrupt.check()   # its buildx was stopped by the signal: no failure to isolate
         return outcome
 
-    def _step(self, target: str, text: str) -> None:
+    def _step(self, target: str, text: str, among: Collection[Variant] = ()) -> None:
         for variant in self.dependents.get(target, []):
-            self.board.step(variant.id, f"{target}: {text}")
+            if not among or variant in among:   # a shared layer's step is not another bake's
+                self.board.step(variant.id, f"{target}: {text}")
 
     def run(self) -> list[Result]:
-        # Foreign architectures bootstrap under QEMU (minutes) in a thread of their own, beside
-        # the native bakes; a bake waits only for the rootfs its own chain stands on.
-        behind = ThreadPoolExecutor(1, thread_name_prefix="bootstrap")
-        try:
-            return self._run(behind)
-        finally:
-            # A run that stops (a signal, a full disk) starts no bootstrap it will not use.
-            behind.shutdown(wait=False, cancel_futures=True)
-
-    def _run(self, behind: ThreadPoolExecutor) -> list[Result]:
         results: dict[str, Result] = {}
 
         def settle(result: Result) -> None:
@@ -152,18 +147,7 @@ class Builder:
             self.board.finish(result.variant, result.status)
 
         broken: dict[str, list[str]] = {}
-        pulled = graph.pulled_below(self.plan)
-        rootfs: dict[tuple[str, str], Future] = {}   # (bootstrap node, architecture) -> its tarball
-        for name, node in self.plan.nodes.items():
-            if node.kind == "rootfs" and (spec := node.rootfs) and name not in pulled:
-                for arch in spec.architectures:
-                    env, waiting = self.plan.network.env(), bootstrap.staged(spec, arch)
-                    if waiting.exists():   # made by a run that stopped before it was moved in
-                        rootfs[(name, arch)] = _done(Path, waiting)
-                    elif arch == bootstrap.native_architecture() or bootstrap.rootfs_tar(spec, arch).exists():
-                        rootfs[(name, arch)] = _done(bootstrap.ensure_architecture, spec, arch, self.say, env)
-                    else:   # made beside the bakes, moved into the bakes' folder by the first bake on it
-                        rootfs[(name, arch)] = behind.submit(bootstrap.make_rootfs, spec, arch, waiting, self.say, env)
+        rootfs = dict(self.rootfs)
         self.bakefile.write_text(graph.render(graph.definition(self.plan, self.output, self.secrets, self.options)))
         self.probefile.write_text(graph.render(graph.definition(self.plan, "cache", self.secrets, self.options)))
         remaining = list(self.plan.variants)
@@ -182,13 +166,13 @@ class Builder:
         rounds = itertools.count(1)
         variant_nodes = {v.node for v in self.plan.variants}
 
-        def needed(wave: list[Variant]) -> set[tuple[str, str]]:
-            """The rootfs tarballs (bootstrap node, architecture) of the platforms wave builds for."""
-            return {(n, config.arch(p)) for v in wave if v in remaining for n in v.chain for p in v.platforms}
+        def needed(batch: list[Variant]) -> set[tuple[str, str]]:
+            """The rootfs tarballs (bootstrap node, architecture) of the platforms batch builds for."""
+            return {(n, config.arch(p)) for v in batch if v in remaining for n in v.chain for p in v.platforms}
 
-        def bake(wave: list[Variant]) -> list[Result]:
+        def bake(batch: list[Variant]) -> list[Result]:
             with self.staging:   # the rootfs tarballs this bake builds on, as they are ready
-                for name, arch in sorted(needed(wave) & rootfs.keys()):
+                for name, arch in sorted(needed(batch) & rootfs.keys()):
                     if not rootfs[(name, arch)].done():
                         self.say(f"dlenv: the next bake waits for {name}'s {arch} rootfs (bootstrapping)")
                     try:
@@ -202,17 +186,17 @@ class Builder:
                         broken.setdefault(name, [str(exc)])
             number = next(rounds)
             # A chain's first bake made the OS layers the next chains share: what it made stays.
-            first = not any(n in variant_nodes for v in wave for n in v.chain[:-1])
+            first = not any(n in variant_nodes for v in batch for n in v.chain[:-1])
             before = None if self.keep_cache else self._records()
             if before is not None and first:
                 with self.pruning:
                     self.first_bakes[number] = set(before)
             try:
-                self._build(wave, number, remaining, broken, results, settle)
+                self._build(batch, number, remaining, broken, results, settle)
             finally:
                 if before is not None:
                     self._prune(number, before, first)
-            return [results[v.id] for v in wave]
+            return [results[v.id] for v in batch]
 
         if self.baked:
             baked = self.baked
@@ -237,9 +221,9 @@ class Builder:
         """Remove what bake number made in the build cache (buildcache.py), the caches of apt and
         pip steps (cache mounts) aside; a chain's first bake (first) keeps what it made.
 
-        Bakes run side by side, so what appeared meanwhile is not all this bake's: what a build
-        uses now is left (a prune would leave it too), and so is anything a chain's first bake
-        running now may have made."""
+        Bakes run side by side, so what appeared meanwhile is not all this bake's: BuildKit leaves
+        what a build uses now, and what a chain's first bake running now may have made is left
+        here. The count and size said are of what was asked for."""
         with self.pruning:
             after = self._records()
             if after is None:
@@ -250,7 +234,7 @@ class Builder:
                 self.kept_records |= set(made)
                 del self.first_bakes[number]
                 return
-            made = {i: r for i, r in made.items() if r.reclaimable and i not in self.kept_records
+            made = {i: r for i, r in made.items() if i not in self.kept_records
                     and all(i in earlier for earlier in self.first_bakes.values())}
             if not made:
                 return
@@ -263,16 +247,16 @@ class Builder:
                  f"{sum(r.size for r in made.values()) / 1e9:.1f} GB): later bakes build on its pushed image "
                  "(--keep-cache keeps it)")
 
-    def _build(self, wave: list[Variant], number: int, remaining: list[Variant], broken: dict[str, list[str]],
+    def _build(self, batch: list[Variant], number: int, remaining: list[Variant], broken: dict[str, list[str]],
                results: dict[str, Result], settle: Callable[[Result], None]) -> None:
         """Bake these variants (those not kept already), settling a result for each.
 
         Part of the plan bakes from a bake file of its own (bake_plan): each node for the
         platforms of these variants only, on the images earlier bakes pushed."""
         bakefile, probefile, part = self.bakefile, self.probefile, self.plan
-        if len(wave) < len(self.plan.variants):
+        if len(batch) < len(self.plan.variants):
             # list(): other bakes settle their results meanwhile
-            part = bake_plan(self.plan, wave, {r.variant for r in list(results.values()) if r.status == "built"},
+            part = bake_plan(self.plan, batch, {r.variant for r in list(results.values()) if r.status == "built"},
                              engine.host_platform())
             bakefile, probefile = (self.workdir / f"bake-{number}.json", self.workdir / f"bake-probe-{number}.json")
             bakefile.write_text(graph.render(graph.definition(part, self.output, self.secrets, self.options)))
@@ -280,9 +264,10 @@ class Builder:
         tries = itertools.count(1)
         # The bake's own plan: a node taken from the registry is no target of its bake to probe.
         built, outcome = isolate(
-            part, [v for v in wave if v in remaining],
-            bake=lambda targets: self._bake(bakefile, targets, self.workdir / f"metadata-{number}-{next(tries)}.json"),
-            probe=lambda targets: self._bake(probefile, targets),
+            part, [v for v in batch if v in remaining],
+            bake=lambda targets: self._bake(bakefile, targets, self.workdir / f"metadata-{number}-{next(tries)}.json",
+                                            batch),
+            probe=lambda targets: self._bake(probefile, targets, variants=batch),
             broken=broken, settle=settle,
             found=lambda node: self.say(f"dlenv: {node} failed; building what does not depend on it "
                                         f"(log: {self.logfile})"),
@@ -294,81 +279,100 @@ class Builder:
                                              outcome.ready.get(variant.node, 0.0)))
         # A node that failed here is not baked again by a later bake (a variant not attempted
         # names the node below it that failed).
-        broken.update({results[v.id].node: results[v.id].error.splitlines() for v in wave
+        broken.update({results[v.id].node: results[v.id].error.splitlines() for v in batch
                        if results[v.id].status in ("failed", "not attempted") and results[v.id].node in self.plan.nodes})
 
 
-def bake_plan(plan: Plan, wave: list[Variant], ready: Collection[str] = (), native: str = "") -> Plan:
-    """The plan of one bake: its variants (wave), each node built for the platforms of these
+def bake_plan(plan: Plan, batch: list[Variant], ready: Collection[str] = (), native: str = "") -> Plan:
+    """The plan of one bake: its variants (batch), each node built for the platforms of these
     variants above it only, and taken from the registry where it is the node of a variant in
     ready (built and pushed by an earlier bake): what is below it is not built again.
 
     Only an image that has every platform the bake builds on it, and the build machine's own
     (native: a CUDA node's fetch stage runs on it), is taken; any other is built here again,
     from the cache, as one bake of the whole plan would."""
-    part = plan.unselect({v.id for v in plan.variants} - {v.id for v in wave}, "another bake")
-    parents = {p.id: p for v in wave if (p := plan.below(v)) and p.id in ready}
+    part = plan.unselect({v.id for v in plan.variants} - {v.id for v in batch}, "another bake")
+    parents = {p.id: p for v in batch if (p := plan.below(v)) and p.id in ready}
     takes = {p.node: p.immutable for p in parents.values()
-             if {q for v in wave if p.node in v.chain for q in v.platforms} | ({native} if native else set())
+             if {q for v in batch if p.node in v.chain for q in v.platforms} | ({native} if native else set())
              <= set(p.platforms)}
     return part.pull(takes) if takes else part
+
+
+def bootstraps(plan: Plan, behind: ThreadPoolExecutor, say: Callable[[str], None]) -> dict[tuple[str, str], Future]:
+    """The rootfs tarball of each (bootstrap node, architecture) the plan builds on: the native
+    one and those made before at once, a foreign one bootstrapped under QEMU (minutes) in behind,
+    started now; a bake waits only for the rootfs its own variant stands on (schedule's ready)."""
+    pulled = graph.pulled_below(plan)
+    rootfs: dict[tuple[str, str], Future] = {}
+    for name, node in plan.nodes.items():
+        if node.kind == "rootfs" and (spec := node.rootfs) and name not in pulled:
+            for arch in spec.architectures:
+                env, waiting = plan.network.env(), bootstrap.staged(spec, arch)
+                if waiting.exists():   # made by a run that stopped before it was moved in
+                    rootfs[(name, arch)] = _done(Path, waiting)
+                elif arch == bootstrap.native_architecture() or bootstrap.rootfs_tar(spec, arch).exists():
+                    rootfs[(name, arch)] = _done(bootstrap.ensure_architecture, spec, arch, say, env)
+                else:   # made beside the bakes, moved into the bakes' folder by the first bake on it
+                    rootfs[(name, arch)] = behind.submit(bootstrap.make_rootfs, spec, arch, waiting, say, env)
+    return rootfs
 
 
 def schedule(variants: Sequence[Variant], below: Callable[[Variant], Variant | None],
              bake: Callable[[list[Variant]], list[Result]], done: Callable[[list[Result]], None], jobs: int = 1,
              ready: Callable[[Variant], bool] = lambda variant: True, kept: Sequence[Result] = ()) -> None:
     """bake([variant]) for each variant once the variant below it (below: the image its own
-    layers go on) has been baked, up to jobs bakes at once, and done(results) of each in a thread
-    beside, one call at a time, in the order the bakes end; kept (variants not to bake, already
-    pushed) are heard first, in one call.
+    layers go on) has been baked, up to jobs bakes at once; and done(results) in a thread beside,
+    one call at a time, each with the results of every bake that ended since the call before
+    (kept: variants not to bake, already pushed, are in the first).
 
     So an image is exported only once every layer below it is (its export compresses and
     unpacks only its own layers), and a slow variant (a torch install) holds back only what is
     built on it. Baked together, a child's export began while its parent's still ran, and both
     compressed and unpacked the same CUDA layer (2 to 4 GB) at once, up to eight times over; in
-    generations, each generation waited for its slowest variant (docs/benchmarks.md).
+    generations, each generation waited for its slowest variant (docs/benchmarks.md). done gets
+    what ended meanwhile, so that its checks run side by side.
 
     The variants with the most layers still to come above them start first. ready(variant)
     False holds one back (its platform's rootfs is still bootstrapping under QEMU), and no bake
-    starts while more than jobs results wait for done: the images waiting for their checks stay
-    in the engine's store. An exception in a bake or in done ends the run once the bakes running
-    have stopped; so does a signal, raised in the main thread (the bakes' own processes get it,
-    and interrupt.check stops the threads)."""
+    starts while more than jobs variants wait for done: their images stay in the engine's store
+    until then. An exception in a bake or in done ends the run once the bakes running have
+    stopped; so does a signal, raised in the main thread (the bakes' own processes get it, and
+    interrupt.check stops the threads)."""
     above = {v.id: [u for u in variants if u is not v and v.node in u.chain] for v in variants}
     height = {v.id: max((len(u.chain) - len(v.chain) for u in above[v.id]), default=0) for v in variants}
     waiting = sorted(variants, key=lambda v: (-height[v.id], -len(above[v.id])))
     unbaked = {v.id for v in variants}
+    heard: list[Result] = list(kept)   # ended, not yet given to done
     with ThreadPoolExecutor(jobs, thread_name_prefix="bake") as bakers, \
             ThreadPoolExecutor(1, thread_name_prefix="tested") as beside:
-        heard: list[Future] = [beside.submit(done, list(kept))] if kept else []
+        hearing: Future | None = None
         running: dict[Future, Variant] = {}
         try:
-            while waiting or running:
-                for future in heard:
-                    if future.done():
-                        future.result()   # done failed: the run ends
-                behind = sum(not f.done() for f in heard)
+            while True:
+                if hearing is not None and hearing.done():
+                    hearing.result()   # done failed: the run ends
+                    hearing = None
+                if hearing is None and heard:
+                    hearing, heard = beside.submit(done, heard), []
                 for variant in list(waiting):
-                    if len(running) >= jobs or behind > jobs:
+                    if len(running) >= jobs or len(heard) > jobs:
                         break
                     parent = below(variant)
                     if (parent is None or parent.id not in unbaked) and ready(variant):
                         waiting.remove(variant)
                         running[bakers.submit(bake, [variant])] = variant
-                ended, _ = wait([*running, *(f for f in heard if not f.done())], timeout=1,
-                                return_when=FIRST_COMPLETED)
+                if not (waiting or running or hearing):
+                    return
+                ended, _ = wait([*running, *([hearing] if hearing else [])], timeout=1, return_when=FIRST_COMPLETED)
                 for future in ended & running.keys():
                     variant = running.pop(future)
-                    heard.append(beside.submit(done, future.result()))
+                    heard += future.result()
                     unbaked.discard(variant.id)
         except BaseException:
             waiting.clear()
-            for future in heard:
-                future.cancel()
             wait(running)   # their processes were stopped too (a signal), or end on their own
             raise
-        for future in heard:
-            future.result()
 
 
 def _done(function: Callable[..., object], *args: object) -> Future:
@@ -445,20 +449,26 @@ def run(plan: Plan, request: BuildRequest, board: Board, say: Callable[[str], No
         if not request.force:
             raise DlenvError(line, "free space there, build fewer variants (--select, --shard), or pass --force")
         warn(f"--force: {line}")
-    options = None
-    if not request.load:
-        caps = capabilities(request.builder)
-        scanner = sbom.scanner(plan, caps, request.workdir, say) if caps.attestations else None
-        options, notes = export_options(plan.matrix.model.build, caps, scanner, graph.credentials_in_args(plan))
-        for note in notes:
-            warn(note)
+    # A foreign platform's rootfs bootstraps beside what follows (the SBOM scanner, the bakes).
+    behind = ThreadPoolExecutor(1, thread_name_prefix="bootstrap")
     try:
+        rootfs = bootstraps(plan, behind, say)
+        options = None
+        if not request.load:
+            caps = capabilities(request.builder)
+            scanner = sbom.scanner(plan, caps, request.workdir, say) if caps.attestations else None
+            options, notes = export_options(plan.matrix.model.build, caps, scanner, graph.credentials_in_args(plan))
+            for note in notes:
+                warn(note)
         results = Builder(plan, request.workdir, "load" if request.load else "push", graph.secrets(plan),
                           request.builder, board, say, options, baked, verify_rootfs,
                           keep_cache=request.keep_cache or baked is None,
-                          jobs=request.bake_jobs or (os.cpu_count() or 1) + 1).run()
+                          jobs=request.bake_jobs or (os.cpu_count() or 1) + 1, rootfs=rootfs).run()
     except disk.Full as full:   # --force, or an estimate that was low: the same figures, now
         raise full.explained(engine.state_dir(), room) from None
+    finally:
+        # A run that stops (a signal, a full disk) starts no bootstrap it will not use.
+        behind.shutdown(wait=False, cancel_futures=True)
     # A variant left out whole; one that lost only some platforms was built for the others.
     results += [Result(left.id, "skipped", error=f"unreachable: {left.detail}")
                 for left in plan.left_out if left.reason == "unreachable" and not left.platform]

@@ -29,7 +29,6 @@ class Record:
     size: int          # bytes, as `docker buildx du` rounds them
     kind: str          # regular, exec.cachemount, source.local, ...
     description: str
-    reclaimable: bool = True   # False: a build uses it now, and a prune leaves it
 
 
 def records(builder: str | None = None) -> dict[str, Record]:
@@ -45,8 +44,7 @@ def parse(out: str) -> dict[str, Record]:
         if not line.strip():
             if "ID" in fields:
                 found[fields["ID"]] = Record(fields["ID"], size(fields.get("Size", "0B")), fields.get("Type", ""),
-                                             fields.get("Description", ""),
-                                             fields.get("Reclaimable", "true").lower() != "false")
+                                             fields.get("Description", ""))
             fields = {}
             continue
         key, _, value = line.partition(":")
@@ -63,17 +61,19 @@ def size(text: str) -> int:
 
 
 def prune(ids: set[str], builder: str | None = None) -> None:
-    """Remove these records (BuildKit leaves the ones a build uses). --all: without it, a record
-    whose snapshot the image store shares is skipped. A record goes only once those made on top
-    of it are gone: a call whose chunk held a parent but not its child leaves it for the next round."""
+    """Remove these records, but those a build uses now (BuildKit leaves them: a bake beside
+    goes on). --all: without it, a record whose snapshot the image store shares is skipped. A
+    record goes only once those made on top of it are gone: a call whose chunk held a parent but
+    not its child leaves it for the next round; a round that removed nothing is the last."""
     left = sorted(ids)
     for _ in range(3):
         for start in range(0, len(left), CHUNK):
             pattern = "^(" + "|".join(re.escape(i) for i in left[start:start + CHUNK]) + ")$"
             _buildx(builder, "prune", "--force", "--all", "--filter", f"id={pattern}")
-        left = sorted(set(left) & set(records(builder)))
-        if not left:
+        now = sorted(set(left) & set(records(builder)))
+        if not now or now == left:
             return
+        left = now
 
 
 def _buildx(builder: str | None, *args: str) -> str:

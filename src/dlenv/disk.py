@@ -105,7 +105,7 @@ class Full(DlenvError):
         return DlenvError(f"the build ran out of space in {folder} ({NO_SPACE}: {where}): {free / GB:.1f} GB free "
                           f"there; building {room.fresh} variants afresh needs about {room.need / GB:.1f} GB "
                           f"({room.per_variant / GB:.1f} GB each, {room.basis})",
-                          "free space there and rerun (nothing of this wave was pushed or promoted; finished steps "
+                          "free space there and rerun (nothing of the bakes it stopped was pushed or promoted; finished steps "
                           "are kept in the build cache)")
 
 

@@ -100,7 +100,7 @@ def target(plan: Plan, node: Node, variant: Variant | None, output: Output,
         t["dockerfile"] = str((plan.matrix.root / node.dockerfile / "Dockerfile").resolve())
     pulled = dict(plan.pulled)
     if node.parent in pulled:
-        # Built and pushed by an earlier shard or wave: its image, not a target here.
+        # Built and pushed by an earlier shard or bake: its image, not a target here.
         t["contexts"] = {"base": f"docker-image://{pulled[node.parent]}"}
     elif node.parent:
         t["contexts"] = {"base": f"target:{node.parent}"}
@@ -133,8 +133,8 @@ def target(plan: Plan, node: Node, variant: Variant | None, output: Output,
                         if k.startswith("org.opencontainers.")]
     t["tags"] = [plan.ref(tag) for tag in variant.tags]
     if output == "push" and not options.cache and variant.floating:
-        # The image carries its own cache (inline): the main job prunes the build cache between
-        # waves (buildcache.py), and its next run builds on what the last image of this variant
+        # The image carries its own cache (inline): the main job prunes the build cache after
+        # each bake (buildcache.py), and its next run builds on what the last image of this variant
         # cached instead of on nothing.
         t["cache-to"] = ["type=inline"]
         t["cache-from"] = [f"type=registry,ref={plan.ref(variant.floating[0])}"]

@@ -5,7 +5,7 @@ smoke check's `docker run`, mmdebstrap): those in its process group, so never th
 registry it may have started, which run in sessions of their own. Then it is raised in the main
 thread as Interrupted, unless a section that must not be cut (a variant's floating tags being
 moved, `held`) is running in the main thread: there it is raised when the section ends. A
-thread working beside the main one (the main job tests a wave while the next one bakes) meets
+thread working beside the main one (the main job tests what was baked while other bakes run) meets
 it at its next `check` or at the end of its own held section. A second signal kills the
 children and exits at once. `stopped` waits for the children to end and says so in one line.
 """

@@ -88,7 +88,7 @@ def isolate(plan: Plan, variants: list[Variant], bake: Bake, probe: Bake, broken
             for variant in remaining:
                 settle(Result(variant.id, "failed", error="\n".join(run.error_lines), node="?"))
             return [], None
-        # Nodes taken from the registry (an earlier shard's or wave's) are no targets to probe.
+        # Nodes taken from the registry (an earlier shard's or bake's) are no targets to probe.
         pulled = graph.pulled_below(plan)
         culprit = first_failing([n for n in graph.ancestors(plan, run.error_target) if n not in pulled], probe)
         if culprit is None:

@@ -111,7 +111,7 @@ class Plan:
     variants: tuple[Variant, ...]
     nodes: dict[str, Node] = field(hash=False)
     left_out: tuple[LeftOut, ...]
-    # Nodes an earlier shard, or an earlier wave of the main job, built and pushed: (node, the
+    # Nodes an earlier shard, or an earlier bake of the main job, built and pushed: (node, the
     # image reference of its variant). The bake takes each from the registry instead of
     # building it and what is below it.
     pulled: tuple[tuple[str, str], ...] = ()
@@ -128,7 +128,7 @@ class Plan:
 
     def below(self, variant: Variant) -> Variant | None:
         """The nearest variant of the plan under this one in its chain (the image its own layers
-        go on, in the main job's waves), or None."""
+        go on, in the main job's bakes), or None."""
         by_node = {v.node: v for v in self.variants}
         return next((by_node[n] for n in reversed(variant.chain[:-1]) if n in by_node), None)
 
@@ -148,7 +148,7 @@ class Plan:
 
     def pull(self, nodes: Mapping[str, str]) -> Plan:
         """The same plan also taking nodes (node -> the immutable tag of the variant built there)
-        from the registry: another shard, or an earlier wave, built and pushed them."""
+        from the registry: another shard, or an earlier bake, built and pushed them."""
         return replace(self, pulled=tuple(sorted({**dict(self.pulled),
                                                   **{n: self.ref(tag) for n, tag in nodes.items()}}.items())))
 

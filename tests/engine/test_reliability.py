@@ -233,9 +233,9 @@ def test_the_registry_killed_during_pushes_stops_the_run_and_the_rerun_pushes_on
         assert f"the registry {proxy.address} stopped answering while dlenv pushed {second.id}" in line, line
         own.start()
         assert own.tag(REPOSITORY, pushed[0]) and own.tag(REPOSITORY, pushed[1]) is None
-        # The second variant's wave moved no tag; an earlier wave's variant, pushed and tested
+        # The second variant's bake moved no tag; an earlier bake's variant, pushed and tested
         # beside it, may have been promoted, to the image of its own immutable tag only.
-        assert not [tag for tag in second.floating if own.tag(REPOSITORY, tag)], "a tag of the failed wave moved"
+        assert not [tag for tag in second.floating if own.tag(REPOSITORY, tag)], "a tag of the failed bake moved"
         for v in plan.variants:
             assert all(own.tag(REPOSITORY, tag) in (None, own.tag(REPOSITORY, v.immutable)) for tag in v.floating)
         rerun = len(proxy.log)
@@ -435,7 +435,7 @@ def test_two_runs_on_one_registry_take_turns_and_every_variant_ends_on_one_teste
         proxy.close()
     digests = {build: built(tmp_path / f"{build}.json") for build in runs}
     owner = {d: build for build, mine in digests.items() for d in mine.values()}
-    # The main job promotes a wave at a time: the runs take turns per promotion, so each
+    # The main job promotes a bake's variants at a time: the runs take turns per promotion, so each
     # variant's tags move as one run's block, then the other's.
     for variant in plan.variants:
         moves = [owner[r.body_digest] for r in proxy.log if r.method == "PUT" and r.manifest_tag in variant.floating]
@@ -595,7 +595,7 @@ SIZE = "4G"
 
 
 def _bakes(log: Path) -> list[list[str]]:
-    """The log's lines, one list per bake (the main job bakes in waves; each numbers its steps from #1)."""
+    """The log's lines, one list per bake (the main job bakes each variant on its own; each bake numbers its steps from #1)."""
     bakes: list[list[str]] = [[]]
     for line in log.read_text().splitlines():
         if line.startswith("### bake"):
@@ -649,7 +649,7 @@ def test_the_engine_killed_during_the_bake_is_one_line_and_the_rerun_reuses_ever
     out = (tmp_path / "out1").read_text()
     (line,) = error_lines(out)
     assert f"the engine at {scratch.host} stopped answering during the bake" in line, out[-2000:]
-    # The bake that was stopped; the waves before it were pushed, and the rerun keeps their images.
+    # The bake that was stopped; the bakes before it were pushed, and the rerun keeps their images.
     finished = finished_steps(tmp_path / "w1/build.log", last=True)
     assert any(f"first-{mark}" in step for step in finished), finished
     out = dlenv(project, *args, "--workdir", str(tmp_path / "w2"), env=scratch.env, timeout=LIMIT)

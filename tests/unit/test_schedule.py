@@ -19,10 +19,12 @@ from helpers import SMALL, expand
 class Recorder:
     """bake and done for schedule: what ran when, and how many bakes at once."""
 
-    def __init__(self, slow: dict[str, float] | None = None, fail: str = ""):
+    def __init__(self, slow: dict[str, float] | None = None, fail: str = "", hearing: float = 0.0):
         self.slow = slow or {}
         self.fail = fail
+        self.hearing = hearing   # seconds each done call takes
         self.events: list[tuple[str, str]] = []
+        self.calls: list[list[str]] = []
         self.lock = threading.Lock()
         self.now = self.most = 0
 
@@ -38,7 +40,9 @@ class Recorder:
         return [Result(variants[0].id, "built")]
 
     def done(self, results):
-        self.events.append(("done", ",".join(r.variant for r in results)))
+        self.calls.append([r.variant for r in results])
+        self.events += [("done", r.variant) for r in results]
+        time.sleep(self.hearing)
         if self.fail and results[0].variant == self.fail:
             time.sleep(0.1)   # the next bake has started meanwhile
             raise RuntimeError(f"{self.fail}'s checks broke")
@@ -102,9 +106,21 @@ def test_variants_kept_are_heard_first_in_one_call_and_not_baked(project):
     rest = [v for v in p.variants if v not in kept]
     got = Recorder()
     schedule(rest, p.below, got.bake, got.done, jobs=2, kept=[Result(v.id, "built") for v in kept])
-    assert got.events[0] == ("done", ",".join(v.id for v in kept)) or got.at("done", ",".join(v.id for v in kept)) \
-        < min(got.at("baked", v.id) for v in rest)
+    assert got.calls[0] == [v.id for v in kept]
     assert {v for kind, v in got.events if kind == "bake"} == {v.id for v in rest}
+
+
+def test_bakes_that_end_while_others_are_tested_are_heard_together(project):
+    p = expand(project)
+    got = Recorder(hearing=0.3)   # checks slower than bakes: results gather meanwhile
+    schedule(p.variants, p.below, got.bake, got.done, jobs=3)
+    assert sorted(v for call in got.calls for v in call) == sorted(v.id for v in p.variants)   # each once
+    assert len(got.calls) < len(p.variants) and max(len(call) for call in got.calls) > 1
+    # No bake started while more than jobs variants waited for their checks.
+    waiting = 0
+    for kind, _ in got.events:
+        waiting += {"baked": 1, "done": -1}.get(kind, 0)
+        assert kind != "bake" or waiting <= 3 + 3   # jobs waiting, and jobs more ending as it starts
 
 
 def test_variants_are_tested_beside_the_bakes():
