@@ -1,6 +1,7 @@
 """The main job (`nox -s build-matrix`) cold and then again with nothing changed: wall time,
-the disk's peak growth (and without the loopback registry's), when the first line of progress reached a piped log after the bake
-started, the longest the log stayed silent, and where the time went (BuildKit's step times from the build log).
+the disk's peak growth (and without the loopback registry's) and when it came, how busy the
+CPUs were, when the first line of progress reached a piped log after the bake started, the
+longest the log stayed silent, and where the time went (BuildKit's step times from the build log).
 
 Cold means dlenv's engine is stopped and its data (images, build cache, registry, bootstrap
 cache) removed first, as on a fresh machine. `--ref` runs the code of another commit (a git
@@ -57,27 +58,36 @@ def cold(tree: Path) -> None:
         shutil.rmtree(folder, ignore_errors=True)
 
 
+def cpu_times() -> tuple[int, int]:
+    """(busy, total) jiffies of all CPUs since boot (/proc/stat); idle and iowait are not busy."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    return sum(fields) - fields[3] - fields[4], sum(fields)
+
+
 def run(tree: Path, args: list[str], log: Path) -> dict:
     """One main job; its stderr timestamped line by line into log."""
     start_used, peak = used(), used()
+    peak_at = 0.0
+    cpu_start = cpu_times()
     # The same without the registry's growth: on a release runner the registry is another machine.
     start_registry = registry_used()
     peak_engine = start_used - start_registry
     stop = threading.Event()
 
     def sample() -> None:
-        nonlocal peak, peak_engine
+        nonlocal peak, peak_engine, peak_at
         ticks = 0
         while not stop.wait(2):
             now = used()
-            peak = max(peak, now)
+            if now > peak:
+                peak, peak_at = now, time.monotonic() - started
             ticks += 1
             if ticks % 5 == 0:   # walking the registry's files every 10 s
                 peak_engine = max(peak_engine, now - registry_used())
 
+    started = time.monotonic()
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
-    started = time.monotonic()
     first_progress = None
     bake_started = None
     last_line, silence = 0.0, 0.0
@@ -101,7 +111,9 @@ def run(tree: Path, args: list[str], log: Path) -> dict:
     sampler.join()
     peak = max(peak, used())
     peak_engine = max(peak_engine, used() - registry_used())
-    return {"exit": code, "seconds": round(seconds, 1), "peak_growth_bytes": peak - start_used,
+    busy, total = (end - begin for end, begin in zip(cpu_times(), cpu_start, strict=True))
+    return {"exit": code, "seconds": round(seconds, 1), "cpu_busy": round(busy / total, 3) if total else None,
+            "peak_at_s": round(peak_at, 1), "peak_growth_bytes": peak - start_used,
             "peak_growth_without_registry_bytes": peak_engine - (start_used - start_registry),
             "registry_growth_bytes": registry_used() - start_registry,
             "longest_silence_s": round(silence, 1),
@@ -140,6 +152,8 @@ def main() -> int:
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--no-cold", action="store_true", help="keep the engine's data (a warm run)")
     parser.add_argument("--build-id", default=None, help="pass this build id (e.g. an earlier run's, for a no-op)")
+    parser.add_argument("--extra", action="append", default=[], metavar="ARG",
+                        help="one more argument for `dlenv build` (e.g. --extra=--bake-jobs=2); repeatable")
     options = parser.parse_args()
     tree = ROOT
     if options.ref:
@@ -149,7 +163,7 @@ def main() -> int:
     work = ROOT / "out" / f"bench-main-job-{options.label}"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
-    given = ["--build-id", options.build_id] if options.build_id else []
+    given = (["--build-id", options.build_id] if options.build_id else []) + options.extra
     args = ["--matrix", options.matrix, *given, "--workdir", str(work / "w1"), "--metadata", str(work / "first.json")]
     if not options.no_cold:
         cold(tree)

@@ -32,6 +32,7 @@ from dlenv.errors import ConfigError, DlenvError, EngineError
 VERTEX = re.compile(r"^#(\d+) \[([^\] ]+)[^\]]*\] (.*)$")
 STATE = re.compile(r"^#(\d+) (DONE [\d.]+s|CACHED|ERROR:? .*|CANCELED)$")
 OUTPUT = re.compile(r"^#(\d+) \d+\.\d+ (.*)$")
+UNNAMED = re.compile(r"^#(\d+) (\S.*)$")   # a step named without a target, e.g. `#12 exporting to image`
 
 
 @dataclass
@@ -56,8 +57,11 @@ class Progress:
 
     def __init__(self, step: Callable[[str, str], None] = lambda target, text: None,
                  clock: Callable[[], float] = time.monotonic,
-                 done: Callable[[str, float], None] = lambda target, seconds: None):
+                 done: Callable[[str, float], None] = lambda target, seconds: None, only: str = ""):
+        """only: the bake's one target. buildx then names no target in its steps (`#10
+        [stage-0 2/3] RUN ...`, `#12 exporting to image`): every step is that target's."""
         self.outcome = Outcome()
+        self._only = only
         self._step = step
         self._done = done
         self._first: dict[str, float] = {}       # target -> when its first step started
@@ -71,10 +75,7 @@ class Progress:
         match = VERTEX.match(line)
         if match:
             vid, target, text = match.groups()
-            self._names[vid] = target
-            self._first.setdefault(target, self._clock())
-            self._lines.setdefault(vid, [text])
-            self._step(target, text)
+            self._vertex(vid, self._only or target, text)
             return
         match = STATE.match(line)
         if match:
@@ -93,6 +94,17 @@ class Progress:
         match = OUTPUT.match(line)
         if match:
             self._lines.setdefault(match.group(1), []).append(match.group(2))
+            return
+        match = UNNAMED.match(line)
+        if match and self._only:
+            self._vertex(match.group(1), self._only, match.group(2))
+
+    def _vertex(self, vid: str, target: str, text: str) -> None:
+        """A step's line (its first names it)."""
+        self._names.setdefault(vid, target)
+        self._first.setdefault(target, self._clock())
+        self._lines.setdefault(vid, [text])
+        self._step(target, text)
 
     def failed(self, stderr: str) -> Outcome:
         """The bake exited non-zero; stderr is what it printed (its last lines name the target
@@ -126,7 +138,7 @@ def run(file: Path, targets: list[str], root: Path, log: Path, builder: str | No
     """
     if metadata:
         metadata.unlink(missing_ok=True)
-    progress = Progress(step, done=done)
+    progress = Progress(step, done=done, only=targets[0] if len(targets) == 1 else "")
     stderr = ""
     env = {"BUILDX_BAKE_ENTITLEMENTS_FS": "0"}  # newer buildx asks before reading outside the context
     with open(log, "a") as out, working_dir(root):

@@ -223,7 +223,7 @@ class Builder:
 
         Bakes run side by side, so what appeared meanwhile is not all this bake's: BuildKit leaves
         what a build uses now, and what a chain's first bake running now may have made is left
-        here. The count and size said are of what was asked for."""
+        here."""
         with self.pruning:
             after = self._records()
             if after is None:
@@ -239,13 +239,14 @@ class Builder:
             if not made:
                 return
             try:
-                buildcache.prune(set(made), self.builder)
+                gone = set(made) - buildcache.prune(set(made), self.builder)
             except DlenvError as exc:
                 self.say(f"dlenv: {exc.message}")
                 return
-        self.say(f"dlenv: removed what bake {number} left in the build cache ({len(made)} records, "
-                 f"{sum(r.size for r in made.values()) / 1e9:.1f} GB): later bakes build on its pushed image "
-                 "(--keep-cache keeps it)")
+        if gone:
+            self.say(f"dlenv: removed what bake {number} left in the build cache ({len(gone)} records, "
+                     f"{sum(made[i].size for i in gone) / 1e9:.1f} GB): later bakes build on its pushed image "
+                     "(--keep-cache keeps it)")
 
     def _build(self, batch: list[Variant], number: int, remaining: list[Variant], broken: dict[str, list[str]],
                results: dict[str, Result], settle: Callable[[Result], None]) -> None:

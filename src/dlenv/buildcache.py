@@ -60,11 +60,11 @@ def size(text: str) -> int:
     return int(float(match.group(1)) * {"": 1, "k": 1e3, "K": 1e3, "M": 1e6, "G": 1e9, "T": 1e12}[match.group(2)])
 
 
-def prune(ids: set[str], builder: str | None = None) -> None:
+def prune(ids: set[str], builder: str | None = None) -> set[str]:
     """Remove these records, but those a build uses now (BuildKit leaves them: a bake beside
-    goes on). --all: without it, a record whose snapshot the image store shares is skipped. A
-    record goes only once those made on top of it are gone: a call whose chunk held a parent but
-    not its child leaves it for the next round; a round that removed nothing is the last."""
+    goes on); the ids left. --all: without it, a record whose snapshot the image store shares is
+    skipped. A record goes only once those made on top of it are gone: a call whose chunk held a
+    parent but not its child leaves it for the next round; a round that removed nothing is the last."""
     left = sorted(ids)
     for _ in range(3):
         for start in range(0, len(left), CHUNK):
@@ -72,8 +72,9 @@ def prune(ids: set[str], builder: str | None = None) -> None:
             _buildx(builder, "prune", "--force", "--all", "--filter", f"id={pattern}")
         now = sorted(set(left) & set(records(builder)))
         if not now or now == left:
-            return
+            return set(now)
         left = now
+    return set(left)
 
 
 def _buildx(builder: str | None, *args: str) -> str:

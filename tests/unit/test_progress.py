@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from dlenv import report
+from dlenv import bake, report
 from helpers import expand
 
 
@@ -31,3 +31,28 @@ def test_variants_dropped_after_the_start_are_not_counted(project):
     board = report.LiveBoard(plan, heartbeat=60)
     board.drop({v.id for v in plan.variants[1:]})
     assert "0 of 1 variants done, 0 building, 1 waiting" in board.heartbeat_line()
+
+
+def test_a_bake_of_one_target_has_its_unnamed_steps_and_its_export_read_as_that_targets():
+    # buildx names no target in the steps of a bake of one (the main job bakes a variant at a time).
+    steps: list[tuple[str, str]] = []
+    exported: list[str] = []
+    progress = bake.Progress(lambda target, text: steps.append((target, text)),
+                             done=lambda target, seconds: exported.append(target), only="13_0_2-runtime-debian12-py")
+    for line in ["#10 [stage-0 2/3] RUN pip install torch",
+                 "#10 12.301 Collecting torch",
+                 "#10 DONE 129.2s",
+                 "#12 exporting to image",
+                 "#12 exporting layers",
+                 "#12 exporting layers 109.3s done",
+                 "#12 DONE 145.4s"]:
+        progress.read(line)
+    assert steps[0] == ("13_0_2-runtime-debian12-py", "RUN pip install torch")
+    assert ("13_0_2-runtime-debian12-py", "exporting layers") in steps
+    assert exported == ["13_0_2-runtime-debian12-py"]
+    assert set(progress.outcome.ready) == {"13_0_2-runtime-debian12-py"}
+    # A bake of several targets reads each step's own target, as before.
+    several = bake.Progress()
+    for line in ["#12 [13_0_2-base-debian12] exporting to image", "#12 DONE 3.0s"]:
+        several.read(line)
+    assert set(several.outcome.ready) == {"13_0_2-base-debian12"}
