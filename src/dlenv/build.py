@@ -464,7 +464,7 @@ def run(plan: Plan, request: BuildRequest, board: Board, say: Callable[[str], No
         results = Builder(plan, request.workdir, "load" if request.load else "push", graph.secrets(plan),
                           request.builder, board, say, options, baked, verify_rootfs,
                           keep_cache=request.keep_cache or baked is None,
-                          jobs=request.bake_jobs or (os.cpu_count() or 1) + 1, rootfs=rootfs).run()
+                          jobs=request.bake_jobs or os.cpu_count() or 1, rootfs=rootfs).run()
     except disk.Full as full:   # --force, or an estimate that was low: the same figures, now
         raise full.explained(engine.state_dir(), room) from None
     finally:

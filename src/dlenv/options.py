@@ -132,7 +132,7 @@ class BuildRequest:
     check_jobs: int | None = opt(None, "--check-jobs", metavar="N", help="smoke: " + _JOBS_HELP)
     bake_jobs: int | None = opt(None, "--bake-jobs", metavar="N",
                                 help="main job: variants baked at once, each as soon as the image it builds on is "
-                                     "pushed (default: one more than the CPUs)")
+                                     "pushed (default: one per CPU)")
     keep_images: bool = opt(False, "--keep-images",
                             help="keep the pushed images in the engine's store (by default they go once pushed and "
                                  "tested: the registry has them)")

@@ -25,8 +25,9 @@ console = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty(
 
 
 def say(text: str) -> None:
-    """A line for people, printed as it is (no rich markup: messages quote brackets and paths)."""
-    console.print(text, markup=False)
+    """A line for people, printed as it is (no rich markup: messages quote brackets and paths);
+    in a log, not wrapped (a heartbeat naming three steps is longer than the log's width)."""
+    console.print(text, markup=False, soft_wrap=not console.is_terminal)
 
 
 def warn(text: str) -> None:

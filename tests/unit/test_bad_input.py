@@ -244,13 +244,14 @@ def test_bad_input_from_the_shell_has_no_traceback_and_builds_nothing(project, t
     assert not (project / "out").exists(), "a bake file was written for bad input"
 
 
+@pytest.mark.parametrize("flag", ["--check-jobs", "--bake-jobs"])
 @pytest.mark.parametrize("value", ["0", "-2", "two"])
-def test_a_count_flag_that_is_not_1_or_more_is_refused_before_anything_runs(project, tmp_path, value):
+def test_a_count_flag_that_is_not_1_or_more_is_refused_before_anything_runs(project, tmp_path, flag, value):
     write(project / "matrix.yaml", GOOD)
     env = dict(os.environ, DOCKER_HOST=f"unix://{tmp_path}/none.sock", PYTHONPATH=str(REPO / "src"))
-    out = subprocess.run([sys.executable, "-m", "dlenv", "build", "--check-jobs", value], cwd=project, env=env,
+    out = subprocess.run([sys.executable, "-m", "dlenv", "build", flag, value], cwd=project, env=env,
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 2
-    assert "argument --check-jobs:" in out.stderr.splitlines()[-1], out.stderr
+    assert f"argument {flag}:" in out.stderr.splitlines()[-1], out.stderr
     assert "Traceback" not in out.stderr
     assert not (project / "out").exists()
