@@ -4,8 +4,9 @@ buildx prints each step as a vertex (`#12 [target 2/3] RUN ...`), then the step'
 (`#12 0.289 ...`) and its end (`#12 DONE 1.2s`, `CACHED`, `ERROR: ...`, `CANCELED`). Progress
 reads that text into an Outcome: the target whose step failed first, with that step's last
 lines, and when each target was exported. Every line also goes to the build log, under a
-`### bake TARGETS` header per bake. Also here: what a buildx builder can do (Capabilities) and
-the folder bake runs in (bake files name contexts relative to the project).
+`### bake TARGETS` header per bake. Also here: what a buildx builder can do (Capabilities).
+Bake files name their folders absolutely: bakes run side by side in threads of one process,
+which has one working folder.
 
 A bake that failed because the engine went away, or because a disk filled up, is not a failing
 node: it stops the run at once, in one line (EngineError, disk.Full), without probing every node
@@ -14,12 +15,11 @@ again against an engine that cannot build.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -57,11 +57,14 @@ class Progress:
 
     def __init__(self, step: Callable[[str, str], None] = lambda target, text: None,
                  clock: Callable[[], float] = time.monotonic,
-                 done: Callable[[str, float], None] = lambda target, seconds: None, only: str = ""):
-        """only: the bake's one target. buildx then names no target in its steps (`#10
-        [stage-0 2/3] RUN ...`, `#12 exporting to image`): every step is that target's."""
+                 done: Callable[[str, float], None] = lambda target, seconds: None, only: str = "",
+                 targets: Collection[str] = ()):
+        """only: the bake's one target. buildx then names no target in that target's own steps
+        (`#10 [stage-0 2/3] RUN ...`, `#12 exporting to image`): those are its. A step of a
+        target it builds on (targets: every target of the bake file) still names its own."""
         self.outcome = Outcome()
         self._only = only
+        self._targets = set(targets)
         self._step = step
         self._done = done
         self._first: dict[str, float] = {}       # target -> when its first step started
@@ -75,7 +78,7 @@ class Progress:
         match = VERTEX.match(line)
         if match:
             vid, target, text = match.groups()
-            self._vertex(vid, self._only or target, text)
+            self._vertex(vid, target if target in self._targets or not self._only else self._only, text)
             return
         match = STATE.match(line)
         if match:
@@ -119,29 +122,20 @@ class Progress:
         return run
 
 
-@contextlib.contextmanager
-def working_dir(path: Path) -> Iterator[None]:
-    old = os.getcwd()
-    os.chdir(path)
-    try:
-        yield
-    finally:
-        os.chdir(old)
-
-
-def run(file: Path, targets: list[str], root: Path, log: Path, builder: str | None = None,
+def run(file: Path, targets: list[str], log: Path, builder: str | None = None,
         metadata: Path | None = None, step: Callable[[str, str], None] = lambda target, text: None,
         done: Callable[[str, float], None] = lambda target, seconds: None) -> Outcome:
-    """Bake targets of file in the project folder root, appending its progress to log.
+    """Bake targets of file (its folders are absolute), appending its progress to log.
 
     metadata: where buildx writes what it built (read into the Outcome when every target built).
     """
     if metadata:
         metadata.unlink(missing_ok=True)
-    progress = Progress(step, done=done, only=targets[0] if len(targets) == 1 else "")
+    progress = Progress(step, done=done, only=targets[0] if len(targets) == 1 else "",
+                        targets=json.loads(file.read_text()).get("target", {}))
     stderr = ""
     env = {"BUILDX_BAKE_ENTITLEMENTS_FS": "0"}  # newer buildx asks before reading outside the context
-    with open(log, "a") as out, working_dir(root):
+    with open(log, "a") as out:
         out.write(f"\n### bake {' '.join(targets)}\n")
         try:
             stream = DockerClient().buildx.bake(targets, files=[str(file)], builder=builder, progress="plain",

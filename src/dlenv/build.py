@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import shutil
 import threading
 from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -107,6 +108,7 @@ class Builder:
         # Bakes side by side each log to a file of their own, added whole to build.log as each ends,
         # so that build.log reads bake by bake (each numbers its steps from #1).
         self.bakelogs = workdir / "bakes"
+        shutil.rmtree(self.bakelogs, ignore_errors=True)   # an earlier run's, numbered alike
         self.bakes = itertools.count(1)
         self.logging = threading.Lock()
         self.staging = threading.Lock()   # rootfs tarballs moved in and checked, one bake at a time
@@ -114,6 +116,7 @@ class Builder:
         self.pruning = threading.Lock()
         self.kept_records: set[str] = set()
         self.first_bakes: dict[int, set[str]] = {}   # a chain's first bakes running now: the records before each
+        self.firsts_left = 0                         # a chain's first bakes not ended yet
         self.bakefile = workdir / "bake.json"
         self.probefile = workdir / "bake-probe.json"
         self.dependents = {t: [v for v in plan.variants if t in v.chain] for t in plan.nodes}
@@ -126,7 +129,7 @@ class Builder:
         self.bakelogs.mkdir(exist_ok=True)
         log = self.bakelogs / f"{next(self.bakes):03d}.log"
         try:
-            outcome = bake.run(file, targets, self.plan.matrix.root, log, self.builder, metadata,
+            outcome = bake.run(file, targets, log, self.builder, metadata,
                                lambda target, text: self._step(target, text, variants), self.board.node_done)
         finally:
             with self.logging, open(self.logfile, "a") as whole:
@@ -166,6 +169,11 @@ class Builder:
         rounds = itertools.count(1)
         variant_nodes = {v.node for v in self.plan.variants}
 
+        def first(variant: Variant) -> bool:   # a chain's first: no variant below it
+            return not any(n in variant_nodes for n in variant.chain[:-1])
+
+        self.firsts_left = sum(map(first, remaining))
+
         def needed(batch: list[Variant]) -> set[tuple[str, str]]:
             """The rootfs tarballs (bootstrap node, architecture) of the platforms batch builds for."""
             return {(n, config.arch(p)) for v in batch if v in remaining for n in v.chain for p in v.platforms}
@@ -186,16 +194,19 @@ class Builder:
                         broken.setdefault(name, [str(exc)])
             number = next(rounds)
             # A chain's first bake made the OS layers the next chains share: what it made stays.
-            first = not any(n in variant_nodes for v in batch for n in v.chain[:-1])
+            firsts = all(map(first, batch))
             before = None if self.keep_cache else self._records()
-            if before is not None and first:
+            if before is not None and firsts:
                 with self.pruning:
                     self.first_bakes[number] = set(before)
             try:
                 self._build(batch, number, remaining, broken, results, settle)
-            finally:
-                if before is not None:
-                    self._prune(number, before, first)
+            except BaseException:   # a run that stops keeps its cache: the rerun finds its steps
+                with self.pruning:
+                    self.first_bakes.pop(number, None)
+                raise
+            if before is not None:
+                self._prune(number, before, firsts)
             return [results[v.id] for v in batch]
 
         if self.baked:
@@ -219,21 +230,28 @@ class Builder:
 
     def _prune(self, number: int, before: dict[str, buildcache.Record], first: bool) -> None:
         """Remove what bake number made in the build cache (buildcache.py), the caches of apt and
-        pip steps (cache mounts) aside; a chain's first bake (first) keeps what it made.
+        pip steps (cache mounts) aside; a chain's first bake (first) keeps what it made until the
+        last chain's first bake ends.
 
         Bakes run side by side, so what appeared meanwhile is not all this bake's: BuildKit leaves
         what a build uses now, and what a chain's first bake running now may have made is left
         here."""
         with self.pruning:
             after = self._records()
+            if first:
+                del self.first_bakes[number]
+                self.firsts_left -= 1
             if after is None:
-                self.first_bakes.pop(number, None)
                 return
             made = {i: r for i, r in after.items() if i not in before and r.kind == "regular"}
             if first:
-                self.kept_records |= set(made)
-                del self.first_bakes[number]
-                return
+                if self.firsts_left:   # another chain's first bake shares the OS layers
+                    self.kept_records |= set(made)
+                    return
+                # The last: no bake is left to share what the first bakes kept (nor what bakes
+                # beside them made meanwhile).
+                made.update({i: after[i] for i in self.kept_records if i in after})
+                self.kept_records.clear()
             made = {i: r for i, r in made.items() if i not in self.kept_records
                     and all(i in earlier for earlier in self.first_bakes.values())}
             if not made:

@@ -75,10 +75,12 @@ def labels(plan: Plan, variant: Variant) -> dict[str, str]:
     return out
 
 
-def _context(node: Node) -> str:
+def _context(plan: Plan, node: Node) -> str:
+    """The node's build context, an absolute folder: bakes run side by side in threads of one
+    process, which cannot each have a working folder of their own."""
     if node.kind == "rootfs" and node.rootfs:
         return str(bootstrap.rootfs_dir(node.rootfs))
-    return node.dockerfile
+    return str((plan.matrix.root / node.dockerfile).resolve())
 
 
 def ancestors(plan: Plan, name: str) -> list[str]:
@@ -91,7 +93,7 @@ def ancestors(plan: Plan, name: str) -> list[str]:
 
 def target(plan: Plan, node: Node, variant: Variant | None, output: Output,
            secrets: tuple[Secret, ...], options: Options = Options()) -> dict:
-    t: dict = {"context": _context(node)}
+    t: dict = {"context": _context(plan, node)}
     if node.platforms and node.platforms != ("linux/amd64",):
         # Each platform's image under the same tags (an index); a family of linux/amd64 alone
         # leaves it to the builder's default, as its bake files always did.
@@ -106,9 +108,9 @@ def target(plan: Plan, node: Node, variant: Variant | None, output: Output,
         t["contexts"] = {"base": f"target:{node.parent}"}
     elif node.base_image:
         t["contexts"] = {"base": f"docker-image://{node.base_image}"}
-    if node.contexts:
-        # Relative to the project folder, where bake runs, like the node's own context.
-        t.setdefault("contexts", {}).update(node.contexts)
+    if node.contexts:   # folders under the project, like the node's own context
+        t.setdefault("contexts", {}).update({name: str((plan.matrix.root / folder).resolve())
+                                             for name, folder in node.contexts})
     args = dict(node.args)
     # Fixes the image's creation time to the commit's: rebuilds of a commit are identical.
     args["SOURCE_DATE_EPOCH"] = str(plan.build.epoch)

@@ -16,7 +16,7 @@ from python_on_whales import DockerClient
 from python_on_whales.exceptions import DockerException
 
 from dlenv import bootstrap, graph, reach, registry
-from dlenv.bake import Capabilities, working_dir
+from dlenv.bake import Capabilities
 from dlenv.errors import DlenvError
 from dlenv.plan import Plan, with_mirror
 
@@ -48,7 +48,8 @@ def definition(plan: Plan, ref: str, push: bool) -> dict:
     # The builder's own platform only: a foreign platform's OS layers would wait for its bootstrap.
     targets = {name: {k: v for k, v in graph.target(plan, plan.nodes[name], None, "cache", ()).items() if k != "platforms"}
                for name in graph.ancestors(plan, base)}
-    targets[TARGET] = {"context": FOLDER, "contexts": {"base": f"target:{base}"}, "tags": [ref],
+    folder = str((plan.matrix.root / FOLDER).resolve())
+    targets[TARGET] = {"context": folder, "contexts": {"base": f"target:{base}"}, "tags": [ref],
                        "attest": ["type=provenance,disabled=true"],
                        "output": ["type=image,oci-mediatypes=true" + (",push=true" if push else "")]}
     return {"group": {"default": {"targets": [TARGET]}}, "target": targets}
@@ -66,9 +67,8 @@ def build_scanner(plan: Plan, caps: Capabilities, workdir: Path) -> str:
     file = workdir / "bake-sbom-scanner.json"
     file.write_text(graph.render(definition(plan, ref, push=caps.driver != "docker")))
     client = DockerClient()
-    with working_dir(plan.matrix.root):
-        client.buildx.bake([TARGET], files=[str(file)], builder=caps.name, progress=False,
-                           variables={"BUILDX_BAKE_ENTITLEMENTS_FS": "0"})
+    client.buildx.bake([TARGET], files=[str(file)], builder=caps.name, progress=False,
+                       variables={"BUILDX_BAKE_ENTITLEMENTS_FS": "0"})
     if caps.driver == "docker":
         client.image.push(ref, quiet=True)
     return ref

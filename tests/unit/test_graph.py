@@ -38,13 +38,15 @@ def test_chains_link_through_named_contexts(project):
 
 
 def test_a_recipes_own_contexts_come_beside_base(project):
-    # recipes/ssh.toml names images/common (the DLENV_UID user), relative to the project like
-    # every context, since bake runs there.
+    # recipes/ssh.toml names images/common (the DLENV_UID user), relative to the project; the
+    # bake file names it absolutely, like every context (bakes run side by side in one process).
     p = expand(project)
     ssh = dict(p.matrix.recipes["ssh"].contexts)
     assert ssh and all((project / folder).is_dir() for folder in ssh.values())
     t = graph.definition(p)["target"]
-    assert t["13_0_2-devel-debian12-py-dev-ssh"]["contexts"] == {"base": "target:13_0_2-devel-debian12-py-dev", **ssh}
+    assert t["13_0_2-devel-debian12-py-dev-ssh"]["contexts"] == \
+        {"base": "target:13_0_2-devel-debian12-py-dev", **{k: str((project / f).resolve()) for k, f in ssh.items()}}
+    assert t["13_0_2-devel-debian12-py-dev-ssh"]["context"] == str((project / "images/ssh").resolve())
     assert t["13_0_2-devel-debian12-py-dev"]["contexts"] == {"base": "target:13_0_2-devel-debian12-py"}
 
 

@@ -38,8 +38,13 @@ def test_a_bake_of_one_target_has_its_unnamed_steps_and_its_export_read_as_that_
     steps: list[tuple[str, str]] = []
     exported: list[str] = []
     progress = bake.Progress(lambda target, text: steps.append((target, text)),
-                             done=lambda target, seconds: exported.append(target), only="13_0_2-runtime-debian12-py")
-    for line in ["#10 [stage-0 2/3] RUN pip install torch",
+                             done=lambda target, seconds: exported.append(target), only="13_0_2-runtime-debian12-py",
+                             targets=["os-debian12", "13_0_2-runtime-debian12-py"])
+    for line in ["#8 [os-debian12 stage-0 1/2] RUN apt-get install locales",   # a target it builds on
+                 "#8 DONE 20.0s",
+                 "#9 [os-debian12] exporting to image",
+                 "#9 DONE 2.0s",
+                 "#10 [stage-0 2/3] RUN pip install torch",
                  "#10 12.301 Collecting torch",
                  "#10 DONE 129.2s",
                  "#12 exporting to image",
@@ -47,10 +52,11 @@ def test_a_bake_of_one_target_has_its_unnamed_steps_and_its_export_read_as_that_
                  "#12 exporting layers 109.3s done",
                  "#12 DONE 145.4s"]:
         progress.read(line)
-    assert steps[0] == ("13_0_2-runtime-debian12-py", "RUN pip install torch")
+    assert steps[0] == ("os-debian12", "RUN apt-get install locales")
+    assert ("13_0_2-runtime-debian12-py", "RUN pip install torch") in steps
     assert ("13_0_2-runtime-debian12-py", "exporting layers") in steps
-    assert exported == ["13_0_2-runtime-debian12-py"]
-    assert set(progress.outcome.ready) == {"13_0_2-runtime-debian12-py"}
+    assert exported == ["os-debian12", "13_0_2-runtime-debian12-py"]
+    assert set(progress.outcome.ready) == {"os-debian12", "13_0_2-runtime-debian12-py"}
     # A bake of several targets reads each step's own target, as before.
     several = bake.Progress()
     for line in ["#12 [13_0_2-base-debian12] exporting to image", "#12 DONE 3.0s"]:
