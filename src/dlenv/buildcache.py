@@ -62,14 +62,16 @@ def size(text: str) -> int:
 
 def prune(ids: set[str], builder: str | None = None) -> set[str]:
     """Remove these records, but those a build uses now (BuildKit leaves them: a bake beside
-    goes on); the ids left. --all: without it, a record whose snapshot the image store shares is
-    skipped. A record goes only once those made on top of it are gone: a call whose chunk held a
-    parent but not its child leaves it for the next round; a round that removed nothing is the last."""
+    goes on) and those whose snapshot an image in the store shares (no --all): an image's layers
+    stay while the image does, for the bakes on it, whose inline cache reads every layer below
+    (with them pruned, such an export failed `not found`). The ids left. A record goes only once
+    those made on top of it are gone: a call whose chunk held a parent but not its child leaves
+    it for the next round; a round that removed nothing is the last."""
     left = sorted(ids)
     for _ in range(3):
         for start in range(0, len(left), CHUNK):
             pattern = "^(" + "|".join(re.escape(i) for i in left[start:start + CHUNK]) + ")$"
-            _buildx(builder, "prune", "--force", "--all", "--filter", f"id={pattern}")
+            _buildx(builder, "prune", "--force", "--filter", f"id={pattern}")
         now = sorted(set(left) & set(records(builder)))
         if not now or now == left:
             return set(now)
