@@ -2,10 +2,11 @@
 
 Each variant above a chain's first builds on the image the variant below it pushed
 (build.schedule), so what a finished bake made in the build cache is read by no later bake of
-the run: the CUDA trees the fetch stages laid out, the pip and apt steps, the layers copied into
-images. Most of the data root's peak was that cache (docs/benchmarks.md). A chain's first bake
-keeps what it made (its base flavor's CUDA too): the OS layers every chain of that OS shares are
-among it.
+the run but through the image: the CUDA trees the fetch stages laid out go, the layers of an
+image still in the store stay (prune). Most of the data root's peak was that cache
+(docs/benchmarks.md; Docker 26.1 also keeps every layer its SBOM scanner read). The chains'
+first bakes keep what they made (their base flavor's CUDA too) until the last of them ends: the
+OS layers every chain of that OS shares are among it.
 The next run finds part of its cache in the pushed images themselves (inline cache,
 graph.target): a step copying from another stage runs that stage again.
 """
