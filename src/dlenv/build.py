@@ -1,7 +1,8 @@
 """The build stage: a plan built into images, a Result per variant (build.run is its front door).
 
 It brings the engine and registry up, probes sources, pins bases by the lock and sets up
-attestations, then one Builder bakes the whole family: bake.py runs `docker buildx bake` and
+attestations, then one Builder bakes the family (the main job: a bake per variant, several at
+once, build.schedule): bake.py runs `docker buildx bake` and
 reads its progress, isolate.py finds which node failed and bakes again what does not depend on
 it, publish.py guards immutable tags, pushes and sizes what was built.
 """
@@ -81,7 +82,8 @@ def export_options(settings: BuildSettings, caps: Capabilities, sbom_scanner: st
 
 
 class Builder:
-    """One bake graph for the whole plan, and a Result per variant (log and bake files in workdir)."""
+    """The plan baked, in one bake or (the main job) a bake per variant, and a Result per variant
+    (log and bake files in workdir)."""
 
     def __init__(self, plan: Plan, workdir: Path, output: graph.Output = "push",
                  secrets: tuple[graph.Secret, ...] = (), builder: str | None = None,
@@ -90,7 +92,7 @@ class Builder:
                  verify_rootfs: Callable[[str, str], None] = lambda node, platform: None,
                  keep_cache: bool = True, jobs: int = 1, rootfs: dict[tuple[str, str], Future] | None = None):
         self.plan = plan
-        self.workdir = workdir = workdir.resolve()  # bake runs in the project folder
+        self.workdir = workdir = workdir.resolve()  # bake files name absolute paths (graph.folder)
         self.output = output
         self.secrets = secrets
         self.builder = builder

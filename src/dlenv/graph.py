@@ -75,12 +75,16 @@ def labels(plan: Plan, variant: Variant) -> dict[str, str]:
     return out
 
 
+def folder(plan: Plan, relative: str) -> str:
+    """A path under the project, absolute, as bake files name every path: bakes run side by
+    side in threads of one process, which cannot each have a working folder of their own."""
+    return str((plan.matrix.root / relative).resolve())
+
+
 def _context(plan: Plan, node: Node) -> str:
-    """The node's build context, an absolute folder: bakes run side by side in threads of one
-    process, which cannot each have a working folder of their own."""
     if node.kind == "rootfs" and node.rootfs:
         return str(bootstrap.rootfs_dir(node.rootfs))
-    return str((plan.matrix.root / node.dockerfile).resolve())
+    return folder(plan, node.dockerfile)
 
 
 def ancestors(plan: Plan, name: str) -> list[str]:
@@ -99,7 +103,7 @@ def target(plan: Plan, node: Node, variant: Variant | None, output: Output,
         # leaves it to the builder's default, as its bake files always did.
         t["platforms"] = list(node.platforms)
     if node.kind == "rootfs":
-        t["dockerfile"] = str((plan.matrix.root / node.dockerfile / "Dockerfile").resolve())
+        t["dockerfile"] = folder(plan, f"{node.dockerfile}/Dockerfile")
     pulled = dict(plan.pulled)
     if node.parent in pulled:
         # Built and pushed by an earlier shard or bake: its image, not a target here.
@@ -109,8 +113,7 @@ def target(plan: Plan, node: Node, variant: Variant | None, output: Output,
     elif node.base_image:
         t["contexts"] = {"base": f"docker-image://{node.base_image}"}
     if node.contexts:   # folders under the project, like the node's own context
-        t.setdefault("contexts", {}).update({name: str((plan.matrix.root / folder).resolve())
-                                             for name, folder in node.contexts})
+        t.setdefault("contexts", {}).update({name: folder(plan, path) for name, path in node.contexts})
     args = dict(node.args)
     # Fixes the image's creation time to the commit's: rebuilds of a commit are identical.
     args["SOURCE_DATE_EPOCH"] = str(plan.build.epoch)

@@ -48,8 +48,7 @@ def definition(plan: Plan, ref: str, push: bool) -> dict:
     # The builder's own platform only: a foreign platform's OS layers would wait for its bootstrap.
     targets = {name: {k: v for k, v in graph.target(plan, plan.nodes[name], None, "cache", ()).items() if k != "platforms"}
                for name in graph.ancestors(plan, base)}
-    folder = str((plan.matrix.root / FOLDER).resolve())
-    targets[TARGET] = {"context": folder, "contexts": {"base": f"target:{base}"}, "tags": [ref],
+    targets[TARGET] = {"context": graph.folder(plan, FOLDER), "contexts": {"base": f"target:{base}"}, "tags": [ref],
                        "attest": ["type=provenance,disabled=true"],
                        "output": ["type=image,oci-mediatypes=true" + (",push=true" if push else "")]}
     return {"group": {"default": {"targets": [TARGET]}}, "target": targets}
