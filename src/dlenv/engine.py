@@ -1,7 +1,7 @@
 """Find or start what builds need: a Docker engine with buildx, and a registry to push to.
 
 Order: DOCKER_HOST, the default socket, then dlenv's own private engine. Where none answers and
-we run as root on Debian or Ubuntu, dlenv installs Docker 26 + buildx from Debian packages and
+we run as root on Debian or Ubuntu, dlenv installs Docker 28 + buildx from Debian packages and
 starts a private dockerd (containerd image store) and a registry on 127.0.0.1:5000. Everything it
 starts is recorded by pid under the state directory, and `down` stops exactly those processes.
 
@@ -35,10 +35,14 @@ from dlenv.registry import base_url, ping
 
 DEFAULT_REGISTRY = "127.0.0.1:5000"
 MIN_BUILDX = (0, 13)
-# Debian 12's own docker.io (20.10) cannot export registry cache or attestations, and it has no
-# buildx: on bookworm dlenv takes these packages from the next Debian release (they install there).
-ENGINE_PACKAGES = ["containerd", "docker.io", "docker-cli", "docker-buildx", "docker-compose"]
-HOST_PACKAGES = ["runc", "tini", "iptables", "docker-registry", "mmdebstrap", "ca-certificates"]
+# Debian 12's docker.io (20.10) cannot export registry cache or attestations, and Debian 13's
+# (26.1) keeps every layer its SBOM scanner read in use until dockerd restarts: on Debian dlenv
+# takes these packages from the next Debian release (they install on 12 and 13), tini-static for
+# docker-init, which Debian 12's tini package would otherwise hold.
+ENGINE_PACKAGES = ["containerd", "docker.io", "docker-cli", "docker-buildx", "docker-compose", "tini-static"]
+NEXT_DEBIAN = "forky"
+MIN_DOCKER = (28,)
+HOST_PACKAGES = ["runc", "iptables", "docker-registry", "mmdebstrap", "ca-certificates"]
 
 Say = Callable[[str], None]
 
@@ -178,13 +182,16 @@ def install_tools(packages: list[str], why: str, say: Say = print) -> None:
     _apt("install", "-y", "-qq", "--no-install-recommends", *packages)
 
 
+def _docker_io_ok() -> bool:
+    return bool(_version_tuple(_installed("docker.io") or "0")[:1] >= MIN_DOCKER and _installed("docker-buildx"))
+
+
 def install(say: Say = print) -> None:
-    """Install Docker 26 + buildx + compose, a registry and mmdebstrap from Debian packages."""
+    """Install Docker 28 + buildx + compose, a registry and mmdebstrap from Debian packages."""
     _need_root_debian("install an engine")
     release = hostconf.os_release()
     missing = [p for p in HOST_PACKAGES if not _installed(p)]
-    docker_ok = (_version_tuple(_installed("docker.io") or "0")[:1] >= (26,)
-                 and _installed("docker-buildx"))
+    docker_ok = _docker_io_ok()
     if not missing and docker_ok:
         return
     say(f"dlenv: installing {', '.join(missing + ([] if docker_ok else ENGINE_PACKAGES))} "
@@ -197,7 +204,7 @@ def install(say: Say = print) -> None:
         policy.chmod(0o755)
     try:
         _apt("update", "-qq")
-        if release.get("ID") == "debian" and release.get("VERSION_ID") == "12" and not docker_ok:
+        if release.get("ID") == "debian" and not docker_ok:
             _apt("install", "-y", "-qq", "--no-install-recommends", *missing)
             _install_from_next_debian(say)
         else:
@@ -240,14 +247,16 @@ def _install_from_next_debian(say: Say) -> None:
     work = Path(tempfile.mkdtemp(prefix="dlenv-apt-"))
     try:
         try:
-            debs = [str(p) for p in download_debs(ENGINE_PACKAGES, work, suite="trixie")]
+            debs = [str(p) for p in download_debs(ENGINE_PACKAGES, work, suite=NEXT_DEBIAN)]
         except EngineError as exc:
-            raise EngineError(exc.message, "install docker.io >= 26 and docker-buildx yourself") from None
-        out = subprocess.run(["dpkg", "-i", *debs], capture_output=True, text=True,
-                             env=dict(os.environ, DEBIAN_FRONTEND="noninteractive"))
-        if out.returncode != 0:
-            raise EngineError(f"installing the engine packages failed: {out.stderr.strip()[-300:]}",
-                              "install docker.io >= 26 and docker-buildx yourself")
+            raise EngineError(exc.message, "install docker.io >= 28 and docker-buildx yourself") from None
+        say(f"dlenv: installing Docker from Debian {NEXT_DEBIAN}: {', '.join(Path(d).name for d in debs)}")
+        # apt, not dpkg: it takes their dependencies from the host's sources, and removes an older
+        # tini that tini-static replaces.
+        try:
+            _apt("install", "-y", "-qq", "--no-install-recommends", *debs)
+        except EngineError as exc:
+            raise EngineError(exc.message, "install docker.io >= 28 and docker-buildx yourself") from None
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -292,7 +301,9 @@ def _spawn(name: str, argv: list[str], env: dict[str, str] | None = None) -> int
 
 
 def _start_private(say: Say, env: dict[str, str] | None = None) -> None:
-    if not shutil.which("dockerd") or not shutil.which("docker-registry"):
+    # A Docker of another package (docker-ce) is used as it is; Debian's, where older, is upgraded.
+    if not shutil.which("dockerd") or not shutil.which("docker-registry") \
+            or (_installed("docker.io") and not _docker_io_ok()):
         install(say)
     else:
         _need_root_debian("start an engine")
