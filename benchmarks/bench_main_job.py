@@ -1,6 +1,6 @@
 """The main job (`nox -s build-matrix`) cold and then again with nothing changed: wall time,
 the disk's peak growth (and without the loopback registry's) and when it came, how busy the
-CPUs were, when the first line of progress reached a piped log after the bake started, the
+CPUs were and what used them, when the first line of progress reached a piped log after the bake started, the
 longest the log stayed silent, and where the time went (BuildKit's step times from the build log).
 
 Cold means dlenv's engine is stopped and its data (images, build cache, registry, bootstrap
@@ -64,11 +64,42 @@ def cpu_times() -> tuple[int, int]:
     return sum(fields) - fields[3] - fields[4], sum(fields)
 
 
+CGROUPS = {"all": "", "containers": "docker", "build steps": "docker/buildkit"}
+
+
+def cgroup_cpu() -> dict[str, float]:
+    """CPU seconds each group has used (cgroup v1 cpuacct, or v2 cpu.stat): all of the machine,
+    the engine's containers (the checks, and BuildKit's steps), BuildKit's steps. A group's count
+    keeps what its removed children used."""
+    found: dict[str, float] = {}
+    for name, path in CGROUPS.items():
+        v1 = Path("/sys/fs/cgroup/cpuacct", path, "cpuacct.usage")
+        v2 = Path("/sys/fs/cgroup", path, "cpu.stat")
+        if v1.exists():
+            found[name] = int(v1.read_text()) / 1e9
+        elif v2.exists():
+            stat = dict(line.split() for line in v2.read_text().splitlines())
+            found[name] = int(stat["usage_usec"]) / 1e6
+        else:
+            found[name] = 0.0
+    return found
+
+
+def cpu_split(start: dict[str, float], end: dict[str, float]) -> dict[str, float]:
+    """CPU seconds of the run: BuildKit's steps (RUN, under QEMU too), the checks' containers,
+    and the rest (the engine exporting, compressing, pushing and unpacking; the registry; the
+    bootstraps; dlenv)."""
+    used = {name: end[name] - start[name] for name in CGROUPS}
+    return {"build steps": round(used["build steps"]),
+            "checks": round(used["containers"] - used["build steps"]),
+            "engine, registry, bootstraps, dlenv": round(used["all"] - used["containers"])}
+
+
 def run(tree: Path, args: list[str], log: Path) -> dict:
     """One main job; its stderr timestamped line by line into log."""
     start_used, peak = used(), used()
     peak_at = 0.0
-    cpu_start = cpu_times()
+    cpu_start, groups_start = cpu_times(), cgroup_cpu()
     # The same without the registry's growth: on a release runner the registry is another machine.
     start_registry = registry_used()
     peak_engine = start_used - start_registry
@@ -113,6 +144,7 @@ def run(tree: Path, args: list[str], log: Path) -> dict:
     peak_engine = max(peak_engine, used() - registry_used())
     busy, total = (end - begin for end, begin in zip(cpu_times(), cpu_start, strict=True))
     return {"exit": code, "seconds": round(seconds, 1), "cpu_busy": round(busy / total, 3) if total else None,
+            "cpu_seconds": cpu_split(groups_start, cgroup_cpu()),
             "peak_at_s": round(peak_at, 1), "peak_growth_bytes": peak - start_used,
             "peak_growth_without_registry_bytes": peak_engine - (start_used - start_registry),
             "registry_growth_bytes": registry_used() - start_registry,
