@@ -33,6 +33,33 @@ from dlenv.sbom import DEFAULT_SBOM_SCANNER
 Baked = Callable[[Plan, list[Result]], None]
 
 
+class InUse:
+    """The variants whose pushed images a bake running now builds on. Any other image may leave
+    the engine's store once it is tested (main_job): a bake that starts later on it takes it from
+    the registry, so the store does not hold an image for a bake that waits for a free slot."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._held: dict[str, int] = {}
+
+    def hold(self, ids: Collection[str]) -> None:
+        with self._lock:   # waits while free() removes images: a bake starts on what is left
+            for i in ids:
+                self._held[i] = self._held.get(i, 0) + 1
+
+    def release(self, ids: Collection[str]) -> None:
+        with self._lock:
+            for i in ids:
+                self._held[i] -= 1
+                if not self._held[i]:
+                    del self._held[i]
+
+    def free(self, ids: Collection[str], remove: Callable[[set[str]], None]) -> None:
+        """remove(those of ids no bake running now builds on), with no bake starting meanwhile."""
+        with self._lock:
+            remove(set(ids) - self._held.keys())
+
+
 class _Quiet:
     def step(self, variant: str, text: str) -> None:
         pass
@@ -90,7 +117,8 @@ class Builder:
                  board: Board | None = None, log: Callable[[str], None] = print,
                  options: graph.Options | None = None, baked: Baked | None = None,
                  verify_rootfs: Callable[[str, str], None] = lambda node, platform: None,
-                 keep_cache: bool = True, jobs: int = 1, rootfs: dict[tuple[str, str], Future] | None = None):
+                 keep_cache: bool = True, jobs: int = 1, rootfs: dict[tuple[str, str], Future] | None = None,
+                 in_use: InUse | None = None):
         self.plan = plan
         self.workdir = workdir = workdir.resolve()  # bake files name absolute paths (graph.folder)
         self.output = output
@@ -105,6 +133,7 @@ class Builder:
         self.keep_cache = keep_cache         # False: what a bake made in the build cache goes after it (buildcache.py)
         self.jobs = jobs                     # variants baked at once (schedule)
         self.rootfs = rootfs or {}           # (bootstrap node, architecture) -> its tarball (bootstraps)
+        self.in_use = in_use or InUse()      # the pushed images the bakes running now build on
         workdir.mkdir(parents=True, exist_ok=True)
         self.logfile = workdir / "build.log"
         # Bakes side by side each log to a file of their own, added whole to build.log as each ends,
@@ -119,6 +148,9 @@ class Builder:
         self.kept_records: set[str] = set()
         self.first_bakes: dict[int, set[str]] = {}   # a chain's first bakes running now: the records before each
         self.firsts_left = 0                         # a chain's first bakes not ended yet
+        # What a prune left because an image in the store shared it: it goes at a later prune,
+        # once that image has left the store (main_job removes each after its checks).
+        self.left_behind: dict[str, buildcache.Record] = {}
         self.bakefile = workdir / "bake.json"
         self.probefile = workdir / "bake-probe.json"
         self.dependents = {t: [v for v in plan.variants if t in v.chain] for t in plan.nodes}
@@ -201,12 +233,16 @@ class Builder:
             if before is not None and firsts:
                 with self.pruning:
                     self.first_bakes[number] = set(before)
+            below = {p.id for v in batch if (p := self.plan.below(v))}
+            self.in_use.hold(below)
             try:
                 self._build(batch, number, remaining, broken, results, settle)
             except BaseException:   # a run that stops keeps its cache: the rerun finds its steps
                 with self.pruning:
                     self.first_bakes.pop(number, None)
                 raise
+            finally:
+                self.in_use.release(below)
             if before is not None:
                 self._prune(number, before, firsts)
             return [results[v.id] for v in batch]
@@ -219,6 +255,9 @@ class Builder:
                     return all(rootfs[key].done() for key in needed([variant]) & rootfs.keys())
 
             schedule(remaining, self.plan.below, bake, lambda done: baked(self.plan, done), self.jobs, ready, kept)
+            if not self.keep_cache and self.left_behind:   # the images are tested and gone by now
+                with self.pruning:
+                    self._remove(self.left_behind, "after the last bake")
         else:
             bake(remaining)
         return [results[v.id] for v in self.plan.variants]
@@ -232,8 +271,9 @@ class Builder:
 
     def _prune(self, number: int, before: dict[str, buildcache.Record], first: bool) -> None:
         """Remove what bake number made in the build cache (buildcache.py), the caches of apt and
-        pip steps (cache mounts) aside; a chain's first bake (first) keeps what it made until the
-        last chain's first bake ends.
+        pip steps (cache mounts) aside, and what earlier prunes left behind for an image then in
+        the store; a chain's first bake (first) keeps what it made until the last chain's first
+        bake ends.
 
         Bakes run side by side, so what appeared meanwhile is not all this bake's: BuildKit leaves
         what a build uses now, and what a chain's first bake running now may have made is left
@@ -254,19 +294,27 @@ class Builder:
                 # beside them made meanwhile).
                 made.update({i: after[i] for i in self.kept_records if i in after})
                 self.kept_records.clear()
+            self.left_behind = {i: r for i, r in self.left_behind.items() if i in after}
+            made.update(self.left_behind)
             made = {i: r for i, r in made.items() if i not in self.kept_records
                     and all(i in earlier for earlier in self.first_bakes.values())}
-            if not made:
-                return
-            try:
-                gone = set(made) - buildcache.prune(set(made), self.builder)
-            except DlenvError as exc:
-                self.say(f"dlenv: {exc.message}")
-                return
+            self._remove(made, f"after bake {number}")
+
+    def _remove(self, made: dict[str, buildcache.Record], when: str) -> None:
+        """Prune these records (the caller holds self.pruning); those an image in the store shares
+        are left behind for a later prune."""
+        if not made:
+            return
+        try:
+            left = buildcache.prune(set(made), self.builder)
+        except DlenvError as exc:
+            self.say(f"dlenv: {exc.message}")
+            return
+        self.left_behind = {i: r for i, r in self.left_behind.items() if i not in made} | {i: made[i] for i in left}
+        gone = set(made) - left
         if gone:
-            self.say(f"dlenv: removed what bake {number} left in the build cache ({len(gone)} records, "
-                     f"{sum(made[i].size for i in gone) / 1e9:.1f} GB): later bakes build on its pushed image "
-                     "(--keep-cache keeps it)")
+            self.say(f"dlenv: removed {len(gone)} records ({sum(made[i].size for i in gone) / 1e9:.1f} GB) from the "
+                     f"build cache {when}: later bakes build on the pushed images (--keep-cache keeps them)")
 
     def _build(self, batch: list[Variant], number: int, remaining: list[Variant], broken: dict[str, list[str]],
                results: dict[str, Result], settle: Callable[[Result], None]) -> None:
@@ -414,13 +462,14 @@ class BuildReport:
 
 
 def run(plan: Plan, request: BuildRequest, board: Board, say: Callable[[str], None],
-        warn: Callable[[str], None], baked: Baked | None = None) -> BuildReport:
+        warn: Callable[[str], None], baked: Baked | None = None, in_use: InUse | None = None) -> BuildReport:
     """The build stage's front door: engine and registry up, sources probed, bases pinned by the
     lock, attestations set up, the bake graph built and pushed (or loaded), a result per variant.
 
     baked(plan, results): bake each variant on its own, once the image below it is pushed
     (`schedule`), several at once (request.bake_jobs), and hear each bake's results (pushed
-    images; first, in one call, those already pushed) in a thread beside; plan is as built."""
+    images; first, in one call, those already pushed) in a thread beside; plan is as built.
+    in_use: which of the pushed images the bakes running now build on."""
     if not plan.variants:
         raise DlenvError("nothing to build: every combination is left out", "see `nox -s list`")
     engine.ensure(say=say, env=plan.network.env())
@@ -484,7 +533,7 @@ def run(plan: Plan, request: BuildRequest, board: Board, say: Callable[[str], No
         results = Builder(plan, request.workdir, "load" if request.load else "push", graph.secrets(plan),
                           request.builder, board, say, options, baked, verify_rootfs,
                           keep_cache=request.keep_cache or baked is None,
-                          jobs=request.bake_jobs or os.cpu_count() or 1, rootfs=rootfs).run()
+                          jobs=request.bake_jobs or os.cpu_count() or 1, rootfs=rootfs, in_use=in_use).run()
     except disk.Full as full:   # --force, or an estimate that was low: the same figures, now
         raise full.explained(engine.state_dir(), room) from None
     finally:

@@ -3,8 +3,9 @@
 Each variant above a chain's first builds on the image the variant below it pushed
 (build.schedule), so what a finished bake made in the build cache is read by no later bake of
 the run but through the image: the CUDA trees the fetch stages laid out go, the layers of an
-image still in the store stay (prune). Most of the data root's peak was that cache
-(docs/benchmarks.md; Docker 26.1 also keeps every layer its SBOM scanner read). The chains'
+image still in the store stay (prune) and go at a later prune, once the image has left the
+store. Most of the data root's peak was that cache (docs/benchmarks.md; Docker 26.1 also kept
+every layer its SBOM scanner read, hence Docker 28, engine.py). The chains'
 first bakes keep what they made (their base flavor's CUDA too) until the last of them ends: the
 OS layers every chain of that OS shares are among it.
 The next run finds part of its cache in the pushed images themselves (inline cache,

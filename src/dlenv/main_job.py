@@ -64,20 +64,24 @@ def _run(plan: Plan, request: BuildRequest) -> JobReport:
     removed = 0   # images removed from the engine's store, for the next line about it
     forgotten: set[str] = set()
     forgetting = threading.Lock()   # the smoke stage's threads call forget as each variant ends
-    tested: set[str] = set()        # the variants heard so far (tested, where they were built)
+    tested: set[str] = set()        # the variants heard so far: each bake's end retries their images
+    in_use = build.InUse()
 
     def forget(plan: Plan, ids: set[str]) -> None:
         """Remove these variants' images from the engine's store (pushed, and tested where they
-        are), but those a variant not heard yet builds on (its bake may run now)."""
-        nonlocal removed
-        # The images later bakes take from the registry (build.bake_plan).
-        parents = {p.id for v in plan.variants if v.id not in tested and (p := plan.below(v))}
-        with forgetting:
-            gone = ids - parents - forgotten
-            if not request.keep_images and gone:
+        are), but those a bake running now builds on; a bake that starts later on one takes it
+        from the registry (build.bake_plan)."""
+        def remove(free: set[str]) -> None:
+            nonlocal removed
+            gone = free - forgotten
+            if gone:
                 removed += publish.forget(plan.unselect({v.id for v in plan.variants if v.id not in gone},
                                                         "another bake"))
                 forgotten.update(gone)
+
+        if not request.keep_images:
+            with forgetting:
+                in_use.free(ids, remove)
 
     def baked(plan: Plan, results: list[build.Result]) -> None:
         """A bake's variants are pushed: smoke-test them (removing each image from the engine's
@@ -110,6 +114,6 @@ def _run(plan: Plan, request: BuildRequest) -> JobReport:
 
     with report.LiveBoard(plan) as board:
         # --load leaves the images in the engine's store: one bake, nothing removed.
-        built = build.run(plan, request, board, report.say, report.warn, None if request.load else baked)
+        built = build.run(plan, request, board, report.say, report.warn, None if request.load else baked, in_use)
     report.summary_table(built.plan, list(built.results))
     return JobReport(built, tuple(verdicts), tuple(promotions))

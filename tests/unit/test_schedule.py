@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from dlenv import graph
+from dlenv import build, graph
 from dlenv.build import bake_plan, schedule
 from dlenv.results import Result
 from helpers import SMALL, expand
@@ -233,3 +233,34 @@ def test_an_image_lacking_a_platform_the_bake_builds_on_it_is_built_again_not_ta
     q = dataclasses.replace(p, variants=tuple(both if v.id == base.id else v for v in p.variants))
     targets = graph.definition(bake_plan(q, [runtime], {base.id}, "linux/amd64"), "push", (), graph.Options())["target"]
     assert targets[runtime.node]["contexts"]["base"] == f"docker-image://{p.ref(base.immutable)}"
+
+
+def test_an_image_a_running_bake_builds_on_stays_and_the_others_go():
+    in_use = build.InUse()
+    gone: list[set[str]] = []
+    in_use.hold({"base"})
+    in_use.hold({"base", "py"})
+    in_use.free({"base", "py", "torch"}, gone.append)
+    in_use.release({"base", "py"})
+    in_use.free({"base", "py"}, gone.append)
+    in_use.release({"base"})
+    in_use.free({"base"}, gone.append)
+    assert gone == [{"torch"}, {"py"}, {"base"}]
+
+
+def test_a_bake_starts_only_once_the_images_being_removed_are_gone():
+    in_use = build.InUse()
+    removing, order = threading.Event(), []
+
+    def remove(ids: set[str]) -> None:
+        removing.set()
+        time.sleep(0.2)
+        order.append("removed")
+
+    remover = threading.Thread(target=in_use.free, args=({"base"}, remove))
+    remover.start()
+    removing.wait(5)
+    in_use.hold({"base"})   # a bake on base: it takes base from the registry
+    order.append("held")
+    remover.join()
+    assert order == ["removed", "held"]
