@@ -194,8 +194,10 @@ def install(say: Say = print) -> None:
     docker_ok = _docker_io_ok()
     if not missing and docker_ok:
         return
-    say(f"dlenv: installing {', '.join(missing + ([] if docker_ok else ENGINE_PACKAGES))} "
-        "from the host's apt sources")
+    next_debian = release.get("ID") == "debian" and not docker_ok
+    host_side = missing + ([] if docker_ok or next_debian else ["docker.io", "docker-buildx", "docker-compose"])
+    if host_side:
+        say(f"dlenv: installing {', '.join(host_side)} from the host's apt sources")
     # Never start services from package scripts: dlenv starts its own processes.
     policy = Path("/usr/sbin/policy-rc.d")
     own_policy = not policy.exists()
@@ -204,12 +206,10 @@ def install(say: Say = print) -> None:
         policy.chmod(0o755)
     try:
         _apt("update", "-qq")
-        if release.get("ID") == "debian" and not docker_ok:
-            _apt("install", "-y", "-qq", "--no-install-recommends", *missing)
+        if host_side:
+            _apt("install", "-y", "-qq", "--no-install-recommends", *host_side)
+        if next_debian:
             _install_from_next_debian(say)
-        else:
-            wanted = missing + ([] if docker_ok else ["docker.io", "docker-buildx", "docker-compose"])
-            _apt("install", "-y", "-qq", "--no-install-recommends", *wanted)
     finally:
         if own_policy:
             policy.unlink(missing_ok=True)
