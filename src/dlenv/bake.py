@@ -197,8 +197,9 @@ class Capabilities:
 
     @property
     def rewrite_timestamp(self) -> bool:
-        # Docker 26's image exporter unpacks into its store, which BuildKit refuses together with
-        # rewrite-timestamp ("conflicts with unpack"); exporters that push straight away accept it.
+        # The docker driver's image exporter unpacks into its store, which BuildKit refused together
+        # with rewrite-timestamp on Docker 26 ("conflicts with unpack"; not tried again on 28);
+        # exporters that push straight away accept it.
         return self.driver != "docker"
 
 

@@ -118,7 +118,7 @@ class Builder:
                  options: graph.Options | None = None, baked: Baked | None = None,
                  verify_rootfs: Callable[[str, str], None] = lambda node, platform: None,
                  keep_cache: bool = True, jobs: int = 1, rootfs: dict[tuple[str, str], Future] | None = None,
-                 in_use: InUse | None = None):
+                 in_use: InUse | None = None, keep_images: bool = False):
         self.plan = plan
         self.workdir = workdir = workdir.resolve()  # bake files name absolute paths (graph.folder)
         self.output = output
@@ -134,6 +134,7 @@ class Builder:
         self.jobs = jobs                     # variants baked at once (schedule)
         self.rootfs = rootfs or {}           # (bootstrap node, architecture) -> its tarball (bootstraps)
         self.in_use = in_use or InUse()      # the pushed images the bakes running now build on
+        self.keep_images = keep_images       # the images stay in the engine's store (--keep-images)
         workdir.mkdir(parents=True, exist_ok=True)
         self.logfile = workdir / "build.log"
         # Bakes side by side each log to a file of their own, added whole to build.log as each ends,
@@ -255,9 +256,11 @@ class Builder:
                     return all(rootfs[key].done() for key in needed([variant]) & rootfs.keys())
 
             schedule(remaining, self.plan.below, bake, lambda done: baked(self.plan, done), self.jobs, ready, kept)
-            if not self.keep_cache and self.left_behind:   # the images are tested and gone by now
-                with self.pruning:
-                    self._remove(self.left_behind, "after the last bake")
+            if not self.keep_cache and (self.left_behind or self.kept_records):
+                with self.pruning:   # the images are tested and gone by now (unless --keep-images)
+                    after = self._records() or {}
+                    self._remove({i: after[i] for i in set(self.left_behind) | self.kept_records if i in after},
+                                 "after the last bake")
         else:
             bake(remaining)
         return [results[v.id] for v in self.plan.variants]
@@ -295,7 +298,8 @@ class Builder:
                 made.update({i: after[i] for i in self.kept_records if i in after})
                 self.kept_records.clear()
             self.left_behind = {i: r for i, r in self.left_behind.items() if i in after}
-            made.update(self.left_behind)
+            if not self.keep_images:   # else the images that share them stay to the end
+                made.update(self.left_behind)
             made = {i: r for i, r in made.items() if i not in self.kept_records
                     and all(i in earlier for earlier in self.first_bakes.values())}
             self._remove(made, f"after bake {number}")
@@ -309,6 +313,7 @@ class Builder:
             left = buildcache.prune(set(made), self.builder)
         except DlenvError as exc:
             self.say(f"dlenv: {exc.message}")
+            self.left_behind |= made   # tried again at the next prune
             return
         self.left_behind = {i: r for i, r in self.left_behind.items() if i not in made} | {i: made[i] for i in left}
         gone = set(made) - left
@@ -362,10 +367,15 @@ def bake_plan(plan: Plan, batch: list[Variant], ready: Collection[str] = (), nat
     from the cache, as one bake of the whole plan would."""
     part = plan.unselect({v.id for v in plan.variants} - {v.id for v in batch}, "another bake")
     parents = {p.id: p for v in batch if (p := plan.below(v)) and p.id in ready}
-    takes = {p.node: p.immutable for p in parents.values()
-             if {q for v in batch if p.node in v.chain for q in v.platforms} | ({native} if native else set())
-             <= set(p.platforms)}
+    takes = {p.node: p.immutable for p in parents.values() if taken(p, batch, native)}
     return part.pull(takes) if takes else part
+
+
+def taken(parent: Variant, batch: Collection[Variant], native: str = "") -> bool:
+    """Whether a bake of batch takes parent's pushed image (bake_plan): it has every platform
+    the bake builds on it, and native."""
+    return {q for v in batch if parent.node in v.chain for q in v.platforms} | ({native} if native else set()) \
+        <= set(parent.platforms)
 
 
 def bootstraps(plan: Plan, behind: ThreadPoolExecutor, say: Callable[[str], None]) -> dict[tuple[str, str], Future]:
@@ -533,7 +543,8 @@ def run(plan: Plan, request: BuildRequest, board: Board, say: Callable[[str], No
         results = Builder(plan, request.workdir, "load" if request.load else "push", graph.secrets(plan),
                           request.builder, board, say, options, baked, verify_rootfs,
                           keep_cache=request.keep_cache or baked is None,
-                          jobs=request.bake_jobs or os.cpu_count() or 1, rootfs=rootfs, in_use=in_use).run()
+                          jobs=request.bake_jobs or os.cpu_count() or 1, rootfs=rootfs, in_use=in_use,
+                          keep_images=request.keep_images).run()
     except disk.Full as full:   # --force, or an estimate that was low: the same figures, now
         raise full.explained(engine.state_dir(), room) from None
     finally:

@@ -1,7 +1,7 @@
 """Find or start what builds need: a Docker engine with buildx, and a registry to push to.
 
 Order: DOCKER_HOST, the default socket, then dlenv's own private engine. Where none answers and
-we run as root on Debian or Ubuntu, dlenv installs Docker 28 + buildx from Debian packages and
+we run as root on Debian or Ubuntu, dlenv installs Docker + buildx from Debian packages and
 starts a private dockerd (containerd image store) and a registry on 127.0.0.1:5000. Everything it
 starts is recorded by pid under the state directory, and `down` stops exactly those processes.
 
@@ -41,7 +41,7 @@ MIN_BUILDX = (0, 13)
 # docker-init, which Debian 12's tini package would otherwise hold.
 ENGINE_PACKAGES = ["containerd", "docker.io", "docker-cli", "docker-buildx", "docker-compose", "tini-static"]
 NEXT_DEBIAN = "forky"
-MIN_DOCKER = (28,)
+MIN_DOCKER = {"debian": (28,), "ubuntu": (26,)}   # Ubuntu's own docker.io, where it is older than 28
 HOST_PACKAGES = ["runc", "iptables", "docker-registry", "mmdebstrap", "ca-certificates"]
 
 Say = Callable[[str], None]
@@ -164,8 +164,11 @@ def _apt(*args: str, env_extra: dict | None = None) -> None:
 
 
 def _installed(package: str) -> str | None:
-    out = subprocess.run(["dpkg-query", "-W", "-f=${Status} ${Version}", package],
-                         capture_output=True, text=True)
+    try:
+        out = subprocess.run(["dpkg-query", "-W", "-f=${Status} ${Version}", package],
+                             capture_output=True, text=True)
+    except OSError:   # not a Debian-like host
+        return None
     if out.returncode == 0 and out.stdout.startswith("install ok installed"):
         return out.stdout.split()[-1]
     return None
@@ -182,16 +185,28 @@ def install_tools(packages: list[str], why: str, say: Say = print) -> None:
     _apt("install", "-y", "-qq", "--no-install-recommends", *packages)
 
 
+def _min_docker() -> tuple[int]:
+    return MIN_DOCKER.get(hostconf.os_release().get("ID", ""), MIN_DOCKER["ubuntu"])
+
+
 def _docker_io_ok() -> bool:
-    return bool(_version_tuple(_installed("docker.io") or "0")[:1] >= MIN_DOCKER and _installed("docker-buildx"))
+    return bool(_version_tuple(_installed("docker.io") or "0")[:1] >= _min_docker() and _installed("docker-buildx"))
+
+
+def _other_docker() -> bool:
+    """A dockerd of another package (docker-ce): used as it is, never replaced (its packages
+    conflict with Debian's, which apt would remove)."""
+    return bool(shutil.which("dockerd")) and not _installed("docker.io")
 
 
 def install(say: Say = print) -> None:
-    """Install Docker 28 + buildx + compose, a registry and mmdebstrap from Debian packages."""
+    """Install Docker (28 on Debian, from its next release; Ubuntu's own) + buildx + compose, a
+    registry and mmdebstrap from Debian packages."""
     _need_root_debian("install an engine")
     release = hostconf.os_release()
-    missing = [p for p in HOST_PACKAGES if not _installed(p)]
-    docker_ok = _docker_io_ok()
+    # containerd.io (docker-ce's) brings its own runc, and conflicts with Debian's.
+    missing = [p for p in HOST_PACKAGES if not _installed(p) and not (p == "runc" and _installed("containerd.io"))]
+    docker_ok = _docker_io_ok() or _other_docker()
     if not missing and docker_ok:
         return
     next_debian = release.get("ID") == "debian" and not docker_ok
@@ -213,6 +228,10 @@ def install(say: Say = print) -> None:
     finally:
         if own_policy:
             policy.unlink(missing_ok=True)
+    if not (_docker_io_ok() or _other_docker()):
+        raise EngineError(f"docker.io {_installed('docker.io') or '(none)'} and docker-buildx "
+                          f"{_installed('docker-buildx') or '(none)'} installed; dlenv needs docker.io >= "
+                          f"{_min_docker()[0]} with docker-buildx", "install them yourself, or set DOCKER_HOST")
 
 
 def download_debs(packages: list[str], dest: Path, suite: str | None = None,
@@ -250,7 +269,8 @@ def _install_from_next_debian(say: Say) -> None:
             debs = [str(p) for p in download_debs(ENGINE_PACKAGES, work, suite=NEXT_DEBIAN)]
         except EngineError as exc:
             raise EngineError(exc.message, "install docker.io >= 28 and docker-buildx yourself") from None
-        say(f"dlenv: installing Docker from Debian {NEXT_DEBIAN}: {', '.join(Path(d).name for d in debs)}")
+        say(f"dlenv: installing Docker from Debian {NEXT_DEBIAN} (the host's apt sources do not update it): "
+            f"{', '.join(Path(d).name for d in debs)}")
         # apt, not dpkg: it takes their dependencies from the host's sources, and removes an older
         # tini that tini-static replaces.
         try:
@@ -303,7 +323,7 @@ def _spawn(name: str, argv: list[str], env: dict[str, str] | None = None) -> int
 def _start_private(say: Say, env: dict[str, str] | None = None) -> None:
     # A Docker of another package (docker-ce) is used as it is; Debian's, where older, is upgraded.
     if not shutil.which("dockerd") or not shutil.which("docker-registry") \
-            or (_installed("docker.io") and not _docker_io_ok()):
+            or not (_docker_io_ok() or _other_docker()):
         install(say)
     else:
         _need_root_debian("start an engine")

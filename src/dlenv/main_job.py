@@ -70,7 +70,12 @@ def _run(plan: Plan, request: BuildRequest) -> JobReport:
     def forget(plan: Plan, ids: set[str]) -> None:
         """Remove these variants' images from the engine's store (pushed, and tested where they
         are), but those a bake running now builds on; a bake that starts later on one takes it
-        from the registry (build.bake_plan)."""
+        from the registry (build.bake_plan). One that bake would not take (it lacks a platform
+        the bake builds) stays: that bake builds it again from the cache its image holds."""
+        native = engine.host_platform()
+        again = {p.id for v in plan.variants if v.id not in tested and (p := plan.below(v))
+                 and not build.taken(p, [v], native)}
+
         def remove(free: set[str]) -> None:
             nonlocal removed
             gone = free - forgotten
@@ -81,12 +86,12 @@ def _run(plan: Plan, request: BuildRequest) -> JobReport:
 
         if not request.keep_images:
             with forgetting:
-                in_use.free(ids, remove)
+                in_use.free(ids - again, remove)
 
     def baked(plan: Plan, results: list[build.Result]) -> None:
         """A bake's variants are pushed: smoke-test them (removing each image from the engine's
         store once its checks ended), promote what passed, and remove the rest of their images and
-        those heard before that no variant still to come builds on. It runs in a thread beside
+        those heard before that no bake running now builds on. It runs in a thread beside
         the bakes (build.schedule), one bake's results after another."""
         nonlocal removed
         with forgetting:

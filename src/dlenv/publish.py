@@ -70,7 +70,7 @@ class Publisher:
 
     def _identity(self, variant: Variant) -> tuple:
         """The same identity for the image this build left in the engine's store (the engine's
-        own platform's: Docker 26 inspects no other)."""
+        own platform's: Docker 26 inspected no other)."""
         found = self.client.image.inspect(self.plan.ref(variant.immutable))
         c = found.config
         return (tuple(found.root_fs.layers or ()), c.env or [], c.labels or {}, c.entrypoint or [], c.cmd or [],

@@ -10,8 +10,9 @@ import time
 
 import pytest
 
-from dlenv import build, graph
+from dlenv import build, buildcache, graph
 from dlenv.build import bake_plan, schedule
+from dlenv.errors import DlenvError
 from dlenv.results import Result
 from helpers import SMALL, expand
 
@@ -264,3 +265,54 @@ def test_a_bake_starts_only_once_the_images_being_removed_are_gone():
     order.append("held")
     remover.join()
     assert order == ["removed", "held"]
+
+
+class Cache:
+    """buildcache.records and buildcache.prune over a dict: a record an image shares stays."""
+
+    def __init__(self, ids: set[str], shared: set[str]):
+        self.records = {i: buildcache.Record(i, 10**9, "regular", i) for i in ids}
+        self.shared = shared
+        self.fail = False
+
+    def prune(self, ids: set[str], builder=None) -> set[str]:
+        if self.fail:
+            raise DlenvError("docker buildx prune failed: EOF", "")
+        for i in ids - self.shared:
+            self.records.pop(i, None)
+        return ids & self.records.keys()
+
+
+@pytest.mark.parametrize("keep_images", [False, True])
+def test_what_an_image_in_the_store_held_goes_at_a_later_prune_once_the_image_has_left(
+        project, tmp_path, monkeypatch, keep_images):
+    cache = Cache({"os"}, set())
+    monkeypatch.setattr(buildcache, "records", lambda builder=None: dict(cache.records))
+    monkeypatch.setattr(buildcache, "prune", cache.prune)
+    builder = build.Builder(expand(project), tmp_path, keep_cache=False, keep_images=keep_images)
+    before = dict(cache.records)
+    cache.records |= Cache({"layer-a", "tree-a"}, set()).records   # bake 1 made these
+    cache.shared = {"layer-a"}                                     # its image is in the store
+    builder._prune(1, before, first=False)
+    assert set(cache.records) == {"os", "layer-a"} and set(builder.left_behind) == {"layer-a"}
+    before = dict(cache.records)
+    cache.records |= Cache({"layer-b"}, set()).records              # bake 2, once image a has left
+    cache.shared = set()
+    builder._prune(2, before, first=False)
+    # With --keep-images the image stays in the store: nothing is asked for again before the end.
+    assert set(cache.records) == ({"os", "layer-a"} if keep_images else {"os"})
+
+
+def test_records_a_failed_prune_was_asked_for_are_asked_for_again(project, tmp_path, monkeypatch):
+    cache = Cache({"os"}, set())
+    monkeypatch.setattr(buildcache, "records", lambda builder=None: dict(cache.records))
+    monkeypatch.setattr(buildcache, "prune", cache.prune)
+    builder = build.Builder(expand(project), tmp_path, keep_cache=False, log=lambda line: None)
+    before = dict(cache.records)
+    cache.records |= Cache({"layer-a"}, set()).records
+    cache.fail = True
+    builder._prune(1, before, first=False)
+    assert set(builder.left_behind) == {"layer-a"}
+    cache.fail = False
+    builder._prune(2, dict(cache.records), first=False)
+    assert set(cache.records) == {"os"} and not builder.left_behind
