@@ -193,10 +193,10 @@ def _docker_io_ok() -> bool:
     return bool(_version_tuple(_installed("docker.io") or "0")[:1] >= _min_docker() and _installed("docker-buildx"))
 
 
-def _other_docker() -> bool:
-    """A dockerd of another package (docker-ce): used as it is, never replaced (its packages
-    conflict with Debian's, which apt would remove)."""
-    return bool(shutil.which("dockerd")) and not _installed("docker.io")
+def _docker_ready() -> bool:
+    """Debian's docker.io, new enough, with buildx; or a dockerd of another package (docker-ce),
+    used as it is and never replaced (its packages conflict with Debian's, which apt would remove)."""
+    return _docker_io_ok() or (bool(shutil.which("dockerd")) and not _installed("docker.io"))
 
 
 def install(say: Say = print) -> None:
@@ -206,7 +206,7 @@ def install(say: Say = print) -> None:
     release = hostconf.os_release()
     # containerd.io (docker-ce's) brings its own runc, and conflicts with Debian's.
     missing = [p for p in HOST_PACKAGES if not _installed(p) and not (p == "runc" and _installed("containerd.io"))]
-    docker_ok = _docker_io_ok() or _other_docker()
+    docker_ok = _docker_ready()
     if not missing and docker_ok:
         return
     next_debian = release.get("ID") == "debian" and not docker_ok
@@ -228,7 +228,7 @@ def install(say: Say = print) -> None:
     finally:
         if own_policy:
             policy.unlink(missing_ok=True)
-    if not (_docker_io_ok() or _other_docker()):
+    if not _docker_ready():
         raise EngineError(f"docker.io {_installed('docker.io') or '(none)'} and docker-buildx "
                           f"{_installed('docker-buildx') or '(none)'} installed; dlenv needs docker.io >= "
                           f"{_min_docker()[0]} with docker-buildx", "install them yourself, or set DOCKER_HOST")
@@ -321,9 +321,8 @@ def _spawn(name: str, argv: list[str], env: dict[str, str] | None = None) -> int
 
 
 def _start_private(say: Say, env: dict[str, str] | None = None) -> None:
-    # A Docker of another package (docker-ce) is used as it is; Debian's, where older, is upgraded.
-    if not shutil.which("dockerd") or not shutil.which("docker-registry") \
-            or not (_docker_io_ok() or _other_docker()):
+    # Debian's Docker, where older, is upgraded; another package's is used as it is.
+    if not shutil.which("docker-registry") or not _docker_ready():
         install(say)
     else:
         _need_root_debian("start an engine")

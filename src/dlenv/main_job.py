@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import threading
 from dataclasses import dataclass
 
 from dlenv import build, disk, engine, publish, release, report, smoke
@@ -63,8 +62,8 @@ def _run(plan: Plan, request: BuildRequest) -> JobReport:
     promotions: list[release.Promotion] = []
     removed = 0   # images removed from the engine's store, for the next line about it
     forgotten: set[str] = set()
-    forgetting = threading.Lock()   # the smoke stage's threads call forget as each variant ends
     tested: set[str] = set()        # the variants heard so far: each bake's end retries their images
+    # The smoke stage's threads call forget as each variant ends: in_use removes one call at a time.
     in_use = build.InUse()
 
     def forget(plan: Plan, ids: set[str]) -> None:
@@ -85,8 +84,7 @@ def _run(plan: Plan, request: BuildRequest) -> JobReport:
                 forgotten.update(gone)
 
         if not request.keep_images:
-            with forgetting:
-                in_use.free(ids - again, remove)
+            in_use.free(ids - again, remove)
 
     def baked(plan: Plan, results: list[build.Result]) -> None:
         """A bake's variants are pushed: smoke-test them (removing each image from the engine's
@@ -94,9 +92,8 @@ def _run(plan: Plan, request: BuildRequest) -> JobReport:
         those heard before that no bake running now builds on. It runs in a thread beside
         the bakes (build.schedule), one bake's results after another."""
         nonlocal removed
-        with forgetting:
-            earlier = set(tested)
-            tested.update(r.variant for r in results)
+        earlier = set(tested)   # only this thread adds to it
+        tested.update(r.variant for r in results)
         done = {r.variant for r in results if r.status == "built"}
         if done and not request.no_promote:
             checked = smoke.run(plan.unselect({v.id for v in plan.variants if v.id not in done}, "not built"),
