@@ -12,12 +12,13 @@ platform's job failed) is not merged, so it has no immutable tag to test or prom
 
 from __future__ import annotations
 
+import re
 import subprocess
 import urllib.error
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from dlenv import engine, registry, report
+from dlenv import engine, registry, report, retry
 from dlenv.errors import DlenvError
 from dlenv.options import MergeRequest
 from dlenv.plan import Plan, Variant
@@ -89,19 +90,47 @@ def sources(plan: Plan, variant: Variant) -> tuple[list[tuple[str, str, str]], s
     return out, ""
 
 
+class _Refused(Exception):
+    """A failed `imagetools create`, its last line kept for the one the user reads."""
+
+    def __init__(self, line: str, again: bool):
+        super().__init__(line)
+        self.again = again
+
+
+# A registry failing for a moment (retry.TRANSIENT_STATUS), or buildx 0.29's imagetools racing
+# itself: two copies of one manifest, the index pushed before one of them landed ("blob unknown
+# to registry"). The same command again copies what is missing: everything is content-addressed.
+STATUS = re.compile(r"unexpected status[^\n]*?: (\d{3})")
+
+
+def momentary(stderr: str) -> bool:
+    """Whether a failed `imagetools create` is worth another attempt."""
+    return ("unknown to registry" in stderr or "connection reset" in stderr
+            or any(int(code) in retry.TRANSIENT_STATUS for code in STATUS.findall(stderr)))
+
+
 def create(target: str, refs: list[str]) -> None:
     """`docker buildx imagetools create`: one index under target of the images of refs (their
-    attestations kept); a DlenvError with buildx's last line where it fails."""
-    try:
+    attestations kept), asked again (retry.py) where the registry failed for a moment; a
+    DlenvError with buildx's last line where it fails for good."""
+    def once() -> None:
         out = subprocess.run(["docker", "buildx", "imagetools", "create", "--tag", target, *refs],
                              capture_output=True, text=True, timeout=600)
+        if out.returncode != 0:
+            lines = [line.strip() for line in out.stderr.splitlines() if line.strip()] or [f"exit {out.returncode}"]
+            # buildx's ERROR line (the status), then the registry's own words on the last line.
+            said = [line for line in lines if line.startswith("ERROR")][-1:] + lines[-1:]
+            raise _Refused("; ".join(dict.fromkeys(said))[-400:], momentary(out.stderr))
+
+    try:
+        retry.call(once, lambda exc: isinstance(exc, _Refused) and exc.again)
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise DlenvError(f"docker buildx imagetools create {target}: {exc}",
                          "check the docker client and buildx (nox -s engine -- status)") from None
-    if out.returncode != 0:
-        last = [line for line in out.stderr.splitlines() if line.strip()][-1:] or [f"exit {out.returncode}"]
-        raise DlenvError(f"docker buildx imagetools create {target} failed: {last[0][-300:]}",
-                         "check the registry and its login (docker login), then run the merge again")
+    except _Refused as exc:
+        raise DlenvError(f"docker buildx imagetools create {target} failed{retry.attempts(exc)}: {exc}",
+                         "check the registry and its login (docker login), then run the merge again") from None
 
 
 def one(plan: Plan, variant: Variant, make: Callable[[str, list[str]], None] = create) -> Merged:

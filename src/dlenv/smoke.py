@@ -219,11 +219,13 @@ class DockerRunner:
         except DockerException as exc:
             code, output = exc.return_code, (exc.stdout or "") + (exc.stderr or "")
             ended = f"the check container ended before this check did (exit {code}): {(exc.stderr or '').strip()[-300:]}"
+            # A `docker run` that a signal ended between creating its container and starting it
+            # leaves it created, never removed (--rm acts once it ran), and its image with it.
+            self._remove(name)
         except KeyboardInterrupt:
             # Stopped by a signal: the container goes too (a `docker run` client that is killed
             # leaves its container running).
-            with contextlib.suppress(DockerException):
-                self.client.container.remove(name, force=True)
+            self._remove(name)
             raise
         results = batch_results(output or "", marker)
         verdicts = {}
@@ -238,6 +240,10 @@ class DockerRunner:
                                           f"{why}\n{text}".strip() if why else text, check.gpu, check.origin,
                                           platform=platform)
         return verdicts
+
+    def _remove(self, name: str) -> None:
+        with contextlib.suppress(DockerException):
+            self.client.container.remove(name, force=True)
 
     def variant(self, variant: Variant) -> list[Verdict]:
         """The variant's checks on each platform of its index, one after another."""

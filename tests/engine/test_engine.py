@@ -21,7 +21,7 @@ import pytest
 import yaml
 from netserver import MirrorProxy
 
-from dlenv import buildcache, engine, hostconf, registry
+from dlenv import buildcache, engine, hostconf, merge, registry
 from helpers import REGISTRY, REPO, RUN, TINY, dlenv, layers_and_configs, leaks, marker_bundle, new_project, sh, write
 
 BUILD_ID = "test-" + time.strftime("%Y%m%d")
@@ -561,8 +561,7 @@ def test_base_images_come_through_the_registry_mirror(docker, tmp_path):
     hub_name = f"dlenv-os-{RUN}:1"
     # Copied registry-side, index and attestations with it (the build removed its images from the
     # engine's store once pushed).
-    docker.buildx.imagetools.create([f"{REGISTRY}/{source_repo}:13.0.2-base-debian12-src"],
-                                    tags=[f"{REGISTRY}/library/{hub_name}"])
+    merge.create(f"{REGISTRY}/library/{hub_name}", [f"{REGISTRY}/{source_repo}:13.0.2-base-debian12-src"])
     matrix = (TINY.format(registry=REGISTRY, repository=f"{TINY_REPO}-mirrored", stacks="  - []")
               .replace("  debian12: {source: bootstrap, suite: bookworm}\n",
                        f"  hubos: {{source: image, image: \"{hub_name}\", family: debian}}\n"))

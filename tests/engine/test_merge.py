@@ -10,8 +10,10 @@ import json
 from pathlib import Path
 
 import pytest
+from faults import FaultProxy, Request
 
 from dlenv import merge, registry
+from dlenv.errors import DlenvError
 from dlenv.options import MergeRequest
 from dlenv.tags import platform_tag
 from helpers import REGISTRY, REPO, RUN, TINY, dlenv, expand, new_project, write
@@ -135,3 +137,30 @@ def test_the_rehearsal_builds_each_platform_apart_merges_and_promotes_one_index_
     (entry,) = json.loads((tmp_path / "reh/catalog/catalog.json").read_text())["images"]
     assert entry["digest"] == digest and [(i["platform"], i["digest"]) for i in entry["images"]] == [
         (p, found[p]) for p in platforms]
+
+
+def test_a_registry_refusing_the_index_for_a_moment_is_asked_again_and_for_good_is_one_error(docker, tmp_path):
+    """The index PUT answered 500 once: the merge's imagetools create runs again and the index
+    lands. Answered 500 every time: one DlenvError after the bounded attempts, nothing tagged."""
+    source = f"{REGISTRY}/{REPOSITORY}:source"
+    push_platform(docker, tmp_path, source, "linux/amd64")
+    refused: list[Request] = []
+
+    def index_put(request: Request) -> bool:
+        return request.method == "PUT" and "image.index" in request.headers.get("content-type", "")
+
+    def once(request: Request):
+        if index_put(request) and not refused:
+            refused.append(request)
+            return 500
+        return None
+
+    proxy = FaultProxy(REGISTRY, once)
+    merge.create(f"{proxy.address}/{REPOSITORY}:again", [f"{proxy.address}/{REPOSITORY}:source"])
+    assert len(refused) == 1 and refused[0].outcome == "500"
+    assert registry.digest(f"{REGISTRY}/{REPOSITORY}:again") == registry.digest(source)
+    proxy.rule = lambda request: 500 if index_put(request) else None
+    with pytest.raises(DlenvError) as failed:
+        merge.create(f"{proxy.address}/{REPOSITORY}:never", [f"{proxy.address}/{REPOSITORY}:source"])
+    assert "after 4 attempts" in failed.value.message and "500" in failed.value.message, failed.value.message
+    assert registry.digest(f"{REGISTRY}/{REPOSITORY}:never") is None
