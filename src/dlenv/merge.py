@@ -12,7 +12,6 @@ platform's job failed) is not merged, so it has no immutable tag to test or prom
 
 from __future__ import annotations
 
-import re
 import subprocess
 import urllib.error
 from collections.abc import Callable
@@ -98,16 +97,12 @@ class _Refused(Exception):
         self.again = again
 
 
-# A registry failing for a moment (retry.TRANSIENT_STATUS), or buildx 0.29's imagetools racing
-# itself: two copies of one manifest, the index pushed before one of them landed ("blob unknown
-# to registry"). The same command again copies what is missing: everything is content-addressed.
-STATUS = re.compile(r"unexpected status[^\n]*?: (\d{3})")
-
-
 def momentary(stderr: str) -> bool:
-    """Whether a failed `imagetools create` is worth another attempt."""
-    return ("unknown to registry" in stderr or "connection reset" in stderr
-            or any(int(code) in retry.TRANSIENT_STATUS for code in STATUS.findall(stderr)))
+    """Whether a failed `imagetools create` is worth another attempt: the registry failed for a
+    moment, or buildx 0.29's imagetools raced itself (two copies of one manifest, the index pushed
+    before one of them landed: "blob unknown to registry"). The same command again copies what
+    is missing: everything is content-addressed."""
+    return "unknown to registry" in stderr or retry.transient_output(stderr)
 
 
 def create(target: str, refs: list[str]) -> None:

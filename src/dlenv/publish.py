@@ -180,13 +180,6 @@ def _stderr(exc: DockerException) -> str:
     return exc.stderr.decode(errors="replace") if isinstance(exc.stderr, bytes) else (exc.stderr or "")
 
 
-# What `docker push` prints when the registry failed for a moment (the engine retries each layer
-# a few times itself; a manifest it does not).
-_PUSH_TRANSIENT = ("500 Internal Server Error", "502 Bad Gateway", "503 Service Unavailable", "504 Gateway",
-                   "toomanyrequests", "429 Too Many Requests", "connection refused", "connection reset",
-                   "EOF", "i/o timeout", "TLS handshake timeout")
-
-
 def _transient_push(exc: BaseException) -> bool:
-    return isinstance(exc, DockerException) and any(text in _stderr(exc) for text in _PUSH_TRANSIENT)
+    return isinstance(exc, DockerException) and retry.transient_output(_stderr(exc))
 

@@ -11,6 +11,7 @@ that is not JSON, a connection refused: nothing listens there) is raised at once
 from __future__ import annotations
 
 import http.client
+import re
 import time
 import urllib.error
 from collections.abc import Callable
@@ -32,6 +33,21 @@ def transient(exc: BaseException) -> bool:
         return False
     # Resets, timeouts, a server that hung up, a name that did not resolve for a moment.
     return isinstance(exc, (OSError, http.client.HTTPException))
+
+
+# What docker's clients (`docker push`, `buildx imagetools create`) print when the registry
+# failed for a moment: a status of TRANSIENT_STATUS with its reason ("503 Service Unavailable"),
+# or a connection that went away. (The engine retries each layer a few times itself; a manifest
+# it does not.)
+CLIENT_WORDS = ("toomanyrequests", "connection refused", "connection reset", "EOF", "i/o timeout",
+                "TLS handshake timeout")
+CLIENT_STATUS = re.compile(r"\b(\d{3}) [A-Z]")
+
+
+def transient_output(text: str) -> bool:
+    """Whether what a docker client printed says the registry failed for a moment."""
+    return (any(words in text for words in CLIENT_WORDS)
+            or any(int(code) in TRANSIENT_STATUS for code in CLIENT_STATUS.findall(text)))
 
 
 def delay(attempt: int, exc: BaseException | None = None) -> float:

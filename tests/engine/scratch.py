@@ -18,16 +18,17 @@ from pathlib import Path
 from dlenv import engine
 
 
-def processes_with(text: str) -> list[int]:
-    """Pids whose command line holds text (other than this process)."""
+def processes_with(text: str, program: str = "") -> list[int]:
+    """Pids whose command line holds text (other than this process), and runs program where given."""
     found = []
     for entry in os.listdir("/proc"):
         if entry.isdigit() and int(entry) != os.getpid():
             try:
-                if text.encode() in Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" "):
-                    found.append(int(entry))
+                argv = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
             except OSError:
-                pass
+                continue
+            if text.encode() in b" ".join(argv) and (not program or argv[0] == program.encode()):
+                found.append(int(entry))
     return found
 
 

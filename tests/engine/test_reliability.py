@@ -73,13 +73,6 @@ def tags_of_build(build: str) -> list[str]:
     return [t for t in registry.tags(REGISTRY, REPOSITORY) if t.endswith(f"-{build}")]
 
 
-def command_line(pid: int) -> bytes:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return b""
-
-
 def error_line(text: str) -> str:
     """The one error line the user reads (all of text where there is not exactly one)."""
     found = [line for line in text.splitlines() if line.startswith("dlenv: error:")]
@@ -342,8 +335,7 @@ def test_sigterm_during_the_checks_stops_the_container_and_promotes_nothing(fami
     try:
         # The check itself, in its container (the `docker run` before it holds the same words in
         # its arguments: a signal then would come before the container starts).
-        wait_for("the long check", lambda: [pid for pid in processes_with(f"sleep 60.{mark}")
-                                            if command_line(pid).startswith(b"sleep")], timeout=LIMIT)
+        wait_for("the long check", lambda: processes_with(f"sleep 60.{mark}", program="sleep"), timeout=LIMIT)
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(60) == 143
     finally:

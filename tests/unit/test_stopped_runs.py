@@ -98,3 +98,18 @@ def test_a_mirror_that_drops_every_connection_is_unreachable_after_the_bounded_a
 def test_a_failing_node_says_where_its_apt_and_pip_steps_fetch_from(project):
     plan = expand(project, SMALL)
     assert isolate.sources(plan) == "(its sources: apt http://apt.invalid/debian, pip the default index (PyPI))"
+
+
+def test_a_docker_client_saying_the_registry_failed_for_a_moment_is_asked_again_and_not_otherwise():
+    from dlenv import merge
+    moment = ["ERROR: unexpected status from PUT request to http://127.0.0.1:41235/v2/t/manifests/x: 500 Injected",
+              "received unexpected HTTP status: 503 Service Unavailable",
+              "toomanyrequests: retry later", "read tcp 127.0.0.1:5000: connection reset by peer"]
+    for text in moment:
+        assert retry.transient_output(text) and merge.momentary(text), text
+    for text in ["unexpected status from HEAD request: 404 Not Found", "unauthorized: authentication required",
+                 "pushing 127.0.0.1:5000/x@sha256:5003a1: denied"]:
+        assert not retry.transient_output(text) and not merge.momentary(text), text
+    # imagetools racing itself (buildx 0.29): worth another run of the merge only.
+    raced = "failed commit on ref \"index-sha256:6f02\": 400 Bad Request\nunknown: blob unknown to registry"
+    assert merge.momentary(raced) and not retry.transient_output(raced)
