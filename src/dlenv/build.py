@@ -118,7 +118,7 @@ class Builder:
                  options: graph.Options | None = None, baked: Baked | None = None,
                  verify_rootfs: Callable[[str, str], None] = lambda node, platform: None,
                  keep_cache: bool = True, jobs: int = 1, rootfs: dict[tuple[str, str], Future] | None = None,
-                 in_use: InUse | None = None, keep_images: bool = False):
+                 in_use: InUse | None = None, keep_images: bool = False, checkers: int = 1):
         self.plan = plan
         self.workdir = workdir = workdir.resolve()  # bake files name absolute paths (graph.folder)
         self.output = output
@@ -132,6 +132,7 @@ class Builder:
         self.verify_rootfs = verify_rootfs   # (bootstrap node, platform): a foreign rootfs, once bootstrapped
         self.keep_cache = keep_cache         # False: what a bake made in the build cache goes after it (buildcache.py)
         self.jobs = jobs                     # variants baked at once (schedule)
+        self.checkers = checkers             # variants heard (tested) at once (schedule)
         self.rootfs = rootfs or {}           # (bootstrap node, architecture) -> its tarball (bootstraps)
         self.in_use = in_use or InUse()      # the pushed images the bakes running now build on
         self.keep_images = keep_images       # the images stay in the engine's store (--keep-images)
@@ -237,15 +238,14 @@ class Builder:
             below = {p.id for v in batch if (p := self.plan.below(v))}
             self.in_use.hold(below)
             try:
-                self._build(batch, number, remaining, broken, results, settle)
+                self._build(batch, number, remaining, broken, results, settle,
+                            lambda: before is not None and self._prune(number, before, firsts))
             except BaseException:   # a run that stops keeps its cache: the rerun finds its steps
                 with self.pruning:
                     self.first_bakes.pop(number, None)
                 raise
             finally:
                 self.in_use.release(below)
-            if before is not None:
-                self._prune(number, before, firsts)
             return [results[v.id] for v in batch]
 
         if self.baked:
@@ -255,7 +255,8 @@ class Builder:
                 with self.staging:
                     return all(rootfs[key].done() for key in needed([variant]) & rootfs.keys())
 
-            schedule(remaining, self.plan.below, bake, lambda done: baked(self.plan, done), self.jobs, ready, kept)
+            schedule(remaining, self.plan.below, bake, lambda done: baked(self.plan, done), self.jobs, ready, kept,
+                     self.checkers)
             if not self.keep_cache and (self.left_behind or self.kept_records):
                 with self.pruning:   # the images are tested and gone by now (unless --keep-images)
                     after = self._records() or {}
@@ -322,8 +323,12 @@ class Builder:
                      f"build cache {when}: later bakes build on the pushed images (--keep-cache keeps them)")
 
     def _build(self, batch: list[Variant], number: int, remaining: list[Variant], broken: dict[str, list[str]],
-               results: dict[str, Result], settle: Callable[[Result], None]) -> None:
-        """Bake these variants (those not kept already), settling a result for each.
+               results: dict[str, Result], settle: Callable[[Result], None],
+               prune: Callable[[], object] = lambda: None) -> None:
+        """Bake these variants (those not kept already), settling a result for each; prune()
+        once the bake ended, before its images are pushed: a push reads the image store, not the
+        build cache, and what the bake made there (a torch layer's 6.5 GB) went only after the
+        push, seconds in which the next bake's export could end beside it (docs/benchmarks.md).
 
         Part of the plan bakes from a bake file of its own (bake_plan): each node for the
         platforms of these variants only, on the images earlier bakes pushed."""
@@ -347,6 +352,7 @@ class Builder:
                                         f"(log: {self.logfile})"),
             again=lambda line: self.say(f"dlenv: the bake failed naming no step ({line}); baking once more, "
                                         f"from the cache (log: {self.logfile})"))
+        prune()
         if outcome is not None:
             for variant in built:
                 settle(self.publisher.finish(variant, outcome.metadata.get(variant.node, {}),
@@ -399,41 +405,44 @@ def bootstraps(plan: Plan, behind: ThreadPoolExecutor, say: Callable[[str], None
 
 def schedule(variants: Sequence[Variant], below: Callable[[Variant], Variant | None],
              bake: Callable[[list[Variant]], list[Result]], done: Callable[[list[Result]], None], jobs: int = 1,
-             ready: Callable[[Variant], bool] = lambda variant: True, kept: Sequence[Result] = ()) -> None:
+             ready: Callable[[Variant], bool] = lambda variant: True, kept: Sequence[Result] = (),
+             checkers: int = 1) -> None:
     """bake([variant]) for each variant once the variant below it (below: the image its own
-    layers go on) has been baked, up to jobs bakes at once; and done(results) in a thread beside,
-    one call at a time, each with the results of every bake that ended since the call before
-    (kept: variants not to bake, already pushed, are in the first).
+    layers go on) has been baked, up to jobs bakes at once; and done([result]) for each bake's
+    variant in threads beside, up to checkers calls at once, in the order the bakes ended (kept:
+    variants not to bake, already pushed, are heard first, in one call).
 
     So an image is exported only once every layer below it is (its export compresses and
     unpacks only its own layers), and a slow variant (a torch install) holds back only what is
     built on it. Baked together, a child's export began while its parent's still ran, and both
     compressed and unpacked the same CUDA layer (2 to 4 GB) at once, up to eight times over; in
-    generations, each generation waited for its slowest variant (docs/benchmarks.md). done gets
-    what ended meanwhile, so that its checks run side by side.
+    generations, each generation waited for its slowest variant (docs/benchmarks.md). Each
+    variant is heard on its own as soon as a checker is free: heard in batches, one call at a
+    time, a variant with checks of seconds waited behind a torch image's minutes of checks, its
+    image in the engine's store meanwhile.
 
     The variants with the most layers still to come above them start first. ready(variant)
     False holds one back (its platform's rootfs is still bootstrapping under QEMU), and no bake
-    starts while more than jobs variants wait for done: their images stay in the engine's store
-    until then. An exception in a bake or in done ends the run once the bakes running have
-    stopped; so does a signal, raised in the main thread (the bakes' own processes get it, and
-    interrupt.check stops the threads)."""
+    starts while more than jobs variants wait for a checker: their images stay in the engine's
+    store until then. An exception in a bake or in done ends the run once the bakes and the
+    calls of done running have ended; so does a signal, raised in the main thread (the bakes'
+    own processes get it, and interrupt.check stops the threads)."""
     above = {v.id: [u for u in variants if u is not v and v.node in u.chain] for v in variants}
     height = {v.id: max((len(u.chain) - len(v.chain) for u in above[v.id]), default=0) for v in variants}
     waiting = sorted(variants, key=lambda v: (-height[v.id], -len(above[v.id])))
     unbaked = {v.id for v in variants}
-    heard: list[Result] = list(kept)   # ended, not yet given to done
+    heard: list[list[Result]] = [list(kept)] if kept else []   # calls of done not made yet
     with ThreadPoolExecutor(jobs, thread_name_prefix="bake") as bakers, \
-            ThreadPoolExecutor(1, thread_name_prefix="tested") as beside:
-        hearing: Future | None = None
+            ThreadPoolExecutor(checkers, thread_name_prefix="tested") as beside:
+        hearing: set[Future] = set()
         running: dict[Future, Variant] = {}
         try:
             while True:
-                if hearing is not None and hearing.done():
-                    hearing.result()   # done failed: the run ends
-                    hearing = None
-                if hearing is None and heard:
-                    hearing, heard = beside.submit(done, heard), []
+                for call in [f for f in hearing if f.done()]:
+                    hearing.remove(call)
+                    call.result()   # done failed: the run ends
+                while heard and len(hearing) < checkers:
+                    hearing.add(beside.submit(done, heard.pop(0)))
                 for variant in list(waiting):
                     if len(running) >= jobs or len(heard) > jobs:
                         break
@@ -441,12 +450,12 @@ def schedule(variants: Sequence[Variant], below: Callable[[Variant], Variant | N
                     if (parent is None or parent.id not in unbaked) and ready(variant):
                         waiting.remove(variant)
                         running[bakers.submit(bake, [variant])] = variant
-                if not (waiting or running or hearing):
+                if not (waiting or running or hearing or heard):
                     return
-                ended, _ = wait([*running, *([hearing] if hearing else [])], timeout=1, return_when=FIRST_COMPLETED)
+                ended, _ = wait([*running, *hearing], timeout=1, return_when=FIRST_COMPLETED)
                 for future in ended & running.keys():
                     variant = running.pop(future)
-                    heard += future.result()
+                    heard += [[result] for result in future.result()]
                     unbaked.discard(variant.id)
         except BaseException:
             waiting.clear()
@@ -477,8 +486,9 @@ def run(plan: Plan, request: BuildRequest, board: Board, say: Callable[[str], No
     lock, attestations set up, the bake graph built and pushed (or loaded), a result per variant.
 
     baked(plan, results): bake each variant on its own, once the image below it is pushed
-    (`schedule`), several at once (request.bake_jobs), and hear each bake's results (pushed
-    images; first, in one call, those already pushed) in a thread beside; plan is as built.
+    (`schedule`), several at once (request.bake_jobs), and hear each bake's result (a pushed
+    image; first, in one call, those already pushed) in threads beside, several at once
+    (request.check_jobs); plan is as built.
     in_use: which of the pushed images the bakes running now build on."""
     if not plan.variants:
         raise DlenvError("nothing to build: every combination is left out", "see `nox -s list`")
@@ -544,7 +554,7 @@ def run(plan: Plan, request: BuildRequest, board: Board, say: Callable[[str], No
                           request.builder, board, say, options, baked, verify_rootfs,
                           keep_cache=request.keep_cache or baked is None,
                           jobs=request.bake_jobs or os.cpu_count() or 1, rootfs=rootfs, in_use=in_use,
-                          keep_images=request.keep_images).run()
+                          keep_images=request.keep_images, checkers=request.check_jobs or os.cpu_count() or 1).run()
     except disk.Full as full:   # --force, or an estimate that was low: the same figures, now
         raise full.explained(engine.state_dir(), room) from None
     finally:

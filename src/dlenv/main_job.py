@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import threading
 from dataclasses import dataclass
 
 from dlenv import build, disk, engine, publish, release, report, smoke
@@ -62,9 +63,12 @@ def _run(plan: Plan, request: BuildRequest) -> JobReport:
     promotions: list[release.Promotion] = []
     removed = 0   # images removed from the engine's store, for the next line about it
     forgotten: set[str] = set()
-    tested: set[str] = set()        # the variants heard so far: each bake's end retries their images
-    # The smoke stage's threads call forget as each variant ends: in_use removes one call at a time.
+    tested: set[str] = set()        # the variants heard so far
+    checked_ids: set[str] = set()   # ... whose checks and promotion ended: each end retries their images
+    # Variants are heard several at once (build.schedule), and the smoke stage's threads call
+    # forget as each variant ends: in_use removes one call at a time; counting holds this lock.
     in_use = build.InUse()
+    counting = threading.Lock()
 
     def forget(plan: Plan, ids: set[str]) -> None:
         """Remove these variants' images from the engine's store (pushed, and tested where they
@@ -72,28 +76,31 @@ def _run(plan: Plan, request: BuildRequest) -> JobReport:
         from the registry (build.bake_plan). One that bake would not take (it lacks a platform
         the bake builds) stays: that bake builds it again from the cache its image holds."""
         native = engine.host_platform()
-        again = {p.id for v in plan.variants if v.id not in tested and (p := plan.below(v))
-                 and not build.taken(p, [v], native)}
+        with counting:
+            again = {p.id for v in plan.variants if v.id not in tested and (p := plan.below(v))
+                     and not build.taken(p, [v], native)}
 
         def remove(free: set[str]) -> None:
             nonlocal removed
-            gone = free - forgotten
-            if gone:
-                removed += publish.forget(plan.unselect({v.id for v in plan.variants if v.id not in gone},
-                                                        "another bake"))
+            with counting:
+                gone = free - forgotten
                 forgotten.update(gone)
+            if gone:
+                count = publish.forget(plan.unselect({v.id for v in plan.variants if v.id not in gone}, "another bake"))
+                with counting:
+                    removed += count
 
         if not request.keep_images:
             in_use.free(ids - again, remove)
 
     def baked(plan: Plan, results: list[build.Result]) -> None:
-        """A bake's variants are pushed: smoke-test them (removing each image from the engine's
-        store once its checks ended), promote what passed, and remove the rest of their images and
-        those heard before that no bake running now builds on. It runs in a thread beside
-        the bakes (build.schedule), one bake's results after another."""
+        """A bake's variant is pushed: smoke-test it (removing its image from the engine's store
+        once its checks ended), promote it where it passed, and remove the rest of its images and
+        those of variants checked before that no bake running now builds on. It runs in threads
+        beside the bakes (build.schedule), several variants at once."""
         nonlocal removed
-        earlier = set(tested)   # only this thread adds to it
-        tested.update(r.variant for r in results)
+        with counting:
+            tested.update(r.variant for r in results)
         done = {r.variant for r in results if r.status == "built"}
         if done and not request.no_promote:
             checked = smoke.run(plan.unselect({v.id for v in plan.variants if v.id not in done}, "not built"),
@@ -106,13 +113,18 @@ def _run(plan: Plan, request: BuildRequest) -> JobReport:
                 statuses.setdefault(v.variant, {}).setdefault(v.platform, []).append(v.status)
             promoted = release.promote(plan, [v for v in plan.variants if v.id in done], statuses, checked.digests)
             report.promotions(promoted)
-            verdicts.extend(checked.verdicts)
-            promotions.extend(promoted)
-        forget(plan, earlier | {r.variant for r in results})
-        if removed:
-            report.say(f"removed {removed} images of {plan.image} from the engine's store (pushed and tested: the "
+            with counting:
+                verdicts.extend(checked.verdicts)
+                promotions.extend(promoted)
+        with counting:
+            checked_ids.update(r.variant for r in results)
+            ended = set(checked_ids)   # not those under test in another thread now
+        forget(plan, ended)
+        with counting:
+            count, removed = removed, 0
+        if count:
+            report.say(f"removed {count} images of {plan.image} from the engine's store (pushed and tested: the "
                        "registry has them; --keep-images keeps them)")
-            removed = 0
 
     with report.LiveBoard(plan) as board:
         # --load leaves the images in the engine's store: one bake, nothing removed.

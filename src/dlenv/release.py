@@ -24,6 +24,7 @@ import fcntl
 import json
 import os
 import re
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -80,9 +81,20 @@ def promote(plan: Plan, variants: list[Variant], statuses: dict[str, dict[str, l
                      None if tested is None else tested.get(v.id, "")) for v in variants]
 
 
+# The main job promotes from several threads: they take turns here, before the file lock (whose
+# flock would make one thread wait on its own process, saying another run holds it).
+_PROMOTING = threading.Lock()
+
+
 @contextmanager
 def lock(reg: str, repo: str) -> Iterator[None]:
     """Promotions to one repository from this machine, one at a time; the one that waits says so."""
+    with _PROMOTING, _file_lock(reg, repo):
+        yield
+
+
+@contextmanager
+def _file_lock(reg: str, repo: str) -> Iterator[None]:
     folder = engine.state_dir() / "locks"
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / (re.sub(r"[^A-Za-z0-9._-]+", "_", f"{reg}/{repo}") + ".promote.lock")

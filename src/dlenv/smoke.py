@@ -43,6 +43,11 @@ from dlenv.rootfs_run import judge  # the one judge, shared with the standalone 
 
 Status = Literal["passed", "failed", "skipped"]
 CHECKS_MOUNT = "/dlenv-checks"
+# The main job tests several variants at once, a runner each (build.schedule): check containers
+# are numbered per process, and GPU checks take turns across runners, as their memory and time
+# limits assume the GPU is theirs.
+_RUNS = itertools.count(1)
+_GPU = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -170,10 +175,6 @@ class DockerRunner:
         self.folder = checks_folder()
         weakref.finalize(self, shutil.rmtree, self.folder, True)  # the probe and kernel source, once done
         self.digests: dict[str, str] = {}   # variant -> the digest its checks ran on, for promote
-        self._runs = itertools.count(1)     # names this run's check containers
-        # Variants are checked side by side (run): their GPU checks take turns, as their
-        # memory and time limits assume the GPU is theirs.
-        self._gpu = threading.Lock()
 
     def gpu_problem(self, platform: str) -> str | None:
         """Why GPU checks cannot run on platform here, or None: a GPU and the NVIDIA runtime,
@@ -204,14 +205,14 @@ class DockerRunner:
                 "DLENV_CUDA": variant.cuda, "DLENV_FLAVOR": variant.flavor}
         for i, check in enumerate(runnable, 1):
             envs |= {f"DLENV_CHECK_{i}": check.run, f"DLENV_TIMEOUT_{i}": str(check.timeout)}
-        name = f"dlenv-check-{os.getpid()}-{next(self._runs)}"
+        name = f"dlenv-check-{os.getpid()}-{next(_RUNS)}"
         code, ended = 0, ""
         gpu = any(c.gpu for c in runnable)
         try:
             # init: the engine's init runs as PID 1 and passes on the signal `docker run` forwards
             # (a shell as PID 1 ignores it), so a signal to dlenv ends the checks even where they
             # run in a thread beside the bake (main_job), whose `docker run` no exception reaches.
-            with self._gpu if gpu else contextlib.nullcontext():
+            with _GPU if gpu else contextlib.nullcontext():
                 output = self.client.run(
                     ref, [f"{CHECKS_MOUNT}/batch.sh"], entrypoint="/bin/sh", remove=True, name=name, init=True,
                     volumes=[(str(self.folder), CHECKS_MOUNT, "ro")], envs=envs, platform=platform,

@@ -1,6 +1,6 @@
 """The main job bakes each variant on its own (build.schedule), as soon as the image below it is
 pushed, several at once, on that pushed image (build.bake_plan); each bake's variants are tested
-in a thread beside the bakes."""
+in threads beside the bakes, each on its own."""
 
 from __future__ import annotations
 
@@ -111,13 +111,25 @@ def test_variants_kept_are_heard_first_in_one_call_and_not_baked(project):
     assert {v for kind, v in got.events if kind == "bake"} == {v.id for v in rest}
 
 
-def test_bakes_that_end_while_others_are_tested_are_heard_together(project):
+def test_each_variant_is_heard_on_its_own_several_at_once_and_bakes_wait_for_the_checks(project):
     p = expand(project)
-    got = Recorder(hearing=0.3)   # checks slower than bakes: results gather meanwhile
-    schedule(p.variants, p.below, got.bake, got.done, jobs=3)
+    got = Recorder(hearing=0.3)   # checks slower than bakes: results wait for a checker
+    hearing = most = 0
+
+    def done(results):
+        nonlocal hearing, most
+        with got.lock:
+            hearing += 1
+            most = max(most, hearing)
+        got.done(results)
+        with got.lock:
+            hearing -= 1
+
+    schedule(p.variants, p.below, got.bake, done, jobs=3, checkers=2)
     assert sorted(v for call in got.calls for v in call) == sorted(v.id for v in p.variants)   # each once
-    assert len(got.calls) < len(p.variants) and max(len(call) for call in got.calls) > 1
-    # No bake started while more than jobs variants waited for their checks.
+    assert all(len(call) == 1 for call in got.calls)   # a quick variant does not wait for a slow one's checks
+    assert most == 2   # two checkers at once, never more
+    # No bake started while more than jobs variants waited for a checker (two of them being heard).
     waiting = 0
     for kind, _ in got.events:
         waiting += {"baked": 1, "done": -1}.get(kind, 0)
