@@ -136,6 +136,23 @@ def test_each_variant_is_heard_on_its_own_several_at_once_and_bakes_wait_for_the
         assert kind != "bake" or waiting <= 3 + 3   # jobs waiting, and jobs more ending as it starts
 
 
+def test_a_variant_whose_parent_image_is_still_in_the_store_goes_before_a_taller_one():
+    # a1 -> a2 -> a3 and b1 -> b2; a2 is held back (not ready) until b1 is baked, and b1 is still
+    # being tested then, while a1 was tested and its image has gone.
+    a, b = _chain(3, "a"), _chain(2, "b")
+    got = Recorder(slow={v.id: 0.1 for v in a + b})
+
+    def done(results):
+        got.done(results)
+        time.sleep(1.0 if results[0].variant == "b1" else 0.0)
+
+    schedule(a + b, _below(a + b), got.bake, done, jobs=1, checkers=2,
+             ready=lambda v: v.id != "a2" or ("baked", "b1") in got.events)
+    assert [v for kind, v in got.events if kind == "bake"][:2] == ["a1", "b1"]
+    # a2 is taller, but b1's image is in the store: b2 is built on it there, not pulled again.
+    assert got.at("bake", "b2") < got.at("bake", "a2")
+
+
 def test_variants_are_tested_beside_the_bakes():
     order: list[str] = []
     second_baking = threading.Event()
@@ -186,9 +203,9 @@ class _V:
     chain: tuple[str, ...]
 
 
-def _chain(n: int) -> list:
+def _chain(n: int, name: str = "v") -> list:
     """n variants, each on the one before."""
-    return [_V(f"v{i}", f"n{i}", tuple(f"n{j}" for j in range(1, i + 1))) for i in range(1, n + 1)]
+    return [_V(f"{name}{i}", f"{name}n{i}", tuple(f"{name}n{j}" for j in range(1, i + 1))) for i in range(1, n + 1)]
 
 
 def _below(chain):
