@@ -13,6 +13,7 @@ import itertools
 import os
 import shutil
 import threading
+import time
 from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
@@ -215,6 +216,16 @@ class Builder:
             return {(n, config.arch(p)) for v in batch if v in remaining for n in v.chain for p in v.platforms}
 
         def bake(batch: list[Variant]) -> list[Result]:
+            # Held at once: the image below may be in the store now (schedule starts such a bake
+            # first), and its checks may end while this bake waits for the staging or the cache.
+            below = {p.id for v in batch if (p := self.plan.below(v))}
+            self.in_use.hold(below)
+            try:
+                return baking(batch)
+            finally:
+                self.in_use.release(below)
+
+        def baking(batch: list[Variant]) -> list[Result]:
             with self.staging:   # the rootfs tarballs this bake builds on, as they are ready
                 for name, arch in sorted(needed(batch) & rootfs.keys()):
                     if not rootfs[(name, arch)].done():
@@ -235,17 +246,13 @@ class Builder:
             if before is not None and firsts:
                 with self.pruning:
                     self.first_bakes[number] = set(before)
-            below = {p.id for v in batch if (p := self.plan.below(v))}
-            self.in_use.hold(below)
             try:
                 self._build(batch, number, remaining, broken, results, settle,
                             lambda: before is not None and self._prune(number, before, firsts))
-            except BaseException:   # a run that stops keeps its cache: the rerun finds its steps
+            except BaseException:   # a run that stops before its bake ended keeps its cache: the rerun finds its steps
                 with self.pruning:
                     self.first_bakes.pop(number, None)
                 raise
-            finally:
-                self.in_use.release(below)
             return [results[v.id] for v in batch]
 
         if self.baked:
@@ -440,7 +447,7 @@ def schedule(variants: Sequence[Variant], below: Callable[[Variant], Variant | N
             ThreadPoolExecutor(checkers, thread_name_prefix="tested") as beside:
         hearing: dict[Future, list[Result]] = {}
         running: dict[Future, Variant] = {}
-        stored: set[str] = set()   # baked, not yet through done: the image is in the engine's store
+        stored: set[str] = set()   # built, not yet through done: its image is (or was until its checks) in the store
         try:
             while True:
                 for call in [f for f in hearing if f.done()]:
@@ -459,11 +466,13 @@ def schedule(variants: Sequence[Variant], below: Callable[[Variant], Variant | N
                         running[bakers.submit(bake, [variant])] = variant
                 if not (waiting or running or hearing or heard):
                     return
+                if not (running or hearing):   # only variants not ready yet: wait, do not spin
+                    time.sleep(1)
                 ended, _ = wait([*running, *hearing], timeout=1, return_when=FIRST_COMPLETED)
                 for future in ended & running.keys():
                     variant = running.pop(future)
                     heard += [[result] for result in future.result()]
-                    stored.update(result.variant for result in future.result())
+                    stored.update(result.variant for result in future.result() if result.status == "built")
                     unbaked.discard(variant.id)
         except BaseException:
             waiting.clear()

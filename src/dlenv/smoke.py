@@ -213,6 +213,7 @@ class DockerRunner:
             # (a shell as PID 1 ignores it), so a signal to dlenv ends the checks even where they
             # run in a thread beside the bake (main_job), whose `docker run` no exception reaches.
             with _GPU if gpu else contextlib.nullcontext():
+                interrupt.check()   # a signal while this waited for its turn on the GPU starts no check
                 output = self.client.run(
                     ref, [f"{CHECKS_MOUNT}/batch.sh"], entrypoint="/bin/sh", remove=True, name=name, init=True,
                     volumes=[(str(self.folder), CHECKS_MOUNT, "ro")], envs=envs, platform=platform,
