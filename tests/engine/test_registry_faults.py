@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import subprocess
+import sys
 import threading
 import time
 import urllib.error
@@ -199,7 +201,36 @@ def test_a_move_cut_where_nothing_can_be_moved_back_is_finished_by_the_next_run(
     assert tags_of(server, variant) == [new] * len(variant.floating)
 
 
+HOLDER = """
+import sys, time
+from dlenv import release
+with release.lock(sys.argv[1], sys.argv[2]):
+    print("inside", flush=True)
+    time.sleep(float(sys.argv[3]))
+"""
+
+
 def test_promotions_to_one_repository_take_turns_and_the_second_says_it_waits(server, project, monkeypatch, capsys):
+    monkeypatch.setenv("DLENV_STATE", str(project / "state"))
+    plan, variant = family(server, project)
+    model = plan.matrix.model
+    # Another run: a process of its own holds the lock for a moment.
+    other = subprocess.Popen([sys.executable, "-c", HOLDER, model.registry, model.repository, "1.0"],
+                             stdout=subprocess.PIPE, text=True)
+    try:
+        assert other.stdout.readline().strip() == "inside"
+        started = time.monotonic()
+        with release.lock(model.registry, model.repository):
+            waited = time.monotonic() - started
+    finally:
+        other.wait(10)
+    assert waited >= 0.5
+    err = " ".join(capsys.readouterr().err.split())
+    assert f"another dlenv run (pid {other.pid})" in err and "waiting for it" in err
+
+
+def test_promotions_from_threads_of_one_run_take_turns_without_a_word(server, project, monkeypatch, capsys):
+    # The main job promotes from several checkers: they wait for each other, not for "another run".
     monkeypatch.setenv("DLENV_STATE", str(project / "state"))
     plan, variant = family(server, project)
     model = plan.matrix.model
@@ -219,5 +250,4 @@ def test_promotions_to_one_repository_take_turns_and_the_second_says_it_waits(se
         waited = time.monotonic() - started
     holder.join()
     assert waited >= 0.4
-    err = capsys.readouterr().err
-    assert "another dlenv run" in " ".join(err.split()) and "waiting for it" in err
+    assert "another dlenv run" not in " ".join(capsys.readouterr().err.split())
