@@ -248,7 +248,7 @@ class Builder:
                     self.first_bakes[number] = set(before)
             try:
                 self._build(batch, number, remaining, broken, results, settle,
-                            lambda: before is not None and self._prune(number, before, firsts))
+                            None if before is None else lambda: self._prune(number, before, firsts))
             except BaseException:   # a run that stops before its bake ended keeps its cache: the rerun finds its steps
                 with self.pruning:
                     self.first_bakes.pop(number, None)
@@ -331,7 +331,7 @@ class Builder:
 
     def _build(self, batch: list[Variant], number: int, remaining: list[Variant], broken: dict[str, list[str]],
                results: dict[str, Result], settle: Callable[[Result], None],
-               prune: Callable[[], object] = lambda: None) -> None:
+               prune: Callable[[], None] | None = None) -> None:
         """Bake these variants (those not kept already), settling a result for each; prune()
         once the bake ended, before its images are pushed: a push reads the image store, not the
         build cache, and what the bake made there (a torch layer's 6.5 GB) went only after the
@@ -359,7 +359,8 @@ class Builder:
                                         f"(log: {self.logfile})"),
             again=lambda line: self.say(f"dlenv: the bake failed naming no step ({line}); baking once more, "
                                         f"from the cache (log: {self.logfile})"))
-        prune()
+        if prune:
+            prune()
         if outcome is not None:
             for variant in built:
                 settle(self.publisher.finish(variant, outcome.metadata.get(variant.node, {}),
@@ -471,8 +472,9 @@ def schedule(variants: Sequence[Variant], below: Callable[[Variant], Variant | N
                 ended, _ = wait([*running, *hearing], timeout=1, return_when=FIRST_COMPLETED)
                 for future in ended & running.keys():
                     variant = running.pop(future)
-                    heard += [[result] for result in future.result()]
-                    stored.update(result.variant for result in future.result() if result.status == "built")
+                    ended_results = future.result()
+                    heard += [[result] for result in ended_results]
+                    stored.update(result.variant for result in ended_results if result.status == "built")
                     unbaked.discard(variant.id)
         except BaseException:
             waiting.clear()
