@@ -553,21 +553,16 @@ def register_emulator(platform: str, say: Say) -> None:
                               f"here: {out.stderr.strip()[-160:]}", "run dlenv on a host, or in a privileged container, "
                               f"where it can; or register qemu-{cpu} with the F flag on the host: {fix}")
         done.append(f"mounted binfmt_misc at {BINFMT}")
-    # The package's own scripts may have registered it just now (with F, or without).
-    found = handler(platform)
-    if found and "F" in found["flags"]:
-        done.append(f"qemu-{cpu} registered by the package ({found['flags']})")
-    else:
-        if found:
-            # Registered without F: containers would look for the interpreter in their own filesystem.
-            (BINFMT / f"qemu-{cpu}").write_text("-1")
-        # Debian's handler line (name, ELF magic and mask, interpreter), with F: the kernel opens the
-        # interpreter now, so it works in every container.
-        fields = conf.read_text().strip().split(":")
-        fields[-1] = fields[-1] if "F" in fields[-1] else fields[-1] + "F"
-        try:
-            (BINFMT / "register").write_text(":".join(fields))
-        except OSError as exc:
-            raise EngineError(f"registering qemu-{cpu} failed: {exc}", fix) from None
-        done.append(f"registered qemu-{cpu} ({fields[-1]}) from {conf}" + (" again, with F" if found else ""))
+    if found:
+        # Registered without F: containers would look for the interpreter in their own filesystem.
+        (BINFMT / f"qemu-{cpu}").write_text("-1")
+    # Debian's handler line (name, ELF magic and mask, interpreter), with F: the kernel opens the
+    # interpreter now, so it works in every container.
+    fields = conf.read_text().strip().split(":")
+    fields[-1] = fields[-1] if "F" in fields[-1] else fields[-1] + "F"
+    try:
+        (BINFMT / "register").write_text(":".join(fields))
+    except OSError as exc:
+        raise EngineError(f"registering qemu-{cpu} failed: {exc}", fix) from None
+    done.append(f"registered qemu-{cpu} ({fields[-1]}) from {conf}" + (" again, with F" if found else ""))
     say(f"dlenv: {platform} runs under QEMU on this {host_platform()} host: {', '.join(done)}")

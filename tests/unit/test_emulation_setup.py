@@ -75,21 +75,3 @@ def test_a_remote_builder_is_not_set_up_from_here(monkeypatch):
     assert unreachable.platform == "linux/arm64"
     assert "does not run linux/arm64" in unreachable.detail and "linux/amd64" in unreachable.detail
     assert "arm64 node" in unreachable.fix
-
-
-def test_a_handler_the_package_registered_as_it_installed_is_kept(binfmt, monkeypatch):
-    # qemu-user-static's own scripts register its handlers (with F on Debian 12's latest); writing
-    # the same name to `register` again would fail with "File exists".
-    proc, conf = binfmt
-
-    def install(packages, why, say):
-        (conf / "qemu-aarch64.conf").write_text(DEBIAN + "OPF\n")
-        (proc / "qemu-aarch64").write_text("enabled\ninterpreter /usr/libexec/qemu-binfmt/aarch64-binfmt-P\n"
-                                           "flags: POF\noffset 0\n")
-
-    monkeypatch.setattr(engine, "install_tools", install)
-    monkeypatch.setattr(engine.os, "geteuid", lambda: 0)
-    said: list[str] = []
-    engine.register_emulator("linux/arm64", said.append)
-    assert (proc / "register").read_text() == ""   # nothing registered twice
-    assert len(said) == 1 and "installed qemu-user-static" in said[0] and "registered by the package" in said[0]
