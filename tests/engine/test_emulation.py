@@ -19,10 +19,10 @@ def test_an_arm64_image_builds_and_runs_after_dlenvs_setup(docker, tmp_path: Pat
     said: list[str] = []
     assert engine.emulation(["linux/amd64", "linux/arm64"], say=said.append) == []
     assert len(said) <= 1, said   # one line where it set something up, none where it was already there
-    assert "linux/arm64" in engine.builder_platforms()
     assert "F" in engine.handler("linux/arm64")["flags"]
-    status = engine.status()
-    assert "linux/arm64" in status["builder platforms"] and "qemu-aarch64" in status["emulation (binfmt_misc)"]
+    assert "qemu-aarch64" in engine.status()["emulation (binfmt_misc)"]
+    # Where QEMU came after the engine started (a new machine), `docker buildx inspect` does not
+    # list linux/arm64 yet: what follows builds and runs it all the same.
 
     # Debian's arm64 busybox, fetched with a private apt configuration: the host's apt is untouched.
     debs = engine.download_debs(["busybox-static"], tmp_path, architecture="arm64")
