@@ -34,20 +34,10 @@ from rich.table import Table
 from dlenv import engine
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))   # the tests' helpers: emptying the engine, reading a build log
 console = Console(stderr=True)
 
-
-def empty_machine() -> None:
-    for command in (["container", "prune", "-f"], ["image", "prune", "-af"], ["buildx", "prune", "-af"]):
-        subprocess.run(["docker", *command], check=True, capture_output=True)
-
-
-def ran_again(log: Path) -> list[str]:
-    """The RUN steps of a build log that did not come from a cache."""
-    lines = log.read_text(errors="replace").splitlines()
-    steps = {line.split(" ", 1)[0]: line for line in lines if line.startswith("#") and "] RUN " in line}
-    cached = {line.split(" ", 1)[0] for line in lines if line.endswith(" CACHED")}
-    return [line.split("] RUN ")[0].split(" ", 1)[1] + "]" for vertex, line in steps.items() if vertex not in cached]
+from helpers import empty_engine, run_steps  # noqa: E402
 
 
 def build(registry: str, cache: str | None, build_id: str, work: Path) -> float:
@@ -78,18 +68,19 @@ def main() -> None:
     registry = f"{engine.DEFAULT_REGISTRY}/bench-cache-{run}"
     cache = f"{registry}/dlenv-test/release-cache"
 
-    empty_machine()
+    empty_engine()
     uncached = build(registry, None, f"nocache-{run}", args.workdir / "nocache")
-    empty_machine()
+    empty_engine()
     cold = build(registry, cache, f"cold-{run}", args.workdir / "cold")
     rows = []
     for index in range(1, args.runs + 1):
-        empty_machine()
+        empty_engine()
         work = args.workdir / f"rebuild-{index}"
         seconds = build(registry, cache, f"re{index}-{run}", work)
-        rows.append({"run": index, "seconds": round(seconds, 1), "ran_again": ran_again(work / "build.log")})
+        ran = [step for step, cached in run_steps(work / "build.log").items() if not cached]
+        rows.append({"run": index, "seconds": round(seconds, 1), "ran_again": ran})
         console.print(f"rebuild {index}: {seconds:.1f} s, {len(rows[-1]['ran_again'])} steps ran again")
-    empty_machine()
+    empty_engine()
 
     table = Table(title="shard 1/2 of tests/release-family.yaml on an emptied machine")
     for column in ("build", "seconds", "RUN steps run again"):

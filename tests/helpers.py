@@ -41,6 +41,22 @@ stacks:
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 
 
+def empty_engine() -> None:
+    """No containers, images or build cache at all, as on a new release runner. (Pruning only the build
+    cache leaves the containerd image store naming snapshots that are gone: "parent snapshot does
+    not exist" on the next export.)"""
+    for command in (["container", "prune", "-f"], ["image", "prune", "-af"], ["buildx", "prune", "-af"]):
+        subprocess.run(["docker", *command], check=True, capture_output=True)
+
+
+def run_steps(log: Path) -> dict[str, bool]:
+    """A one-bake build log's RUN steps (`[target stage n/m]`), each with whether it came from a cache."""
+    lines = log.read_text(errors="replace").splitlines()
+    steps = {line.split(" ", 1)[0]: line for line in lines if line.startswith("#") and "] RUN " in line}
+    cached = {line.split(" ", 1)[0] for line in lines if line.endswith(" CACHED")}
+    return {line.split(" ", 1)[1].split("] RUN ")[0] + "]": vertex in cached for vertex, line in steps.items()}
+
+
 def write(path: Path, text: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(textwrap.dedent(text).lstrip("\n"))
