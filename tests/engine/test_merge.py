@@ -12,9 +12,10 @@ from pathlib import Path
 import pytest
 from faults import FaultProxy, Request
 
-from dlenv import merge, registry
+from dlenv import lock, merge, registry
+from dlenv import plan as planmod
 from dlenv.errors import DlenvError
-from dlenv.options import MergeRequest
+from dlenv.options import MergeRequest, PlanRequest
 from dlenv.tags import platform_tag
 from helpers import REGISTRY, REPO, RUN, TINY, dlenv, expand, new_project, write
 
@@ -108,11 +109,12 @@ def test_the_rehearsal_builds_each_platform_apart_merges_and_promotes_one_index_
     text = TINY.format(registry=REGISTRY, repository=repository, stacks="  - []\n") + \
         f"platforms: {json.dumps(platforms)}\n"
     project = new_project(tmp_path / "project", text)
-    # The repository's own lock pins the same Debian 12 bootstrap for both platforms: no second
-    # bootstrap under QEMU here (`dlenv lock` took 411 s for linux/arm64).
-    pinned = json.loads((REPO / "matrix.lock.json").read_text())
-    pinned["rootfs"] = {"debian12": {p: pinned["rootfs"]["debian12"][p] for p in platforms}}
-    (project / "matrix.lock.json").write_text(json.dumps(pinned))
+    # Locked to the bootstraps this machine has (made now if an earlier test has not): the
+    # repository's lock goes stale whenever the Debian archive publishes an update, and `dlenv
+    # lock` would bootstrap linux/arm64 again under QEMU (411 s). The images come from its lock.
+    plan = planmod.load(PlanRequest(matrix=project / "matrix.yaml", root=project))
+    rootfs = {("debian12", p): lock.bootstrapped(plan, "debian12", p, say=lambda line: None) for p in platforms}
+    lock.write(lock.path_for(project / "matrix.yaml"), lock.Lock(lock.read(REPO / "matrix.lock.json").images, rootfs))
     out = dlenv(project, "rehearse", "--shards", "1", "--workdir", str(tmp_path / "reh"), "--build-id", "reh")
     steps = json.loads((tmp_path / "reh/rehearsal.json").read_text())
     arches = [p.split("/")[1] for p in platforms]
